@@ -1,0 +1,43 @@
+"""Map assembled detector frames onto the square, beam-centred grid that stages work on."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def bin_to_grid(images: np.ndarray, valid: np.ndarray, centre_yx, size: int, binning: int = 1):
+    """Crop ``(n, H, W)`` frames to ``size*binning`` pixels around the beam centre and bin them.
+
+    Returns ``(patterns, pattern_valid)`` of shape ``(n, size, size)``: photons summed over each
+    ``binning x binning`` block (float32), with the beam centre at index ``[size//2, size//2]``.
+    Pixels outside the frame or not ``valid`` carry no signal; a block is valid when at least half
+    its pixels are, and its sum is scaled up by the inverse valid fraction so that partially masked
+    blocks keep the expected photon count.
+    """
+    images = np.asarray(images)
+    valid = np.asarray(valid, dtype=bool)
+    if images.ndim != 3 or images.shape != valid.shape:
+        raise ValueError(f"expected images and valid of the same shape (n, H, W), got {images.shape} and {valid.shape}")
+    n, height, width = images.shape
+    span = size * binning
+    # Top-left corner such that the beam centre falls on the centre of block size//2.
+    cy, cx = (float(c) for c in centre_yx)
+    y0 = int(np.floor(cy - (size // 2) * binning - (binning - 1) / 2 + 0.5))
+    x0 = int(np.floor(cx - (size // 2) * binning - (binning - 1) / 2 + 0.5))
+    crop = np.zeros((n, span, span), dtype=np.float32)
+    crop_valid = np.zeros((n, span, span), dtype=bool)
+    ys, ye = max(y0, 0), min(y0 + span, height)
+    xs, xe = max(x0, 0), min(x0 + span, width)
+    if ys < ye and xs < xe:
+        region = np.s_[:, ys - y0 : ye - y0, xs - x0 : xe - x0]
+        src_valid = valid[:, ys:ye, xs:xe]
+        crop_valid[region] = src_valid
+        crop[region] = np.where(src_valid, images[:, ys:ye, xs:xe], 0)
+    if binning == 1:
+        return crop, crop_valid
+    blocks = (n, size, binning, size, binning)
+    summed = crop.reshape(blocks).sum(axis=(2, 4), dtype=np.float32)
+    fraction = crop_valid.reshape(blocks).mean(axis=(2, 4), dtype=np.float32)
+    pattern_valid = fraction >= 0.5
+    patterns = np.where(pattern_valid, summed / np.maximum(fraction, 1e-6), 0).astype(np.float32)
+    return patterns, pattern_valid
