@@ -60,6 +60,7 @@ class ExperimentGeometry:
     beam_centre: tuple[float, float]
     image_shape: tuple[int, int]
     extra_geom: Any = None
+    origin: tuple[float, float] | None = None  # where EXtra-geom puts x = y = 0 in the assembled image
     _buffers: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -83,6 +84,7 @@ class ExperimentGeometry:
             beam_centre=tuple(float(c) for c in (beam_centre or centre)),
             image_shape=image.shape[-2:],
             extra_geom=geom,
+            origin=tuple(float(c) for c in centre),
         )
 
     @classmethod
@@ -109,6 +111,16 @@ class ExperimentGeometry:
         self.extra_geom.position_modules(np.where(valid, data, np.float32(np.nan)), out=out)
         image_valid = np.isfinite(out)
         return np.where(image_valid, out, np.float32(0)), image_valid
+
+    def pixel_radius_m(self) -> np.ndarray:
+        """Distance of every pixel from the beam axis (m), in the detector-native layout."""
+        if self.detector == "flat":
+            yy, xx = np.indices(self.image_shape, dtype=np.float64)
+            return np.hypot(yy - self.beam_centre[0], xx - self.beam_centre[1]) * self.pixel_size_m
+        pos = self.extra_geom.get_pixel_positions()  # (..., 3) metres; image row = origin_y + y / pixel
+        dy = (self.origin[0] - self.beam_centre[0]) * self.pixel_size_m
+        dx = (self.origin[1] - self.beam_centre[1]) * self.pixel_size_m
+        return np.hypot(pos[..., 1] + dy, pos[..., 0] + dx)
 
     def q_map(self, shape: tuple[int, int], binning: int) -> np.ndarray:
         """|q| (1/m) on a ``shape`` grid of ``binning``-binned pixels centred on the beam (index shape//2)."""
