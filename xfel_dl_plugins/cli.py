@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     except XfelDLError as exc:
         if args.debug:
             raise
-        print(f"xfel-dl: error: {exc}", file=sys.stderr)
+        print(f"xfel-dl: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("xfel-dl: interrupted; no results file was completed", file=sys.stderr)
@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless --debug
         if args.debug:
             raise
-        print(f"xfel-dl: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+        print(f"xfel-dl: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
 

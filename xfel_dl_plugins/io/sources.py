@@ -6,7 +6,10 @@ Each source yields dicts of per-frame arrays (``data``, ``valid``, ``train_id``,
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -57,22 +60,23 @@ class RunSource:
 
         if detector != "AGIPD1M":
             raise InputDataError(f"detector {detector!r} is not supported for runs yet (supported: AGIPD1M)")
+        if path is not None and not Path(path).exists():
+            raise InputDataError(f"run directory not found: {path}")
+        label = str(path) if path is not None else f"proposal {proposal} run {run_number} ({data})"
+        skipped = io.StringIO()  # EXtra-data reports unreadable files on stderr and skips them
         try:
-            if path is not None:
-                if not Path(path).exists():
-                    raise InputDataError(f"run directory not found: {path}")
-                if Path(path).is_file():
+            with contextlib.redirect_stderr(skipped):
+                if path is None:
+                    run = extra_data.open_run(proposal, run_number, data=data)
+                elif Path(path).is_file():
                     run = extra_data.H5File(str(path))
                 else:
                     run = extra_data.RunDirectory(str(path))
-                label = str(path)
-            else:
-                run = extra_data.open_run(proposal, run_number, data=data)
-                label = f"proposal {proposal} run {run_number} ({data})"
-        except InputDataError:
-            raise
         except Exception as exc:  # EXtra-data raises OSError, FileNotFoundError, ValueError...
-            raise InputDataError(f"cannot open run {path or label}: {type(exc).__name__}: {exc}") from None
+            raise InputDataError(f"cannot open run {label}: {type(exc).__name__}: {exc}") from None
+        bad = re.search(r"Skipping file (\S+)\s+\(error was: (.*)\)", skipped.getvalue())
+        if bad:  # losing a file silently would lose data: refuse instead
+            raise InputDataError(f"{label}: file {bad.group(1)} cannot be read (truncated or corrupt?): {bad.group(2)}")
         if trains is not None:
             first, last = trains
             run = run.select_trains(extra_data.by_id[first : last + 1])

@@ -1,0 +1,63 @@
+"""End to end: a mock run written by EXtra-data's writer -> spi-hitfinding -> results file."""
+
+import numpy as np
+from conftest import run_cli, validate_exdf
+
+
+def test_spi_hitfinding_on_mock_run(mock_run, hitfinding_manifest, tmp_path):
+    import extra_data
+
+    run_dir, truth = mock_run
+    out = tmp_path / "hits.h5"
+    proc = run_cli("run", hitfinding_manifest, "--input", run_dir, "--output", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "frames/s" in proc.stdout
+
+    results = extra_data.H5File(str(out))
+    hits = results["SPB_DET_AGIPD1M-1/XFELDL/HITFINDER:output"]
+    train_ids = hits["data.is_hit"].train_id_coordinates()
+    pulse_ids = hits["data.pulseId"].ndarray()
+    # One row per input frame, in the input's train/pulse order.
+    assert list(zip(train_ids.tolist(), pulse_ids.tolist())) == list(truth)
+    assert list(results.train_ids) == sorted({t for t, _ in truth})
+
+    found = hits["data.is_hit"].ndarray()
+    actual = np.array([truth[(t, p)] > 0 for t, p in zip(train_ids.tolist(), pulse_ids.tolist())])
+    tp, fp, fn = (found & actual).sum(), (found & ~actual).sum(), (~found & actual).sum()
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    assert f1 >= 0.95, (tp, fp, fn)
+
+    # Later stages saw only the hits; the size fit finds the simulated radii.
+    size = results["SPB_DET_AGIPD1M-1/XFELDL/SIZE:output"]
+    assert size["data.radius_nm"].shape[0] == found.sum()
+    sized = zip(size["data.radius_nm"].train_id_coordinates().tolist(), size["data.pulseId"].ndarray().tolist())
+    fitted = size["data.radius_nm"].ndarray()
+    true_r = np.array([truth[key] for key in sized])
+    ok = true_r > 0
+    assert np.median(np.abs(fitted[ok] / true_r[ok] - 1)) < 0.05
+
+    # Provenance and validation.
+    assert "spi-hitfinding" in results.get_run_value("XFELDL/PROVENANCE", "manifest")
+    assert results.get_run_value("SPB_DET_AGIPD1M-1/XFELDL/HITFINDER", "hits") == found.sum()
+    check = validate_exdf(out)
+    assert check.returncode == 0 and "No problems found" in check.stdout, check.stdout
+
+
+def test_cxi_input_runs_through_the_same_chain(tmp_path):
+    """A CXI file is a second source: frames are flat, one per pseudo-train."""
+    import extra_data
+
+    from xfel_dl_plugins.io.cxi import write_cxi
+
+    rng = np.random.default_rng(0)
+    frames = rng.poisson(0.05, size=(12, 64, 64)).astype(np.float32)
+    frames[::3, 24:40, 24:40] += rng.poisson(5.0, size=(4, 16, 16))
+    cxi = write_cxi(tmp_path / "p.cxi", frames, distance_m=0.7, pixel_size_m=2e-4, photon_energy_eV=6000)
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[input]\ncxi = "ignored.cxi"\n[[stages]]\nuse = "litpixel_hitfinder"\n'
+                        '[stages.params]\nk_sigma = 5.0\n[output]\nfile = "x.h5"\n')
+    out = tmp_path / "r.h5"
+    proc = run_cli("run", manifest, "--input", cxi, "--output", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    hits = extra_data.H5File(str(out))["XFELDL/XFELDL/LITPIXEL_HITFINDER:output", "data.is_hit"].ndarray()
+    assert hits.tolist() == [i % 3 == 0 for i in range(12)]
