@@ -119,12 +119,13 @@ class RunSource:
             if self.raw:
                 frames, valid = self._correct_raw(data, kd.cell_id_coordinates())
             else:
-                mask = part["image.mask"].ndarray(module_gaps=True, fill_value=0xFFFFFFFF)
-                frames = np.moveaxis(data, 0, 1).astype(np.float32, copy=False)
-                valid = np.moveaxis(mask == 0, 0, 1) & np.isfinite(frames)
+                valid = part["image.mask"].ndarray(module_gaps=True, fill_value=0xFFFFFFFF) == 0
+                valid &= np.isfinite(data)
+                # (module, frame, ...) as read -> (frame, module, ...) views, no copy of 4 MiB/frame
+                frames, valid = np.moveaxis(data.astype(np.float32, copy=False), 0, 1), np.moveaxis(valid, 0, 1)
             yield {
-                "data": np.ascontiguousarray(frames),
-                "valid": np.ascontiguousarray(valid),
+                "data": frames,
+                "valid": valid,
                 "train_id": kd.train_id_coordinates().astype(np.uint64),
                 "pulse_id": kd.pulse_id_coordinates().astype(np.uint64),
                 "cell_id": kd.cell_id_coordinates().astype(np.uint16),

@@ -147,7 +147,7 @@ def _check_outputs(spec, stage: Stage, out: dict, n: int) -> dict[str, np.ndarra
 def _drop_invalid_frames(batch: FrameBatch, policy: str) -> tuple[FrameBatch, int]:
     """Frames without a single usable pixel (all NaN, all masked) are an error, or skipped if asked."""
     valid = batch["valid"]
-    usable = valid.reshape(len(batch), -1).any(axis=1)
+    usable = valid.any(axis=tuple(range(1, valid.ndim)))
     if usable.all():
         return batch, 0
     bad = np.flatnonzero(~usable)
