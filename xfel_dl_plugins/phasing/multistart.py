@@ -82,18 +82,28 @@ def _roll_to_centre(obj: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, n
 
 
 def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndarray, iobs: np.ndarray,
-                   constrained: np.ndarray, free: np.ndarray, n_keep: int) -> PatternResult:
-    """Keep the ``n_keep`` starts of lowest LLK, align them on the best (translation, twin, global
+                   constrained: np.ndarray, free: np.ndarray, n_keep: int,
+                   max_difference: float = 0.15) -> PatternResult:
+    """Keep up to ``n_keep`` starts of lowest LLK, align them on the best (translation, twin, global
     phase), average them, and compute the figures of merit and the PRTF of the average.
+
+    A start joins the average only if, after alignment, it differs from the best by at most
+    ``max_difference`` (relative norm): starts stuck in another solution would blur the average.
 
     ``start_llk`` ranks the starts: pass the free LLK where free pixels exist (it penalises
     over-fitting supports, which the LLK over constrained pixels rewards).
     """
     order = np.argsort(np.where(np.isfinite(start_llk), start_llk, np.inf), kind="stable")
-    kept = order[:max(1, min(n_keep, len(order)))]
-    f_ref = sfft.fftn(objects[kept[0]].astype(np.complex128))
-    fts = [f_ref] + [align_fourier(f_ref, sfft.fftn(objects[k].astype(np.complex128))).aligned_ft for k in kept[1:]]
-    fts = np.stack(fts)
+    f_ref = sfft.fftn(objects[order[0]].astype(np.complex128))
+    kept, fts = [order[0]], [f_ref]
+    for k in order[1:]:
+        if len(kept) >= n_keep:
+            break
+        alignment = align_fourier(f_ref, sfft.fftn(objects[k].astype(np.complex128)))
+        if alignment.error <= max_difference:
+            kept.append(k)
+            fts.append(alignment.aligned_ft)
+    kept, fts = np.array(kept), np.stack(fts)
     mean_ft = fts.mean(axis=0)
     valid = constrained | free
     curve = prtf(fts, iobs, valid) if len(kept) > 1 else _undetermined_prtf(iobs.shape)
@@ -114,13 +124,14 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 
 
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
-          n_starts: int = 8, n_keep: int = 4, device: str = "auto", keep_starts: bool = False,
-          **state_options) -> PhasingResult:
+          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, device: str = "auto",
+          keep_starts: bool = False, **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 
     ``patterns`` (n, ny, nx) or (n, nz, ny, nx); ``valid`` True where measured (masked pixels,
     gaps and the beam stop are left free by the modulus constraint). ``recipe`` is a recipe string
-    (see :mod:`.recipe`) or an operator. Other keywords go to :class:`~.engine.PhasingState`
+    (see :mod:`.recipe`) or an operator. The best ``n_keep`` starts (by free LLK, or LLK without
+    free pixels) that agree with the best within ``max_difference`` are averaged. Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, positivity, reality, calc_llk, support_threshold, support_sigma, seed,
     initial_support, initial_object, ndim, backend).
     """
@@ -134,6 +145,6 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     objects, supports = state.objects(), state.supports()
     ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
     results = [combine_starts(objects[i], supports[i], ranking[i], state.iobs_host[i], state.constrained_host[i],
-                              state.free_host[i], n_keep) for i in range(state.n_patterns)]
+                              state.free_host[i], n_keep, max_difference) for i in range(state.n_patterns)]
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None)
