@@ -143,7 +143,7 @@ def train_from_config(config_path, out_dir, log=print) -> dict:
     """Train the model of ``config_path`` and write its weights, sidecar and model card into ``out_dir``."""
     import torch
 
-    from .models import build_model, state_to_numpy
+    from .models import build_model, fused_state
     from .runtime import energy_score, softmax
 
     cfg = load_config(config_path)
@@ -200,7 +200,7 @@ def train_from_config(config_path, out_dir, log=print) -> dict:
     train_seconds = time.perf_counter() - t0
 
     config = {
-        "arch": arch,
+        "arch": {**arch, "fused": True},
         "grid": dict(cfg["grid"]),
         "class_names": list(CLASS_NAMES),
         "training": {"config": cfg, "seed": seed, "train_seconds": round(train_seconds, 1),
@@ -222,7 +222,7 @@ def train_from_config(config_path, out_dir, log=print) -> dict:
     else:
         config["metrics"] = _fewshot_validation(model, val_aug, rng)
     name = cfg["model"]["name"]
-    digest = save_weights(out_dir / f"{name}.safetensors", state_to_numpy(model), config)
+    digest = save_weights(out_dir / f"{name}.safetensors", fused_state(model), config)
     (out_dir / f"{name}.md").write_text(model_card(name, config, config_path, digest))
     log(f"wrote {out_dir / name}.safetensors (sha256 {digest[:12]}…) in {train_seconds:.0f} s of training")
     return config
