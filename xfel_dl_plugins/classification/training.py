@@ -139,14 +139,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(temps[int(np.argmin(nll))])
 
 
-def train_from_config(config_path, out_dir, log=print) -> dict:
-    """Train the model of ``config_path`` and write its weights, sidecar and model card into ``out_dir``."""
+def train_from_config(config_path, out_dir, model: str | None = None, log=print) -> dict:
+    """Train the model of ``config_path`` and write its weights, sidecar and model card into ``out_dir``.
+
+    ``model`` ("classifier" or "embedding"), when given, must match the config's ``[model] type``.
+    """
     import torch
 
     from .models import build_model, fused_state
     from .runtime import energy_score, softmax
 
     cfg = load_config(config_path)
+    if model is not None and model != cfg["model"]["type"]:
+        raise XfelDLError(f"{config_path} trains a {cfg['model']['type']!r} model, not {model!r}")
     tcfg = cfg["train"]
     seed = int(tcfg["seed"])
     torch.set_num_threads(int(tcfg.get("threads", 1)))
@@ -164,10 +169,10 @@ def train_from_config(config_path, out_dir, log=print) -> dict:
                        val.labels, val.groups, val.radius_nm)
 
     arch = _arch(cfg)
-    model = build_model(arch)
+    net = build_model(arch)
     epochs, batch_size = int(tcfg["epochs"]), int(tcfg["batch_size"])
     steps = epochs * (len(train) // batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(tcfg["learning_rate"]), weight_decay=float(tcfg.get("weight_decay", 1e-4)))
+    opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["learning_rate"]), weight_decay=float(tcfg.get("weight_decay", 1e-4)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=float(tcfg["learning_rate"]), total_steps=steps, pct_start=0.15)
     is_classifier = arch["type"] == "classifier"
     if is_classifier:
@@ -179,13 +184,13 @@ def train_from_config(config_path, out_dir, log=print) -> dict:
         temperature = float(tcfg.get("contrastive_temperature", 0.1))
     t0 = time.perf_counter()
     for epoch in range(epochs):
-        model.train()
+        net.train()
         losses = []
         for idx in _batches(len(train), batch_size, rng):
             p, v = augment(train.patterns[idx], train.valid[idx])
             x = torch.from_numpy(network_input(p, v))
             y = torch.from_numpy(targets_all[idx])
-            out = model(x)
+            out = net(x)
             loss = torch.nn.functional.cross_entropy(out, y, weight=class_weight) if is_classifier else supcon_loss(out, y, temperature)
             opt.zero_grad()
             loss.backward()
@@ -194,7 +199,7 @@ def train_from_config(config_path, out_dir, log=print) -> dict:
             losses.append(float(loss.detach()))
         msg = f"epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} ({time.perf_counter() - t0:.0f} s)"
         if is_classifier:
-            pred = _forward_all(model, val_aug).argmax(1)
+            pred = _forward_all(net, val_aug).argmax(1)
             msg += f", validation accuracy {np.mean(pred == val.labels):.4f}"
         log(msg)
     train_seconds = time.perf_counter() - t0
@@ -207,11 +212,11 @@ def train_from_config(config_path, out_dir, log=print) -> dict:
                      "torch_version": torch.__version__, "augment": asdict(_augment_config(cfg))},
     }
     if is_classifier:
-        logits = _forward_all(model, val_aug)
+        logits = _forward_all(net, val_aug)
         t = fit_temperature(logits, val.labels)
         energy = np.sort(energy_score(logits, t))
         probs = softmax(logits, t)
-        clean = softmax(_forward_all(model, val), t)
+        clean = softmax(_forward_all(net, val), t)
         config["calibration"] = {"temperature": t, "energy_quantiles": [round(float(e), 5) for e in np.quantile(energy, np.linspace(0, 1, 201))]}
         config["metrics"] = {
             "validation_augmented": classification_report(val.labels, probs.argmax(1)),
@@ -220,9 +225,9 @@ def train_from_config(config_path, out_dir, log=print) -> dict:
             "ece_after_temperature": expected_calibration_error(probs, val.labels),
         }
     else:
-        config["metrics"] = _fewshot_validation(model, val_aug, rng)
+        config["metrics"] = _fewshot_validation(net, val_aug, rng)
     name = cfg["model"]["name"]
-    digest = save_weights(out_dir / f"{name}.safetensors", fused_state(model), config)
+    digest = save_weights(out_dir / f"{name}.safetensors", fused_state(net), config)
     (out_dir / f"{name}.md").write_text(model_card(name, config, config_path, digest))
     log(f"wrote {out_dir / name}.safetensors (sha256 {digest[:12]}…) in {train_seconds:.0f} s of training")
     return config
