@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import XfelDLError
+from ..io.grid import bin_to_grid
 from . import CLASS_NAMES
 
 #: Simulator class names that map onto our classes (everything else is "other").
@@ -71,17 +72,23 @@ def _cache_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def simulated_frames(sim_config: dict, n: int, seed: int, *, use_cache: bool = True) -> FrameSet:
-    """``n`` simulated frames for ``sim_config`` (cached as .npz keyed by config, n and seed)."""
-    from .. import simulation
+def simulate(sim_config: dict, n: int, seed: int) -> dict:
+    """Run the simulator: per-frame arrays on its flat detector grid (``patterns``, ``valid``, truth...)."""
+    from ..simulation import generate
+    from ..simulation.config import config_from_dict
 
-    key = _cache_key({"config": sim_config, "n": n, "seed": seed, "sim": getattr(simulation, "__version__", "")})
+    out = generate(config_from_dict(sim_config), n, seed)
+    return out if isinstance(out, dict) else vars(out)
+
+
+def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True) -> FrameSet:
+    """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed and grid)."""
+    key = _cache_key({"config": sim_config, "n": n, "seed": seed, "grid": grid, "version": SIMULATION_CACHE_VERSION})
     path = cache_dir() / f"sim-{key}.npz"
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as f:
             return FrameSet(f["patterns"], f["valid"], f["labels"], f["groups"], f["radius_nm"])
-    out = simulation.generate(sim_config, n, seed)
-    frames = _frames_from_simulation(out)
+    frames = frames_on_grid(simulate(sim_config, n, seed), sim_config, grid)
     if use_cache:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, patterns=frames.patterns, valid=frames.valid, labels=frames.labels,
@@ -90,15 +97,28 @@ def simulated_frames(sim_config: dict, n: int, seed: int, *, use_cache: bool = T
     return frames
 
 
-def _frames_from_simulation(out) -> FrameSet:
-    get = out.get if isinstance(out, dict) else lambda k, d=None: getattr(out, k, d)
-    patterns = np.asarray(get("patterns"), dtype=np.float32)
-    valid = np.broadcast_to(np.asarray(get("valid"), dtype=bool), patterns.shape).copy()
-    labels = class_index(get("hit_class"), get("class_names"))
+#: Bump when the mapping of simulator output onto FrameSets changes (invalidates the cache).
+SIMULATION_CACHE_VERSION = 1
+
+
+def frames_on_grid(out: dict, sim_config: dict, grid: dict) -> FrameSet:
+    """Map simulator output onto the model grid: crop around the beam and bin further if needed."""
+    from ..simulation.config import config_from_dict
+
+    det = config_from_dict(sim_config).detector
+    extra, rem = divmod(int(grid["binning"]), int(det.binning))
+    if rem or extra < 1:
+        raise XfelDLError(f"model grid binning {grid['binning']} is not a multiple of the simulator's {det.binning}")
+    patterns = np.asarray(out["patterns"], dtype=np.float32)
+    valid = np.broadcast_to(np.asarray(out["valid"], dtype=bool), patterns.shape)
+    h, w = patterns.shape[1:]
+    centre = tuple(det.centre_px) if det.centre_px is not None else (h // 2, w // 2)
+    patterns, valid = bin_to_grid(patterns, valid, centre, int(grid["size"]), extra)
+    labels = class_index(out["hit_class"], out.get("class_names"))
     n = len(labels)
-    groups = get("particle_type")
+    groups = out.get("species", out.get("particle_type"))
     groups = np.full(n, "unknown") if groups is None else np.asarray(groups).astype(str)
-    radius = get("radius_nm")
+    radius = out.get("radius_nm")
     radius = np.full(n, np.nan, np.float32) if radius is None else np.asarray(radius, dtype=np.float32)
     return FrameSet(patterns, valid, labels, groups, radius)
 

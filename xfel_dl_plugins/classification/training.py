@@ -55,8 +55,9 @@ def training_frames(cfg: dict, log=print) -> tuple[FrameSet, FrameSet]:
     """The training and validation sets of a config (simulated once, then cached)."""
     data = cfg["data"]
     t0 = time.perf_counter()
-    train = simulated_frames(data["simulation"], int(data["n_train"]), int(data["seed"]))
-    val = simulated_frames(data.get("validation", data["simulation"]), int(data["n_val"]), int(data["seed"]) + 1_000_003)
+    grid = cfg["grid"]
+    train = simulated_frames(data["simulation"], int(data["n_train"]), int(data["seed"]), grid)
+    val = simulated_frames(data.get("validation", data["simulation"]), int(data["n_val"]), int(data["seed"]) + 1_000_003, grid)
     size = int(cfg["grid"]["size"])
     for name, frames in (("training", train), ("validation", val)):
         if frames.patterns.shape[1:] != (size, size):
