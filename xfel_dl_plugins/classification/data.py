@@ -145,22 +145,31 @@ class Augmenter:
         self.c, self.rng = config, rng
 
     def __call__(self, patterns: np.ndarray, valid: np.ndarray):
-        patterns, valid = patterns.astype(np.float32, copy=True), valid.copy()
+        patterns = self._photon_noise(np.asarray(patterns, dtype=np.float32))
+        valid = valid.copy()
         for i in range(len(patterns)):
-            patterns[i], valid[i] = self._one(patterns[i], valid[i])
+            patterns[i], valid[i] = self._geometry(patterns[i], valid[i])
         return patterns, valid
 
-    def _one(self, p: np.ndarray, v: np.ndarray):
-        c, rng, size = self.c, self.rng, p.shape[0]
-        if c.p_thinning and rng.random() < c.p_thinning:
+    def _photon_noise(self, p: np.ndarray) -> np.ndarray:
+        """Fewer photons, extra background and read-out noise, drawn per frame, applied to the batch."""
+        c, rng, n = self.c, self.rng, len(p)
+        if c.p_thinning:
             # Binomial thinning of Poisson counts = the same pattern at a lower fluence.
-            keep = rng.uniform(c.min_keep_fraction, 1.0)
-            counts = np.clip(np.rint(p), 0, None).astype(np.int64)
-            p = rng.binomial(counts, keep).astype(np.float32) + (p - np.rint(p)).astype(np.float32)
+            chosen = np.flatnonzero(rng.random(n) < c.p_thinning)
+            keep = rng.uniform(c.min_keep_fraction, 1.0, len(chosen))
+            p = p.copy()
+            rounded = np.rint(p[chosen])
+            p[chosen] = rng.binomial(np.clip(rounded, 0, None).astype(np.int64), keep[:, None, None]) + (p[chosen] - rounded)
         if c.max_background:
-            p = p + rng.poisson(rng.uniform(0, c.max_background), p.shape).astype(np.float32)
+            p = p + rng.poisson(rng.uniform(0, c.max_background, n)[:, None, None], p.shape).astype(np.float32)
         if c.max_read_noise:
-            p = p + rng.normal(0, rng.uniform(0, c.max_read_noise), p.shape).astype(np.float32)
+            p = p + (rng.uniform(0, c.max_read_noise, n)[:, None, None].astype(np.float32) * rng.standard_normal(p.shape, dtype=np.float32))
+        return p.astype(np.float32, copy=False)
+
+    def _geometry(self, p: np.ndarray, v: np.ndarray):
+        """Beam-centre shift, rotation/flip, missing panels, quadrants, patches and beam stop of one frame."""
+        c, rng, size = self.c, self.rng, p.shape[0]
         if c.max_shift_px:
             dy, dx = rng.integers(-c.max_shift_px, c.max_shift_px + 1, 2)
             p, v = np.roll(p, (dy, dx), (0, 1)), np.roll(v, (dy, dx), (0, 1))
