@@ -1,0 +1,147 @@
+"""Particles drawn from the species of a configuration, each with its scattering amplitude F(q)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import XfelDLError
+from ..physics import density as dens
+from ..physics.constants import PER_A3, electron_density
+from ..physics.formfactors import sphere_amplitude, spheroid_amplitude
+from ..physics.polyhedra import polyhedron_amplitude
+from ..physics.rotation import quaternion_to_matrix, random_quaternions, to_body_frame
+from .config import SHAPES, SpeciesConfig
+
+#: Integer codes of the per-pattern ``shape`` label (0: no particle).
+SHAPE_CODES = {"none": 0, **{name: i + 1 for i, name in enumerate(SHAPES)}}
+SHAPE_NAMES = tuple(SHAPE_CODES)
+
+
+@dataclass
+class Particle:
+    """One scatterer: F(q) (electrons) of the particle centred at the origin, and its place in its group."""
+
+    species: str
+    shape: str
+    radius_m: float  # volume-equivalent radius
+    quaternion: np.ndarray  # (4,) body -> lab
+    amplitude: Callable[[np.ndarray], np.ndarray]  # lab-frame q (..., 3) -> F
+    position_m: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+
+def _density(sp: SpeciesConfig) -> float:
+    return electron_density(sp.electron_density if sp.electron_density is not None else sp.material)
+
+
+class SpeciesSampler:
+    """Draws particles of one species; keeps what is expensive to rebuild (3D-map transforms)."""
+
+    def __init__(self, species: SpeciesConfig, q_reach: float, oversampling: int = 4):
+        self.species = species
+        self.q_reach = q_reach  # largest |q_i| (any lab axis, per component) the detector needs, 1/m
+        self.oversampling = oversampling
+        self.rho = _density(species) if species.shape != "streak" else 0.0
+        self._map: dens.FourierMap | None = None
+        self._map_radius = None
+        if species.shape == "map":
+            self._load_map()
+
+    def _load_map(self) -> None:
+        sp = self.species
+        path = Path(sp.map_file)
+        if not path.is_file():
+            raise XfelDLError(f"density map file not found: {path}")
+        values = np.load(path, allow_pickle=False) * PER_A3
+        dm = dens.DensityMap(values.astype(np.float32), sp.map_voxel_nm * 1e-9)
+        self._map = dens.FourierMap(dm, self.oversampling)
+        self._map_radius = (3 * dm.electrons / (4 * np.pi * float(values.max()))) ** (1 / 3)
+
+    def fourier_map(self) -> dens.FourierMap:
+        """The 3D-map path for polyhedra (built once, at the largest radius, reused at any size)."""
+        if self._map is None:
+            sp = self.species
+            r_ref = float(min(sp.radius_nm.max, sp.radius_nm.mean + 5 * sp.radius_nm.sigma)) * 1e-9
+            voxel = 0.9 * np.pi / self.q_reach
+            self._map = dens.FourierMap(dens.polyhedron_map(sp.shape, r_ref, self.rho, voxel), self.oversampling)
+            self._map_radius = r_ref
+        return self._map
+
+    def draw(self, rng: np.random.Generator, use_map: bool = False) -> Particle:
+        sp = self.species
+        quat = random_quaternions(rng, 1)[0]
+        rot = quaternion_to_matrix(quat)
+        radius = float(sp.radius_nm.draw(rng)) * 1e-9
+        rho, shape = self.rho, sp.shape
+        if shape == "sphere":
+            amp = lambda q: sphere_amplitude(np.linalg.norm(q, axis=-1), radius, rho)  # noqa: E731
+        elif shape == "spheroid":
+            aspect = float(sp.aspect.draw(rng))
+            a = radius / aspect ** (1 / 3)
+            amp = lambda q: spheroid_amplitude(q, a, a * aspect, rot, rho)  # noqa: E731
+        elif shape in dens.POLYHEDRA:
+            if use_map:
+                fm, scale = self.fourier_map(), radius / self._map_radius
+                amp = lambda q: fm.amplitude(q, rot, scale)  # noqa: E731
+            else:
+                amp = lambda q: polyhedron_amplitude(to_body_frame(q, rot), shape, radius, rho)  # noqa: E731
+        elif shape == "core_shell":
+            core = radius * sp.core_fraction
+            rho_core = electron_density(sp.core_material)
+            amp = lambda q: (sphere_amplitude(np.linalg.norm(q, axis=-1), radius, rho)  # noqa: E731
+                             + sphere_amplitude(np.linalg.norm(q, axis=-1), core, rho_core - rho))
+        elif shape == "cluster":
+            centres, radii = _aggregate(rng, radius, sp)
+            radius = float(np.cbrt(np.sum(radii**3)))
+            amp = lambda q: _cluster_amplitude(q, rot @ centres.T, radii, rho)  # noqa: E731
+        elif shape == "map":
+            fm = self._map
+            amp = lambda q: fm.amplitude(q, rot)  # noqa: E731
+            radius = self._map_radius
+        elif shape == "streak":
+            raise XfelDLError("streaks are not particles; use draw_streak")
+        else:  # pragma: no cover - validated in config
+            raise XfelDLError(f"unknown shape {shape!r}")
+        return Particle(sp.name, shape, radius, quat, amp)
+
+
+def _aggregate(rng, member_radius_mean: float, sp: SpeciesConfig):
+    """Sticky random aggregate: each new sphere touches a random earlier one without overlapping."""
+    lo, hi = sp.members
+    n = int(rng.integers(lo, hi + 1))
+    radii = np.clip(member_radius_mean * (1 + 0.15 * rng.standard_normal(n)), 0.3 * member_radius_mean, None)
+    centres = np.zeros((n, 3))
+    for i in range(1, n):
+        for _ in range(50):
+            j = int(rng.integers(i))
+            d = rng.standard_normal(3)
+            c = centres[j] + d / np.linalg.norm(d) * (radii[i] + radii[j])
+            if np.all(np.linalg.norm(centres[:i] - c, axis=1) >= (radii[:i] + radii[i]) * 0.999):
+                break
+        centres[i] = c
+    centres -= (centres * radii[:, None] ** 3).sum(0) / np.sum(radii**3)
+    return centres, radii
+
+
+def _cluster_amplitude(q, centres_lab, radii, rho):
+    qa = np.linalg.norm(q, axis=-1)
+    phase = q @ centres_lab  # (..., n)
+    out = np.zeros(qa.shape, dtype=np.complex64)
+    for i, r in enumerate(radii):
+        out += sphere_amplitude(qa, r, rho) * np.exp(-1j * phase[..., i])
+    return out
+
+
+def streak_intensity(rng, q: np.ndarray, valid: np.ndarray, photons: float, width_q: float) -> np.ndarray:
+    """Non-particle scatter: a streak through the beam (slit/aperture edge or liquid-jet sheet),
+    I ~ 1/q^2 along a random direction with a Gaussian profile ``width_q`` wide, ``photons`` in total."""
+    phi = rng.uniform(0, np.pi)
+    along = q[..., 0] * np.cos(phi) + q[..., 1] * np.sin(phi)
+    across = -q[..., 0] * np.sin(phi) + q[..., 1] * np.cos(phi)
+    profile = np.exp(-0.5 * (across / width_q) ** 2) / (along**2 + (3 * width_q) ** 2)
+    profile = np.where(valid, profile, 0.0)
+    total = profile.sum()
+    return profile * (photons / total) if total > 0 else profile
