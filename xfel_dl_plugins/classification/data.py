@@ -53,8 +53,8 @@ class FrameSet:
     patterns: np.ndarray  # (n, S, S) float32 photons per binned pixel
     valid: np.ndarray  # (n, S, S) bool
     labels: np.ndarray  # (n,) int64 index into CLASS_NAMES
-    groups: np.ndarray  # (n,) str: particle type (for embedding labels and unseen-type splits)
-    radius_nm: np.ndarray  # (n,) float32, NaN where not a single particle
+    groups: np.ndarray  # (n,) str: shape of the (first) particle, "none" for blanks
+    radius_nm: np.ndarray  # (n,) float32: volume-equivalent radius of the (first) particle, 0 if none
 
     def __len__(self):
         return len(self.labels)
@@ -77,8 +77,9 @@ def simulate(sim_config: dict, n: int, seed: int) -> dict:
     from ..simulation import generate
     from ..simulation.config import config_from_dict
 
-    out = generate(config_from_dict(sim_config), n, seed)
-    return out if isinstance(out, dict) else vars(out)
+    out = vars(generate(config_from_dict(sim_config), n, seed))
+    out.update(class_names=np.array(out["meta"]["class_names"]), shape_names=np.array(out["meta"]["shape_names"]))
+    return out
 
 
 def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True) -> FrameSet:
@@ -114,12 +115,11 @@ def frames_on_grid(out: dict, sim_config: dict, grid: dict) -> FrameSet:
     h, w = patterns.shape[1:]
     centre = tuple(det.centre_px) if det.centre_px is not None else (h // 2, w // 2)
     patterns, valid = bin_to_grid(patterns, valid, centre, int(grid["size"]), extra)
-    labels = class_index(out["hit_class"], out.get("class_names"))
-    n = len(labels)
-    groups = out.get("species", out.get("particle_type"))
-    groups = np.full(n, "unknown") if groups is None else np.asarray(groups).astype(str)
-    radius = out.get("radius_nm")
-    radius = np.full(n, np.nan, np.float32) if radius is None else np.asarray(radius, dtype=np.float32)
+    meta = out.get("meta") or {}
+    labels = class_index(out["hit_class"], out.get("class_names", meta.get("class_names")))
+    shape_names = out.get("shape_names", meta.get("shape_names"))
+    groups = np.asarray(shape_names)[np.asarray(out["shape"], int)].astype(str)
+    radius = np.asarray(out["radius_nm"], dtype=np.float32)
     return FrameSet(patterns, valid, labels, groups, radius)
 
 
@@ -129,11 +129,11 @@ class AugmentConfig:
     p_missing_quadrant: float = 0.1
     max_patches: int = 3
     patch_fraction: float = 0.12  # side of a dead patch as a fraction of the grid
-    max_beamstop_px: float = 4.0
+    max_beamstop_px: float = 8.0
     max_shift_px: int = 2
     p_thinning: float = 0.4
     min_keep_fraction: float = 0.3
-    max_background: float = 0.05  # extra Poisson photons per binned pixel
+    max_background: float = 0.4  # extra Poisson photons per binned pixel
     max_read_noise: float = 0.4  # Gaussian sigma, photons per binned pixel
     rotate: bool = True
 
@@ -162,7 +162,8 @@ class Augmenter:
             rounded = np.rint(p[chosen])
             p[chosen] = rng.binomial(np.clip(rounded, 0, None).astype(np.int64), keep[:, None, None]) + (p[chosen] - rounded)
         if c.max_background:
-            p = p + rng.poisson(rng.uniform(0, c.max_background, n)[:, None, None], p.shape).astype(np.float32)
+            level = c.max_background * rng.random(n) ** 2  # mostly low, sometimes high
+            p = p + rng.poisson(level[:, None, None], p.shape).astype(np.float32)
         if c.max_read_noise:
             p = p + (rng.uniform(0, c.max_read_noise, n)[:, None, None].astype(np.float32) * rng.standard_normal(p.shape, dtype=np.float32))
         return p.astype(np.float32, copy=False)
