@@ -36,6 +36,7 @@ class ChainResult:
     stage_summaries: dict[str, dict] = field(default_factory=dict)
     output_sources: dict[str, str] = field(default_factory=dict)
     skipped_frames: int = 0
+    geometry: ExperimentGeometry | None = None
 
     @property
     def frames_per_s(self) -> float:
@@ -185,7 +186,7 @@ def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = T
         chain.setup()
         prefix = info.detector_source or "XFELDL"
         sources = {spec.label: f"{prefix}/XFELDL/{spec.label.upper()}:output" for spec, _ in chain.steps}
-        result = ChainResult(output, 0, len(info.train_ids), 0.0, output_sources=sources)
+        result = ChainResult(output, 0, len(info.train_ids), 0.0, output_sources=sources, geometry=geometry)
         with ExdfWriter(output, info.train_ids, proposal=info.proposal, run=info.run) as writer:
             bar = tqdm(total=info.n_frames, unit="frame", disable=not progress, desc=manifest.name, smoothing=0.1)
             for fields in source.batches(manifest.batch_size):
