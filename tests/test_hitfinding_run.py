@@ -61,3 +61,25 @@ def test_cxi_input_runs_through_the_same_chain(tmp_path):
     assert proc.returncode == 0, proc.stderr
     hits = extra_data.H5File(str(out))["XFELDL/XFELDL/LITPIXEL_HITFINDER:output", "data.is_hit"].ndarray()
     assert hits.tolist() == [i % 3 == 0 for i in range(12)]
+
+
+def test_raw_run_with_dark_from_the_run(tmp_path, hitfinding_manifest):
+    """Raw AGIPD-1M data: analog ADU minus a per-cell dark estimated from the run, in photons."""
+    import extra_data
+    from mockruns import write_mock_agipd_run
+
+    run_dir = tmp_path / "raw" / "r0042"
+    truth = write_mock_agipd_run(run_dir, photons_per_hit=1000.0, hit_fraction=0.3, seed=2, raw=True,
+                                 adu_per_photon=40.0)
+    manifest = tmp_path / "raw.toml"
+    manifest.write_text(hitfinding_manifest.read_text().replace(
+        'detector = "AGIPD1M"', 'detector = "AGIPD1M"\nraw = true\nphotons_per_adu = 0.025'))
+    out = tmp_path / "raw-hits.h5"
+    proc = run_cli("run", manifest, "--input", run_dir, "--output", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    hits = extra_data.H5File(str(out))["SPB_DET_AGIPD1M-1/XFELDL/HITFINDER:output"]
+    keys = zip(hits["data.is_hit"].train_id_coordinates().tolist(), hits["data.pulseId"].ndarray().tolist())
+    actual = np.array([truth[k] > 0 for k in keys])
+    found = hits["data.is_hit"].ndarray()
+    tp, fp, fn = (found & actual).sum(), (found & ~actual).sum(), (~found & actual).sum()
+    assert 2 * tp / (2 * tp + fp + fn) >= 0.95, (tp, fp, fn)

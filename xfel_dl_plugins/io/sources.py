@@ -131,20 +131,41 @@ class RunSource:
                 "cell_id": kd.cell_id_coordinates().astype(np.uint16),
             }
 
-    def _correct_raw(self, data: np.ndarray, cell_ids: np.ndarray):
-        """Quick-look correction of raw AGIPD data: analog ADU minus a per-cell dark, in photons.
+    def _estimate_dark(self, n_trains: int = 9) -> np.ndarray:
+        """Per-memory-cell, per-pixel analog offset: the median over the first ``n_trains`` trains.
 
-        The dark is the per-pixel, per-memory-cell median of the first batch of the run (most SPI
-        frames are blanks). No gain switching is handled: use calibrated data for quantitative work.
+        In single-particle runs almost every frame is a blank, so the median is the dark level.
+        Read module by module to keep memory bounded; returns ``(16, n_cells, 512, 128)`` float32.
         """
-        analog = np.moveaxis(data[:, :, 0] if data.ndim == 5 else data, 0, 1).astype(np.float32)
+        import extra_data
+
+        first = self.det.select_trains(extra_data.by_index[:n_trains])
+        cells = first["image.data"].cell_id_coordinates()
+        self._cell_index = {int(c): i for i, c in enumerate(np.unique(cells))}
+        dark = np.zeros((16, len(self._cell_index), 512, 128), np.float32)
+        for m in range(16):
+            one = extra_data.components.AGIPD1M(first.data, raw=True, modules=[m], min_modules=1) \
+                if m in first.source_to_modno.values() else None
+            if one is None:
+                continue
+            analog = one["image.data"].ndarray()[0][:, 0]
+            for c, i in self._cell_index.items():
+                dark[m, i] = np.median(analog[cells == c], axis=0)
+        return dark
+
+    def _correct_raw(self, data: np.ndarray, cell_ids: np.ndarray):
+        """Quick-look correction of raw AGIPD data: analog ADU minus the per-cell dark, in photons.
+
+        Gain switching is not handled (high-gain frames only): use calibrated data for quantitative
+        work. Cells absent from the dark trains are marked invalid.
+        """
         if self._dark is None:
-            cells = np.unique(cell_ids)
-            self._dark = {int(c): np.median(analog[cell_ids == c], axis=0) for c in cells}
-        fallback = np.median(np.stack(list(self._dark.values())), axis=0)
-        dark = np.stack([self._dark.get(int(c), fallback) for c in cell_ids])
-        frames = (analog - dark) * np.float32(self.photons_per_adu)
-        return frames, np.isfinite(frames)
+            self._dark = self._estimate_dark()
+        index = np.array([self._cell_index.get(int(c), -1) for c in cell_ids])
+        analog = np.moveaxis(data[:, :, 0] if data.ndim == 5 else data, 0, 1).astype(np.float32)
+        frames = (analog - self._dark[:, np.maximum(index, 0)].swapaxes(0, 1)) * np.float32(self.photons_per_adu)
+        valid = np.isfinite(frames) & (index >= 0)[:, None, None, None]
+        return frames, valid
 
     def close(self) -> None:
         pass
