@@ -24,12 +24,12 @@ def packaged_manifest(name: str) -> Path:
 
 def build_demo_run(run_dir: Path, *, progress: bool = True) -> None:
     """Simulate the demo run into ``run_dir`` (via a temporary directory, renamed when complete)."""
-    from .simulation import load_config, packaged_config, write_agipd_run
+    from .simulation.writers import simulate_main
 
-    config = load_config(packaged_config(DEMO_CONFIG))
+    config = Path(str(resources.files("xfel_dl_plugins.simulation") / "configs" / DEMO_CONFIG))
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    write_agipd_run(partial, config, progress=progress)
+    simulate_main(config, partial, progress=progress)
     (partial / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
     shutil.rmtree(run_dir, ignore_errors=True)
     partial.rename(run_dir)

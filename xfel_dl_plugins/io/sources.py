@@ -19,9 +19,10 @@ import numpy as np
 from ..errors import InputDataError
 from .cxi import read_cxi
 
-#: CONTROL sources/keys where a run may record the photon energy (eV) and detector distance (m).
-RECORDED_ENERGY = [("*/MDL/EXPERIMENT", "photonEnergy"), ("*_SIM/*/EXPERIMENT", "photonEnergy")]
-RECORDED_DISTANCE = [("*/MDL/EXPERIMENT", "detectorDistance"), ("*_SIM/*/EXPERIMENT", "detectorDistance")]
+#: CONTROL sources/keys where a run may record the photon energy (eV) and detector distance (m)
+#: (the simulator writes SPB_XFELDL_SIM/MDL/SETTINGS); the manifest's [geometry] overrides them.
+RECORDED_ENERGY = [("*/MDL/SETTINGS", "photonEnergy"), ("*/MDL/EXPERIMENT", "photonEnergy")]
+RECORDED_DISTANCE = [("*/MDL/SETTINGS", "detectorDistance"), ("*/MDL/EXPERIMENT", "detectorDistance")]
 
 
 @dataclass
