@@ -83,3 +83,23 @@ def test_raw_run_with_dark_from_the_run(tmp_path, hitfinding_manifest):
     found = hits["data.is_hit"].ndarray()
     tp, fp, fn = (found & actual).sum(), (found & ~actual).sum(), (~found & actual).sum()
     assert 2 * tp / (2 * tp + fp + fn) >= 0.95, (tp, fp, fn)
+
+
+def test_damnit_style_processing_of_an_open_run(mock_run, tmp_path, monkeypatch):
+    """DAMNIT passes an open DataCollection; the shipped manifest runs on it by name."""
+    import extra_data
+
+    from xfel_dl_plugins.integrations.damnit import process_run, results_path
+
+    monkeypatch.setenv("XFEL_DL_RESULTS", str(tmp_path))
+    run = extra_data.RunDirectory(str(mock_run[0]))
+    out = results_path(700000, 42, "spi-hitfinding")
+    manifest = tmp_path / "m.toml"  # the shipped manifest plus the mock run's geometry
+    from conftest import MANIFESTS
+
+    manifest.write_text((MANIFESTS / "spi-hitfinding.toml").read_text()
+                        .replace("# photon_energy_eV = 6000.0", "photon_energy_eV = 6000.0")
+                        .replace("# distance_m = 0.705", "distance_m = 0.705"))
+    result = process_run(run, manifest, out)
+    assert out.is_file() and result.n_frames == 96
+    assert extra_data.H5File(str(out)).get_run_value("SPB_DET_AGIPD1M-1/XFELDL/HITFINDER", "hits") > 0

@@ -51,33 +51,49 @@ def _first_recorded(run, candidates) -> float | None:
     return None
 
 
-class RunSource:
-    """AGIPD-1M frames of a European XFEL run, raw or calibrated, opened through EXtra-data."""
+def open_run_data(path=None, *, proposal=None, run_number=None, data="proc"):
+    """Open a run with EXtra-data (directory, single file, or proposal + run); return (run, label).
 
-    def __init__(self, path=None, *, proposal=None, run_number=None, data="proc", detector="AGIPD1M",
-                 source=None, trains=None, raw=None, photons_per_adu=1.0):
+    A file EXtra-data cannot read is an error here, not a silently skipped part of the run."""
+    import extra_data
+
+    if path is not None and not Path(path).exists():
+        raise InputDataError(f"run directory not found: {path}")
+    label = str(path) if path is not None else f"proposal {proposal} run {run_number} ({data})"
+    skipped = io.StringIO()  # EXtra-data reports unreadable files on stderr and skips them
+    try:
+        with contextlib.redirect_stderr(skipped):
+            if path is None:
+                run = extra_data.open_run(proposal, run_number, data=data)
+            elif Path(path).is_file():
+                run = extra_data.H5File(str(path))
+            else:
+                run = extra_data.RunDirectory(str(path))
+    except Exception as exc:  # EXtra-data raises OSError, FileNotFoundError, ValueError...
+        raise InputDataError(f"cannot open run {label}: {type(exc).__name__}: {exc}") from None
+    bad = re.search(r"Skipping file (\S+)\s+\(error was: (.*)\)", skipped.getvalue())
+    if bad:  # losing a file silently would lose data: refuse instead
+        raise InputDataError(f"{label}: file {bad.group(1)} cannot be read (truncated or corrupt?): {bad.group(2)}")
+    return run, label
+
+
+class RunSource:
+    """AGIPD-1M frames of a European XFEL run, raw or calibrated, opened through EXtra-data.
+
+    Give a path, a proposal + run number, or an already open ``DataCollection`` (``collection``,
+    as DAMNIT passes to its variables)."""
+
+    def __init__(self, path=None, *, collection=None, proposal=None, run_number=None, data="proc",
+                 detector="AGIPD1M", source=None, trains=None, raw=None, photons_per_adu=1.0):
         import extra_data
         from extra_data.components import AGIPD1M
 
         if detector != "AGIPD1M":
             raise InputDataError(f"detector {detector!r} is not supported for runs yet (supported: AGIPD1M)")
-        if path is not None and not Path(path).exists():
-            raise InputDataError(f"run directory not found: {path}")
-        label = str(path) if path is not None else f"proposal {proposal} run {run_number} ({data})"
-        skipped = io.StringIO()  # EXtra-data reports unreadable files on stderr and skips them
-        try:
-            with contextlib.redirect_stderr(skipped):
-                if path is None:
-                    run = extra_data.open_run(proposal, run_number, data=data)
-                elif Path(path).is_file():
-                    run = extra_data.H5File(str(path))
-                else:
-                    run = extra_data.RunDirectory(str(path))
-        except Exception as exc:  # EXtra-data raises OSError, FileNotFoundError, ValueError...
-            raise InputDataError(f"cannot open run {label}: {type(exc).__name__}: {exc}") from None
-        bad = re.search(r"Skipping file (\S+)\s+\(error was: (.*)\)", skipped.getvalue())
-        if bad:  # losing a file silently would lose data: refuse instead
-            raise InputDataError(f"{label}: file {bad.group(1)} cannot be read (truncated or corrupt?): {bad.group(2)}")
+        if collection is not None:
+            run, label = collection, "DataCollection " + ",".join(map(str, collection.train_ids[:1])) + "..."
+        else:
+            run, label = open_run_data(path, proposal=proposal, run_number=run_number, data=data)
         if trains is not None:
             first, last = trains
             run = run.select_trains(extra_data.by_id[first : last + 1])

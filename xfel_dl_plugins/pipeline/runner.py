@@ -43,12 +43,13 @@ class ChainResult:
         return self.n_frames / self.elapsed_s if self.elapsed_s else 0.0
 
 
-def open_source(spec: InputSpec):
-    if spec.cxi:
+def open_source(spec: InputSpec, collection=None):
+    """The manifest's input, or ``collection`` (an open EXtra-data DataCollection) when given."""
+    if spec.cxi and collection is None:
         return CXISource(spec.cxi)
-    if spec.run is None and (spec.proposal is None or spec.run_number is None):
+    if collection is None and spec.run is None and (spec.proposal is None or spec.run_number is None):
         raise ManifestError("no input: set [input] run, cxi or proposal + run_number, or pass --input")
-    return RunSource(spec.run, proposal=spec.proposal, run_number=spec.run_number, data=spec.data,
+    return RunSource(spec.run, collection=collection, proposal=spec.proposal, run_number=spec.run_number, data=spec.data,
                      detector=spec.detector, source=spec.source, trains=spec.trains, raw=spec.raw,
                      photons_per_adu=spec.photons_per_adu)
 
@@ -165,8 +166,9 @@ def _run_values(summary: dict[str, Any]) -> dict[str, Any]:
                 else json.dumps(v, default=str)) for k, v in summary.items()}
 
 
-def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = True) -> ChainResult:
-    """Run ``manifest`` end to end. The results file appears only when complete."""
+def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = True, collection=None) -> ChainResult:
+    """Run ``manifest`` end to end (on ``collection`` if given, e.g. the run DAMNIT passes).
+    The results file appears only when complete."""
     from tqdm import tqdm
 
     if manifest.output is None:
@@ -178,7 +180,7 @@ def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = T
         raise XfelDLError(f"output directory does not exist: {output.parent}")
 
     t0 = time.perf_counter()
-    source = open_source(manifest.input)
+    source = open_source(manifest.input, collection)
     try:
         info = source.info
         geometry = resolve_geometry(manifest.geometry, info)
