@@ -64,11 +64,12 @@ class ExdfWriter:
         self._timestamps = np.asarray(timestamps, dtype=np.uint64)
 
     # -- writing -------------------------------------------------------------------------------
-    def append_instrument(self, source: str, data: dict[str, Any], train_ids) -> None:
+    def append_instrument(self, source: str, data: dict[str, Any], train_ids, *, compress=()) -> None:
         """Append rows (e.g. one per frame) to ``INSTRUMENT/source``.
 
         ``data`` maps ``group.key`` (e.g. ``image.data``) to arrays whose first axis matches
-        ``train_ids``; rows must come in non-decreasing train order across calls.
+        ``train_ids``; rows must come in non-decreasing train order across calls. Keys named in
+        ``compress`` are stored gzip-compressed (as calibrated files store ``image.mask``/``gain``).
         """
         tids = np.asarray(train_ids, dtype=np.uint64)
         groups: dict[str, int] = {}
@@ -80,11 +81,11 @@ class ExdfWriter:
             if not name:
                 raise ValueError(f"key {key!r} must be 'group.name'")
             groups[group] = len(tids)
-            self._append_rows(f"INSTRUMENT/{source}/{group}/{name.replace('.', '/')}", value)
+            self._append_rows(f"INSTRUMENT/{source}/{group}/{name.replace('.', '/')}", value, key in compress)
         for group in groups:
             self._instrument_rows.setdefault((source, group), []).append(tids)
 
-    def _append_rows(self, h5path: str, value: np.ndarray) -> None:
+    def _append_rows(self, h5path: str, value: np.ndarray, compress: bool = False) -> None:
         f = self._file
         if value.dtype.kind in "UO":
             value = value.astype(h5py.string_dtype())
@@ -93,7 +94,8 @@ class ExdfWriter:
             if np.prod(chunks) * value.dtype.itemsize > (8 << 20):  # big frames: one row per chunk
                 chunks = (1,) + value.shape[1:]
             f.create_dataset(h5path, shape=(0,) + value.shape[1:], maxshape=(None,) + value.shape[1:],
-                             dtype=value.dtype, chunks=chunks)
+                             dtype=value.dtype, chunks=chunks, **(dict(compression="gzip", compression_opts=1)
+                                                                  if compress else {}))
         ds = f[h5path]
         if ds.shape[1:] != value.shape[1:]:
             raise ValueError(f"{h5path}: rows of shape {value.shape[1:]} appended to {ds.shape[1:]}")

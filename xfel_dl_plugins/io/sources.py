@@ -41,13 +41,11 @@ class SourceInfo:
 
 
 def _first_recorded(run, candidates) -> float | None:
+    """The run-start value of the first matching CONTROL source/key, if the run records one."""
     for pattern, key in candidates:
         for src in sorted(fnmatch.filter(run.control_sources, pattern)):
-            if key in run[src].keys():
-                try:
-                    return float(run.get_run_value(src, key))
-                except Exception:
-                    return float(run[src, key].ndarray()[0])
+            if f"{key}.value" in run[src].keys():
+                return float(run.get_run_value(src, key))
     return None
 
 
