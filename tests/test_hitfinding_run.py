@@ -103,3 +103,54 @@ def test_damnit_style_processing_of_an_open_run(mock_run, tmp_path, monkeypatch)
     result = process_run(run, manifest, out)
     assert out.is_file() and result.n_frames == 96
     assert extra_data.H5File(str(out)).get_run_value("SPB_DET_AGIPD1M-1/XFELDL/HITFINDER", "hits") > 0
+
+
+def _replay_on_bridge(run_dir, endpoint):
+    """Send a calibrated run train by train on a loopback karabo-bridge, modules appended into
+    (frames, 16, 512, 128) as the online calibration pipeline and karabo-bridge-serve-files do."""
+    import extra_data
+    from extra_data.stacking import stack_detector_data
+    from karabo_bridge import ServerInThread
+
+    server = ServerInThread(endpoint, sock="REP", maxlen=2)
+    server.start()
+    run = extra_data.RunDirectory(str(run_dir))
+    for tid, train in run.trains():
+        first = next(v for k, v in train.items() if "/CORR/" in k)
+        appended = {
+            "image.data": stack_detector_data(train, "image.data", pattern=r"/CORR/(\d+)CH"),
+            "image.mask": stack_detector_data(train, "image.mask", pattern=r"/CORR/(\d+)CH"),
+            "image.pulseId": first["image.pulseId"], "image.cellId": first["image.cellId"],
+        }
+        meta = {"source": "SPB_DET_AGIPD1M-1/DET/APPEND", "timestamp.tid": tid}
+        server.feed({"SPB_DET_AGIPD1M-1/DET/APPEND": appended}, {"SPB_DET_AGIPD1M-1/DET/APPEND": meta})
+    return server
+
+
+def test_online_karabo_bridge_stream_gives_the_offline_results(mock_run, hitfinding_manifest, tmp_path):
+    """Process a karabo-bridge stream (loopback): the same frames get the same hit decisions as offline."""
+    import socket
+    import threading
+
+    import extra_data
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    run_dir, truth = mock_run
+    feeder = threading.Thread(target=_replay_on_bridge, args=(run_dir, endpoint), daemon=True)
+    feeder.start()
+    manifest = tmp_path / "online.toml"
+    manifest.write_text(hitfinding_manifest.read_text().replace(
+        'detector = "AGIPD1M"', 'detector = "AGIPD1M"\nmax_trains = 6\ntimeout_s = 20.0'))
+    out = tmp_path / "online.h5"
+    proc = run_cli("run", manifest, "--input", endpoint, "--output", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+
+    online = extra_data.H5File(str(out))["SPB_DET_AGIPD1M-1/XFELDL/HITFINDER:output"]
+    assert list(zip(online["data.is_hit"].train_id_coordinates().tolist(),
+                    online["data.pulseId"].ndarray().tolist())) == list(truth)
+    found = online["data.is_hit"].ndarray()
+    actual = np.array([truth[k] > 0 for k in truth])
+    assert (found == actual).mean() >= 0.95

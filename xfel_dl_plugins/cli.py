@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a processing chain (manifest TOML)")
     p.add_argument("manifest", help="manifest file, e.g. manifests/spi-hitfinding.toml")
-    p.add_argument("--input", help="run directory or CXI file (overrides [input])")
+    p.add_argument("--input", help="run directory, CXI file, or karabo-bridge endpoint tcp://host:port (overrides [input])")
     p.add_argument("--output", help="results file (overrides [output] file)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

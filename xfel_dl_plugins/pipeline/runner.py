@@ -47,6 +47,10 @@ def open_source(spec: InputSpec, collection=None):
     """The manifest's input, or ``collection`` (an open EXtra-data DataCollection) when given."""
     if spec.cxi and collection is None:
         return CXISource(spec.cxi)
+    if spec.bridge and collection is None:
+        from ..io.bridge import BridgeSource
+
+        return BridgeSource(spec.bridge, source=spec.source, max_trains=spec.max_trains, timeout_s=spec.timeout_s)
     if collection is None and spec.run is None and (spec.proposal is None or spec.run_number is None):
         raise ManifestError("no input: set [input] run, cxi or proposal + run_number, or pass --input")
     return RunSource(spec.run, collection=collection, proposal=spec.proposal, run_number=spec.run_number, data=spec.data,
@@ -188,10 +192,12 @@ def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = T
         chain.setup()
         prefix = info.detector_source or "XFELDL"
         sources = {spec.label: f"{prefix}/XFELDL/{spec.label.upper()}:output" for spec, _ in chain.steps}
-        result = ChainResult(output, 0, len(info.train_ids), 0.0, output_sources=sources, geometry=geometry)
+        result = ChainResult(output, 0, 0, 0.0, output_sources=sources, geometry=geometry)
         with ExdfWriter(output, info.train_ids, proposal=info.proposal, run=info.run) as writer:
             bar = tqdm(total=info.n_frames, unit="frame", disable=not progress, desc=manifest.name, smoothing=0.1)
             for fields in source.batches(manifest.batch_size):
+                if info.train_ids is None:  # a stream: the file's trains are those received
+                    writer.declare_trains(fields["train_id"])
                 batch = FrameBatch(fields, geometry)
                 batch, skipped = _drop_invalid_frames(batch, manifest.on_invalid_frame)
                 result.skipped_frames += skipped
@@ -205,6 +211,7 @@ def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = T
                 if summary:
                     writer.write_run_values(sources[spec.label].split(":")[0], _run_values(summary))
             writer.write_run_values(PROVENANCE_SOURCE, _provenance(manifest, info, geometry, chain, result))
+        result.n_trains = len(writer.train_ids)
     finally:
         source.close()
     result.elapsed_s = time.perf_counter() - t0
