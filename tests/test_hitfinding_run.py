@@ -154,3 +154,18 @@ def test_online_karabo_bridge_stream_gives_the_offline_results(mock_run, hitfind
     found = online["data.is_hit"].ndarray()
     actual = np.array([truth[k] > 0 for k in truth])
     assert (found == actual).mean() >= 0.95
+
+
+def test_parts_in_parallel_through_dask_open_as_one_run(mock_run, hitfinding_manifest, tmp_path):
+    import extra_data
+
+    run_dir, truth = mock_run
+    proc = run_cli("run", hitfinding_manifest, "--input", run_dir, "--output", tmp_path / "hits.h5",
+                   "--parts", "3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "hits"
+    assert sorted(p.name for p in folder.iterdir()) == [f"hits-S{i:05d}.h5" for i in range(3)]
+    combined = extra_data.RunDirectory(str(folder))["SPB_DET_AGIPD1M-1/XFELDL/HITFINDER:output"]
+    keys = list(zip(combined["data.is_hit"].train_id_coordinates().tolist(),
+                    combined["data.pulseId"].ndarray().tolist()))
+    assert keys == list(truth)
