@@ -143,7 +143,7 @@ def polyhedron_map(shape: str, radius_m: float, density_e_m3: float, voxel_m: fl
     """Regular polyhedron of volume-equivalent radius ``radius_m``, a face normal set as in :func:`polyhedron`."""
     normals, inradius = polyhedron(shape)
     h = inradius * radius_m
-    circumradius = h * _circum_over_in(shape)
+    circumradius = h * circumradius_over_inradius(shape)
     n = n or grid_size_for(circumradius, voxel_m)
     x, y, z = _grid(n, voxel_m)
     sd = np.full((n, n, n), -np.inf)
@@ -153,7 +153,7 @@ def polyhedron_map(shape: str, radius_m: float, density_e_m3: float, voxel_m: fl
 
 
 @lru_cache(maxsize=None)
-def _circum_over_in(shape: str) -> float:
+def circumradius_over_inradius(shape: str) -> float:
     normals, _ = polyhedron(shape)
     hs = HalfspaceIntersection(np.hstack([normals, -np.ones((len(normals), 1))]), np.zeros(3))
     return float(np.linalg.norm(hs.intersections, axis=1).max())

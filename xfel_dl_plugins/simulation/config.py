@@ -97,6 +97,16 @@ class SpeciesConfig:
 
 
 @dataclass
+class OutputConfig:
+    n_patterns: int = 1000  # patterns (agipd1m: frames; rounded up to whole trains)
+    seed: int = 0
+    projected_density: bool = True  # grid detectors: store the projected electron density per pattern
+    frames_per_train: int = 32  # agipd1m
+    first_train_id: int = 10000  # agipd1m
+    run_number: int = 1  # agipd1m
+
+
+@dataclass
 class SimulationConfig:
     beam: BeamConfig = field(default_factory=BeamConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -113,9 +123,10 @@ class SimulationConfig:
     touching_fraction: float = 0.5  # multiples: fraction of particles stuck to a neighbour (else apart in the focus)
     map_oversampling: int = 4
     name: str = "simulation"
+    output: OutputConfig = field(default_factory=OutputConfig)
 
 
-_NESTED = {"beam": BeamConfig, "detector": DetectorConfig, "background": BackgroundConfig}
+_NESTED = {"beam": BeamConfig, "detector": DetectorConfig, "background": BackgroundConfig, "output": OutputConfig}
 
 
 def _build(cls, data: Any, where: str):
@@ -145,6 +156,10 @@ def _convert(f: dataclasses.Field, value: Any, where: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
     if t == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -233,6 +248,9 @@ def validate(cfg: SimulationConfig) -> None:
         raise ConfigError(f"multiple_count: must be [min, max] with 2 <= min <= max, got {list(cfg.multiple_count)}")
     if not 0 <= cfg.touching_fraction <= 1:
         raise ConfigError(f"touching_fraction: must be in [0, 1], got {cfg.touching_fraction!r}")
+    o = cfg.output
+    if o.n_patterns < 1 or not 1 <= o.frames_per_train <= 352 or o.first_train_id < 1 or o.run_number < 0:
+        raise ConfigError("output: need n_patterns >= 1, 1 <= frames_per_train <= 352, first_train_id >= 1, run_number >= 0")
     if not (isinstance(cfg.map_oversampling, int) and 2 <= cfg.map_oversampling <= 8):
         raise ConfigError(f"map_oversampling: must be an integer 2..8, got {cfg.map_oversampling!r}")
     for group in ("sample", "contaminants"):

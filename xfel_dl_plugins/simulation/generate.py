@@ -17,6 +17,8 @@ import numpy as np
 from ..physics.constants import CLASSICAL_ELECTRON_RADIUS_M, ELECTRON_VOLT_J
 from .config import HIT_CLASSES, SimulationConfig, load_config
 from .detector import Detector, make_detector
+from .effects import add_readout_noise, poisson_counts, saturate
+from .upsample import block_centres, upsample
 from .samples import SHAPE_CODES, SHAPE_NAMES, Particle, SpeciesSampler, streak_intensity
 
 FWHM_TO_SIGMA = 1 / (2 * np.sqrt(2 * np.log(2)))
@@ -84,9 +86,44 @@ class Simulator:
         self.gas = np.where(self.valid, gas, 0.0)
         stray = np.where(self.valid, np.maximum(self.q_abs, 1.0) ** -config.background.stray_exponent * geom.solid_angle, 0.0)
         self.stray = stray / stray.sum() * config.background.stray_photons if stray.sum() > 0 else stray
+        self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
+        self.invalid_index = np.nonzero(~self.valid)
         self.use_map = False
-        dq = 2 * np.pi / geom.wavelength_m * self.detector.pixel_size_m / self.detector.distance_m
-        self.pixel_dq = dq
+        self.pixel_dq = geom.k * self.detector.pixel_size_m / self.detector.distance_m
+        # amplitudes are evaluated per detector tile (AGIPD: 128 tiles of 64 x 128 pixels)
+        self.tile_shape = (128, 64, 128) if self.detector.kind == "agipd1m" else (1, *self.valid.shape)
+        self._coarse_q: dict[int, np.ndarray] = {}
+
+    def _factor(self, extent_m: float) -> int:
+        """Block size f for evaluating F: at least 8 blocks per oscillation 2 pi / extent of F."""
+        period_px = 2 * np.pi / (max(extent_m, 1e-12) * self.pixel_dq)
+        for f in (4, 2):
+            if period_px / f >= 8 and self.tile_shape[1] % f == 0 and self.tile_shape[2] % f == 0:
+                return f
+        return 1
+
+    def _q_blocks(self, f: int) -> np.ndarray:
+        if f not in self._coarse_q:
+            pos = block_centres(self.detector.positions_m.reshape(*self.tile_shape, 3), f)
+            d = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
+            d[..., 2] -= 1.0
+            self._coarse_q[f] = (self.geometry.k * d).astype(np.float32)
+        return self._coarse_q[f]
+
+    def particle_amplitude(self, particle: Particle) -> np.ndarray:
+        """F of a particle centred at the origin at every pixel, via block evaluation + cubic upsampling."""
+        f = self._factor(particle.extent_m)
+        if f == 1:
+            return particle.amplitude(self.q)
+        return upsample(particle.amplitude(self._q_blocks(f)), f).reshape(self.valid.shape)
+
+    def exclude(self, pixels: np.ndarray) -> None:
+        """Treat ``pixels`` (bool, detector shape) as insensitive from now on (e.g. bad pixels)."""
+        self.valid = self.valid & ~pixels
+        self.invalid_index = np.nonzero(~self.valid)
+        self.gas = np.where(self.valid, self.gas, 0.0)
+        self.stray = np.where(self.valid, self.stray, 0.0)
+        self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
 
     # -- one pattern --------------------------------------------------------------------------------
     def _pick(self, rng, species_list):
@@ -133,10 +170,9 @@ class Simulator:
                 scene.append((self.samplers[id(sp)].draw(rng, self.use_map), self._offset_in_focus(rng), 0))
         return cls, scene, streak
 
-    def intensity(self, scene, pulse_photons: float, q=None, scale=None) -> np.ndarray:
+    def intensity(self, scene, pulse_photons: float) -> np.ndarray:
         """Expected photons per pixel scattered by the particles of a scene (no background)."""
-        q = self.q if q is None else q
-        scale = self.scale if scale is None else scale
+        q, scale = self.q, self.scale
         total = np.zeros(q.shape[:-1], dtype=np.float64)
         groups: dict[int, list] = {}
         for particle, offset, g in scene:
@@ -146,7 +182,7 @@ class Simulator:
             amp = 0
             for particle, offset in members:
                 fluence = j0 * np.exp(-0.5 * np.dot(offset, offset) / self.sigma_focus**2)
-                f = particle.amplitude(q)
+                f = self.particle_amplitude(particle)
                 pos = particle.position_m
                 if np.any(pos != 0):
                     f = f * np.exp(-1j * (q @ pos.astype(np.float32)))
@@ -160,31 +196,36 @@ class Simulator:
         jitter = cfg.beam.pulse_energy_jitter
         pulse = self.mean_pulse_photons * (rng.gamma(1 / jitter**2, jitter**2) if jitter > 0 else 1.0)
         cls, scene, streak = self.draw_scene(rng)
-        sample = self.intensity(scene, pulse) if scene else np.zeros(self.valid.shape)
+        sample = self.intensity(scene, pulse) if scene else None
         if streak:
             photons = 10 ** rng.uniform(2.5, 4.0)
-            sample = sample + streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
-        sample = np.where(self.valid, sample, 0.0)
+            streak_i = streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
+            sample = streak_i if sample is None else sample + streak_i
+        if sample is not None:
+            sample[self.invalid_index] = 0.0
         bg_cfg = cfg.background
         stray_level = max(0.0, 1 + bg_cfg.jitter * rng.standard_normal())
-        background = self.gas * (pulse / self.mean_pulse_photons) + self.stray * stray_level
-        expected = sample + background
-        counts = rng.poisson(expected).astype(np.float32)
+        pulse_ratio = pulse / self.mean_pulse_photons
+        expected = self.gas * pulse_ratio
+        expected += self.stray * stray_level
+        background_total = self.gas_total * pulse_ratio + self.stray_total * stray_level
+        if sample is not None:
+            expected += sample
+        counts = poisson_counts(rng, expected)
         det = cfg.detector
         native = self.detector.native_pixels
-        if det.readout_noise_photons > 0:
-            counts += rng.standard_normal(counts.shape, dtype=np.float32) * np.float32(det.readout_noise_photons * np.sqrt(native))
-        saturated = counts >= det.saturation_photons * native
-        np.minimum(counts, det.saturation_photons * native, out=counts)
-        valid = self.valid & ~saturated
-        counts[~self.valid] = 0.0
+        add_readout_noise(rng, counts, det.readout_noise_photons * np.sqrt(native))
+        saturated = saturate(counts, det.saturation_photons * native)
+        valid = self.valid if saturated is None else self.valid & ~saturated
+        counts[self.invalid_index] = 0.0
         first = scene[0][0] if scene else None
         out = dict(
             pattern=counts, valid=valid, hit_class=HIT_CODES[cls],
             n_particles=len(scene), radius_nm=first.radius_m * 1e9 if first else 0.0,
             shape=SHAPE_CODES[first.shape] if first else (SHAPE_CODES["streak"] if streak else 0),
             orientation=first.quaternion if first else np.array([1.0, 0, 0, 0]),
-            photons=float(sample.sum()), background_photons=float(background.sum()),
+            photons=float(sample.sum()) if sample is not None else 0.0, background_photons=background_total,
+            saturated=0 if saturated is None else int(saturated.sum()),
             fluence_ph_um2=(pulse * self.peak_fluence_per_photon * np.exp(-0.5 * np.dot(scene[0][1], scene[0][1]) / self.sigma_focus**2) * 1e-12) if scene else 0.0,
             pulse_energy_mJ=pulse * cfg.beam.photon_energy_eV * ELECTRON_VOLT_J * 1e3,
         )

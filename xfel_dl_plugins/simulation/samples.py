@@ -30,6 +30,7 @@ class Particle:
     radius_m: float  # volume-equivalent radius
     quaternion: np.ndarray  # (4,) body -> lab
     amplitude: Callable[[np.ndarray], np.ndarray]  # lab-frame q (..., 3) -> F
+    extent_m: float  # largest distance of the particle's matter from its centre
     position_m: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
 
@@ -59,6 +60,8 @@ class SpeciesSampler:
         dm = dens.DensityMap(values.astype(np.float32), sp.map_voxel_nm * 1e-9)
         self._map = dens.FourierMap(dm, self.oversampling)
         self._map_radius = (3 * dm.electrons / (4 * np.pi * float(values.max()))) ** (1 / 3)
+        occupied = np.argwhere(values > 0.01 * values.max()) - values.shape[0] // 2
+        self._map_extent = float(np.linalg.norm(occupied, axis=1).max() + 1) * dm.voxel_m
 
     def fourier_map(self) -> dens.FourierMap:
         """The 3D-map path for polyhedra (built once, at the largest radius, reused at any size)."""
@@ -76,13 +79,16 @@ class SpeciesSampler:
         rot = quaternion_to_matrix(quat)
         radius = float(sp.radius_nm.draw(rng)) * 1e-9
         rho, shape = self.rho, sp.shape
+        extent = radius
         if shape == "sphere":
             amp = lambda q: sphere_amplitude(np.linalg.norm(q, axis=-1), radius, rho)  # noqa: E731
         elif shape == "spheroid":
             aspect = float(sp.aspect.draw(rng))
             a = radius / aspect ** (1 / 3)
             amp = lambda q: spheroid_amplitude(q, a, a * aspect, rot, rho)  # noqa: E731
+            extent = max(a, a * aspect)
         elif shape in dens.POLYHEDRA:
+            extent = radius * dens.polyhedron(shape)[1] * dens.circumradius_over_inradius(shape)
             if use_map:
                 fm, scale = self.fourier_map(), radius / self._map_radius
                 amp = lambda q: fm.amplitude(q, rot, scale)  # noqa: E731
@@ -96,16 +102,17 @@ class SpeciesSampler:
         elif shape == "cluster":
             centres, radii = _aggregate(rng, radius, sp)
             radius = float(np.cbrt(np.sum(radii**3)))
+            extent = float(np.max(np.linalg.norm(centres, axis=1) + radii))
             amp = lambda q: _cluster_amplitude(q, rot @ centres.T, radii, rho)  # noqa: E731
         elif shape == "map":
             fm = self._map
             amp = lambda q: fm.amplitude(q, rot)  # noqa: E731
-            radius = self._map_radius
+            radius, extent = self._map_radius, self._map_extent
         elif shape == "streak":
             raise XfelDLError("streaks are not particles; use draw_streak")
         else:  # pragma: no cover - validated in config
             raise XfelDLError(f"unknown shape {shape!r}")
-        return Particle(sp.name, shape, radius, quat, amp)
+        return Particle(sp.name, shape, radius, quat, amp, extent)
 
 
 def _aggregate(rng, member_radius_mean: float, sp: SpeciesConfig):
@@ -127,12 +134,16 @@ def _aggregate(rng, member_radius_mean: float, sp: SpeciesConfig):
 
 
 def _cluster_amplitude(q, centres_lab, radii, rho):
+    """Coherent sum of touching spheres: sum_j F_sphere(q; r_j) exp(-i q.c_j), in float32."""
     qa = np.linalg.norm(q, axis=-1)
-    phase = q @ centres_lab  # (..., n)
-    out = np.zeros(qa.shape, dtype=np.complex64)
+    real = np.zeros(qa.shape, dtype=np.float32)
+    imag = np.zeros(qa.shape, dtype=np.float32)
     for i, r in enumerate(radii):
-        out += sphere_amplitude(qa, r, rho) * np.exp(-1j * phase[..., i])
-    return out
+        f = sphere_amplitude(qa, r, rho).astype(np.float32, copy=False)
+        phase = q @ centres_lab[:, i].astype(np.float32)
+        real += f * np.cos(phase)
+        imag -= f * np.sin(phase)
+    return real + 1j * imag
 
 
 def streak_intensity(rng, q: np.ndarray, valid: np.ndarray, photons: float, width_q: float) -> np.ndarray:
