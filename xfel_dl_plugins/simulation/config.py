@@ -93,6 +93,7 @@ class SpeciesConfig:
     members: tuple = (3, 12)  # cluster: number of spheres
     map_file: str | None = None  # map: .npy (N,N,N) electrons/A^3
     map_voxel_nm: float | None = None
+    method: str = "analytic"  # polyhedra: "analytic" (exact edge sums) or "map" (3D-map path)
     weight: float = 1.0
 
 
@@ -121,7 +122,7 @@ class SimulationConfig:
     hit_fractions: dict = field(default_factory=lambda: {"blank": 0.5, "single": 0.3, "multiple": 0.1, "other": 0.1})
     multiple_count: tuple = (2, 4)
     touching_fraction: float = 0.5  # multiples: fraction of particles stuck to a neighbour (else apart in the focus)
-    map_oversampling: int = 4
+    map_oversampling: int = 2
     name: str = "simulation"
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -184,6 +185,8 @@ def _species_list(data: Any, where: str) -> list:
             raise ConfigError(f"{where}[{i}].shape: {sp.shape!r} is not one of {', '.join(SHAPES)}")
         if sp.shape == "map" and (not sp.map_file or not sp.map_voxel_nm):
             raise ConfigError(f"{where}[{i}]: shape 'map' needs map_file and map_voxel_nm")
+        if sp.method not in ("analytic", "map"):
+            raise ConfigError(f"{where}[{i}].method: must be 'analytic' or 'map', got {sp.method!r}")
         if sp.weight < 0:
             raise ConfigError(f"{where}[{i}].weight: must be >= 0")
         out.append(sp)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..physics.constants import CLASSICAL_ELECTRON_RADIUS_M, ELECTRON_VOLT_J
+from ..physics.constants import CLASSICAL_ELECTRON_RADIUS_M, ELECTRON_VOLT_J, HC_EV_M
 from .config import HIT_CLASSES, SimulationConfig, load_config
 from .detector import Detector, make_detector
+from .parallel import default_workers, map_tasks
 from .effects import add_readout_noise, poisson_counts, saturate
 from .upsample import block_centres, upsample
 from .samples import SHAPE_CODES, SHAPE_NAMES, Particle, SpeciesSampler, streak_intensity
@@ -70,7 +71,7 @@ class Simulator:
         # photons per pixel = J [1/m^2] * scale * |F|^2
         self.scale = (CLASSICAL_ELECTRON_RADIUS_M**2 * geom.polarisation * geom.solid_angle).astype(np.float64)
         self.valid = self.detector.valid
-        q_reach = float(np.abs(geom.q).max())
+        q_reach = float(geom.q_abs.max())  # any orientation: a body axis can point along q
         self.samplers = {id(sp): SpeciesSampler(sp, q_reach, config.map_oversampling)
                          for sp in [*config.sample, *config.contaminants]}
         photon_j = beam.photon_energy_eV * ELECTRON_VOLT_J
@@ -261,45 +262,65 @@ class Simulator:
 
 
 def generate(config, n: int, seed: int = 0, *, detector: Detector | None = None, start: int = 0,
-             projected_density: bool = False, use_map: bool = False, progress: bool = False) -> SimulatedPatterns:
+             projected_density: bool = False, use_map: bool = False, workers: int = 1,
+             progress: bool = False) -> SimulatedPatterns:
     """Simulate patterns ``start .. start+n-1`` of the dataset defined by ``config`` and ``seed``.
 
     ``config``: a :class:`SimulationConfig`, or a path to a TOML file / packaged config name.
     ``detector``: overrides the configured detector (e.g. :func:`detector.grid_detector`).
     ``use_map``: polyhedra through the 3D-map path instead of their exact analytic amplitude.
+    ``workers``: processes to use (0: one per available core, at most 4); results do not depend on it.
     """
     if not isinstance(config, SimulationConfig):
         config = load_config(config)
-    sim = Simulator(config, detector)
-    sim.use_map = use_map
-    return run_simulator(sim, n, seed, start=start, projected_density=projected_density, progress=progress)
-
-
-def run_simulator(sim: Simulator, n: int, seed: int, *, start: int = 0, projected_density: bool = False,
-                  progress: bool = False) -> SimulatedPatterns:
-    shape = sim.valid.shape
-    patterns = np.empty((n, *shape), np.float32)
-    valid = np.empty((n, *shape), bool)
-    proj = np.empty((n, *shape), np.float32) if projected_density else None
-    scalars = {k: np.empty(n, t) for k, t in (("hit_class", np.int8), ("n_particles", np.int16), ("radius_nm", np.float32),
-                                              ("shape", np.int8), ("photons", np.float32), ("background_photons", np.float32),
-                                              ("fluence_ph_um2", np.float32), ("pulse_energy_mJ", np.float32))}
-    orientation = np.empty((n, 4), np.float32)
-    indices = range(start, start + n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    workers = default_workers() if workers == 0 else workers
+    chunk = max(1, min(256, -(-n // max(1, 4 * workers))))
+    tasks = [(i, min(chunk, start + n - i), seed, projected_density) for i in range(start, start + n, chunk)]
+    parts = map_tasks(_make_simulator, (config, detector, use_map), _simulate_chunk, tasks, workers)
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc="simulating", unit="pattern")
-    for row, i in enumerate(indices):
-        r = sim.simulate(i, seed, projected_density)
+        parts = tqdm(parts, total=len(tasks), desc="simulating", unit="chunk")
+    rows = [r for part in parts for r in part]
+    sim_meta = _make_simulator(config, detector, use_map, light=True)
+    return _collect(rows, sim_meta, seed, start, projected_density)
+
+
+def _make_simulator(config, detector, use_map, light: bool = False):
+    if light:  # geometry-only facts for the metadata
+        det = detector or make_detector(config.detector)
+        return dict(photon_energy_eV=config.beam.photon_energy_eV, distance_m=det.distance_m,
+                    pixel_size_m=det.pixel_size_m, detector=det.kind, centre_px=det.centre_px, shape=det.valid.shape,
+                    wavelength_m=HC_EV_M / config.beam.photon_energy_eV)
+    sim = Simulator(config, detector)
+    sim.use_map = use_map
+    return sim
+
+
+def _simulate_chunk(sim: Simulator, task) -> list[dict]:
+    first, count, seed, projection = task
+    return [sim.simulate(i, seed, projection) for i in range(first, first + count)]
+
+
+_SCALARS = (("hit_class", np.int8), ("n_particles", np.int16), ("radius_nm", np.float32), ("shape", np.int8),
+            ("photons", np.float32), ("background_photons", np.float32), ("fluence_ph_um2", np.float32),
+            ("pulse_energy_mJ", np.float32))
+
+
+def _collect(rows: list[dict], meta: dict, seed: int, start: int, projection: bool) -> SimulatedPatterns:
+    shape = meta.pop("shape")
+    n = len(rows)
+    patterns = np.empty((n, *shape), np.float32)
+    valid = np.empty((n, *shape), bool)
+    proj = np.empty((n, *shape), np.float32) if projection else None
+    for row, r in enumerate(rows):
         patterns[row], valid[row] = r["pattern"], r["valid"]
-        orientation[row] = r["orientation"]
-        for k in scalars:
-            scalars[k][row] = r[k]
         if proj is not None:
             proj[row] = r["projected_density"]
-    det = sim.detector
-    meta = dict(photon_energy_eV=sim.config.beam.photon_energy_eV, distance_m=det.distance_m,
-                pixel_size_m=det.pixel_size_m, wavelength_m=sim.geometry.wavelength_m, seed=seed, start=start,
-                detector=det.kind, centre_px=det.centre_px, shape_names=SHAPE_NAMES, class_names=HIT_CLASSES)
-    return SimulatedPatterns(patterns=patterns, valid=valid, orientation=orientation, projected_density=proj, meta=meta, **scalars)
+    scalars = {k: np.array([r[k] for r in rows], dtype=t).reshape(n) for k, t in _SCALARS}
+    orientation = np.array([r["orientation"] for r in rows], dtype=np.float32).reshape(n, 4)
+    meta.update(seed=seed, start=start, shape_names=SHAPE_NAMES, class_names=HIT_CLASSES)
+    return SimulatedPatterns(patterns=patterns, valid=valid, orientation=orientation, projected_density=proj,
+                             meta=meta, **scalars)

@@ -41,9 +41,9 @@ def _density(sp: SpeciesConfig) -> float:
 class SpeciesSampler:
     """Draws particles of one species; keeps what is expensive to rebuild (3D-map transforms)."""
 
-    def __init__(self, species: SpeciesConfig, q_reach: float, oversampling: int = 4):
+    def __init__(self, species: SpeciesConfig, q_reach: float, oversampling: int = 2):
         self.species = species
-        self.q_reach = q_reach  # largest |q_i| (any lab axis, per component) the detector needs, 1/m
+        self.q_reach = q_reach  # largest |q| the detector needs, 1/m
         self.oversampling = oversampling
         self.rho = _density(species) if species.shape != "streak" else 0.0
         self._map: dens.FourierMap | None = None
@@ -89,7 +89,7 @@ class SpeciesSampler:
             extent = max(a, a * aspect)
         elif shape in dens.POLYHEDRA:
             extent = radius * dens.polyhedron(shape)[1] * dens.circumradius_over_inradius(shape)
-            if use_map:
+            if use_map or sp.method == "map":
                 fm, scale = self.fourier_map(), radius / self._map_radius
                 amp = lambda q: fm.amplitude(q, rot, scale)  # noqa: E731
             else:
