@@ -5,14 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 
+#: Frames with more pixels than this are sampled as a Poisson process (faster for sparse megapixel frames).
+PLACEMENT_MIN_PIXELS = 1 << 18
+
+
 def poisson_counts(rng: np.random.Generator, expected: np.ndarray, bright: float = 0.5) -> np.ndarray:
     """Independent Poisson counts with means ``expected`` (float32 array of the same shape).
 
-    Pixels expecting more than ``bright`` photons get a Poisson draw each; the photons of all the
+    Small frames get one Poisson draw per pixel. On large frames, pixels expecting more than ``bright`` photons get a Poisson draw each; the photons of all the
     others are sampled as a Poisson process: their total N ~ Poisson(sum) photons, each placed in a
     pixel with probability expected_i / sum (splitting a Poisson variable multinomially gives
     independent Poisson counts). Sparse frames thus cost one pass over the pixels plus O(N log P).
     """
+    if expected.size < PLACEMENT_MIN_PIXELS:
+        return rng.poisson(expected).astype(np.float32)
     flat = expected.ravel()
     counts = np.zeros(flat.shape, np.float32)
     lit = np.flatnonzero(flat > bright)

@@ -70,6 +70,7 @@ class Simulator:
         self.q_abs = geom.q_abs.astype(np.float32)
         # photons per pixel = J [1/m^2] * scale * |F|^2
         self.scale = (CLASSICAL_ELECTRON_RADIUS_M**2 * geom.polarisation * geom.solid_angle).astype(np.float64)
+        self.scale_e30 = (self.scale * 1e30).astype(np.float32)
         self.valid = self.detector.valid
         q_reach = float(geom.q_abs.max())  # any orientation: a body axis can point along q
         self.samplers = {id(sp): SpeciesSampler(sp, q_reach, config.map_oversampling)
@@ -84,9 +85,9 @@ class Simulator:
         # coherent sums only below the separation whose fringes a pixel still resolves (lambda L / 2p)
         self.coherence_length = geom.wavelength_m * self.detector.distance_m / (2 * self.detector.pixel_size_m)
         gas = geom.solid_angle * config.background.gas_photons_per_sr
-        self.gas = np.where(self.valid, gas, 0.0)
+        self.gas = np.where(self.valid, gas, 0.0).astype(np.float32)
         stray = np.where(self.valid, np.maximum(self.q_abs, 1.0) ** -config.background.stray_exponent * geom.solid_angle, 0.0)
-        self.stray = stray / stray.sum() * config.background.stray_photons if stray.sum() > 0 else stray
+        self.stray = (stray / stray.sum() * config.background.stray_photons if stray.sum() > 0 else stray).astype(np.float32)
         self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
         self.invalid_index = np.nonzero(~self.valid)
         self.use_map = False
@@ -115,8 +116,9 @@ class Simulator:
         """F of a particle centred at the origin at every pixel, via block evaluation + cubic upsampling."""
         f = self._factor(particle.extent_m)
         if f == 1:
-            return particle.amplitude(self.q)
-        return upsample(particle.amplitude(self._q_blocks(f)), f).reshape(self.valid.shape)
+            return particle.amplitude(self.q, self.q_abs)
+        q = self._q_blocks(f)
+        return upsample(particle.amplitude(q), f).reshape(self.valid.shape)
 
     def exclude(self, pixels: np.ndarray) -> None:
         """Treat ``pixels`` (bool, detector shape) as insensitive from now on (e.g. bad pixels)."""
@@ -172,9 +174,14 @@ class Simulator:
         return cls, scene, streak
 
     def intensity(self, scene, pulse_photons: float) -> np.ndarray:
-        """Expected photons per pixel scattered by the particles of a scene (no background)."""
-        q, scale = self.q, self.scale
-        total = np.zeros(q.shape[:-1], dtype=np.float64)
+        """Expected photons per pixel scattered by the particles of a scene (no background).
+
+        Particles of one group (closer than the coherence length) add as amplitudes, each with the
+        fluence at its place in the focus and the phase of its position; groups add as intensities.
+        Float32 arithmetic with the fluence scaled by 1e-30 (amplitudes squared reach ~1e16).
+        """
+        q = self.q
+        total = None
         groups: dict[int, list] = {}
         for particle, offset, g in scene:
             groups.setdefault(g, []).append((particle, offset))
@@ -187,8 +194,10 @@ class Simulator:
                 pos = particle.position_m
                 if np.any(pos != 0):
                     f = f * np.exp(-1j * (q @ pos.astype(np.float32)))
-                amp = amp + np.sqrt(fluence) * f
-            total += scale * (amp.real**2 + amp.imag**2 if np.iscomplexobj(amp) else amp * amp)
+                amp = amp + np.float32(np.sqrt(fluence * 1e-30)) * f
+            power = amp.real**2 + amp.imag**2 if np.iscomplexobj(amp) else amp * amp
+            total = power if total is None else total + power
+        total *= self.scale_e30
         return total
 
     def simulate(self, index: int, seed: int, want_projection: bool = False) -> dict:
@@ -204,22 +213,9 @@ class Simulator:
             sample = streak_i if sample is None else sample + streak_i
         if sample is not None:
             sample[self.invalid_index] = 0.0
-        bg_cfg = cfg.background
-        stray_level = max(0.0, 1 + bg_cfg.jitter * rng.standard_normal())
-        pulse_ratio = pulse / self.mean_pulse_photons
-        expected = self.gas * pulse_ratio
-        expected += self.stray * stray_level
-        background_total = self.gas_total * pulse_ratio + self.stray_total * stray_level
-        if sample is not None:
-            expected += sample
-        counts = poisson_counts(rng, expected)
-        det = cfg.detector
-        native = self.detector.native_pixels
-        add_readout_noise(rng, counts, det.readout_noise_photons * np.sqrt(native))
-        saturated = saturate(counts, det.saturation_photons * native)
-        valid = self.valid if saturated is None else self.valid & ~saturated
-        counts[self.invalid_index] = 0.0
+        counts, valid, saturated, background_total = self.measure(rng, sample, pulse)
         first = scene[0][0] if scene else None
+        det = cfg.detector
         out = dict(
             pattern=counts, valid=valid, hit_class=HIT_CODES[cls],
             n_particles=len(scene), radius_nm=first.radius_m * 1e9 if first else 0.0,
@@ -233,6 +229,25 @@ class Simulator:
         if want_projection:
             out["projected_density"] = self.projected_density(scene)
         return out
+
+    def measure(self, rng: np.random.Generator, sample: np.ndarray | None, pulse_photons: float):
+        """Detector frame for the expected sample photons ``sample`` (or None): background, Poisson
+        counting, readout noise, saturation, gaps. Returns (frame, valid, saturated or None, background)."""
+        bg_cfg, det = self.config.background, self.config.detector
+        stray_level = max(0.0, 1 + bg_cfg.jitter * rng.standard_normal())
+        pulse_ratio = pulse_photons / self.mean_pulse_photons
+        expected = self.gas * pulse_ratio
+        expected += self.stray * stray_level
+        background_total = self.gas_total * pulse_ratio + self.stray_total * stray_level
+        if sample is not None:
+            expected += sample
+        counts = poisson_counts(rng, expected)
+        native = self.detector.native_pixels
+        add_readout_noise(rng, counts, det.readout_noise_photons * np.sqrt(native))
+        saturated = saturate(counts, det.saturation_photons * native)
+        valid = self.valid if saturated is None else self.valid & ~saturated
+        counts[self.invalid_index] = 0.0
+        return counts, valid, saturated, background_total
 
     def projected_density(self, scene) -> np.ndarray:
         """Electron density projected along the beam (electrons/nm^2) on the real-space grid conjugate
@@ -254,7 +269,7 @@ class Simulator:
         for particle, _, g in scene:
             if g != main_group:
                 continue
-            f = particle.amplitude(q) * np.exp(-1j * (q @ particle.position_m.astype(np.float32)))
+            f = particle.amplitude(q, None) * np.exp(-1j * (q @ particle.position_m.astype(np.float32)))
             amp += f
         # rho(x) = 1/(2 pi)^2 sum F(q) exp(i q x) dq^2 -> electrons/m^2
         rho = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp))).real * (h * w) * dq * dq / (2 * np.pi) ** 2

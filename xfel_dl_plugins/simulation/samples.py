@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +30,7 @@ class Particle:
     shape: str
     radius_m: float  # volume-equivalent radius
     quaternion: np.ndarray  # (4,) body -> lab
-    amplitude: Callable[[np.ndarray], np.ndarray]  # lab-frame q (..., 3) -> F
+    amplitude: Callable[..., np.ndarray]  # (lab-frame q (..., 3), |q| or None) -> F
     extent_m: float  # largest distance of the particle's matter from its centre
     position_m: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
@@ -69,7 +70,7 @@ class SpeciesSampler:
             sp = self.species
             r_ref = float(min(sp.radius_nm.max, sp.radius_nm.mean + 5 * sp.radius_nm.sigma)) * 1e-9
             voxel = 0.9 * np.pi / self.q_reach
-            self._map = dens.FourierMap(dens.polyhedron_map(sp.shape, r_ref, self.rho, voxel), self.oversampling)
+            self._map = _polyhedron_fourier_map(sp.shape, r_ref, self.rho, voxel, self.oversampling)
             self._map_radius = r_ref
         return self._map
 
@@ -81,38 +82,44 @@ class SpeciesSampler:
         rho, shape = self.rho, sp.shape
         extent = radius
         if shape == "sphere":
-            amp = lambda q: sphere_amplitude(np.linalg.norm(q, axis=-1), radius, rho)  # noqa: E731
+            amp = lambda q, qa=None: sphere_amplitude(_norm(q, qa), radius, rho)  # noqa: E731
         elif shape == "spheroid":
             aspect = float(sp.aspect.draw(rng))
             a = radius / aspect ** (1 / 3)
-            amp = lambda q: spheroid_amplitude(q, a, a * aspect, rot, rho)  # noqa: E731
+            amp = lambda q, qa=None: spheroid_amplitude(q, a, a * aspect, rot, rho)  # noqa: E731
             extent = max(a, a * aspect)
         elif shape in dens.POLYHEDRA:
             extent = radius * dens.polyhedron(shape)[1] * dens.circumradius_over_inradius(shape)
             if use_map or sp.method == "map":
                 fm, scale = self.fourier_map(), radius / self._map_radius
-                amp = lambda q: fm.amplitude(q, rot, scale)  # noqa: E731
+                amp = lambda q, qa=None: fm.amplitude(q, rot, scale)  # noqa: E731
             else:
-                amp = lambda q: polyhedron_amplitude(to_body_frame(q, rot), shape, radius, rho)  # noqa: E731
+                amp = lambda q, qa=None: polyhedron_amplitude(to_body_frame(q, rot), shape, radius, rho)  # noqa: E731
         elif shape == "core_shell":
             core = radius * sp.core_fraction
             rho_core = electron_density(sp.core_material)
-            amp = lambda q: (sphere_amplitude(np.linalg.norm(q, axis=-1), radius, rho)  # noqa: E731
-                             + sphere_amplitude(np.linalg.norm(q, axis=-1), core, rho_core - rho))
+            amp = lambda q, qa=None: (sphere_amplitude(_norm(q, qa), radius, rho)  # noqa: E731
+                                      + sphere_amplitude(_norm(q, qa), core, rho_core - rho))
         elif shape == "cluster":
             centres, radii = _aggregate(rng, radius, sp)
             radius = float(np.cbrt(np.sum(radii**3)))
             extent = float(np.max(np.linalg.norm(centres, axis=1) + radii))
-            amp = lambda q: _cluster_amplitude(q, rot @ centres.T, radii, rho)  # noqa: E731
+            amp = lambda q, qa=None: _cluster_amplitude(q, _norm(q, qa), rot @ centres.T, radii, rho)  # noqa: E731
         elif shape == "map":
             fm = self._map
-            amp = lambda q: fm.amplitude(q, rot)  # noqa: E731
+            amp = lambda q, qa=None: fm.amplitude(q, rot)  # noqa: E731
             radius, extent = self._map_radius, self._map_extent
         elif shape == "streak":
             raise XfelDLError("streaks are not particles; use draw_streak")
         else:  # pragma: no cover - validated in config
             raise XfelDLError(f"unknown shape {shape!r}")
         return Particle(sp.name, shape, radius, quat, amp, extent)
+
+
+@lru_cache(maxsize=2)
+def _polyhedron_fourier_map(shape: str, radius: float, rho: float, voxel: float, oversampling: int) -> dens.FourierMap:
+    """3D-map path of a polyhedron (kept for reuse: building it is one large 3D FFT + spline prefilter)."""
+    return dens.FourierMap(dens.polyhedron_map(shape, radius, rho, voxel), oversampling)
 
 
 def _aggregate(rng, member_radius_mean: float, sp: SpeciesConfig):
@@ -133,9 +140,12 @@ def _aggregate(rng, member_radius_mean: float, sp: SpeciesConfig):
     return centres, radii
 
 
-def _cluster_amplitude(q, centres_lab, radii, rho):
+def _norm(q: np.ndarray, q_abs: np.ndarray | None) -> np.ndarray:
+    return np.sqrt(np.einsum("...i,...i->...", q, q)) if q_abs is None else q_abs
+
+
+def _cluster_amplitude(q, qa, centres_lab, radii, rho):
     """Coherent sum of touching spheres: sum_j F_sphere(q; r_j) exp(-i q.c_j), in float32."""
-    qa = np.linalg.norm(q, axis=-1)
     real = np.zeros(qa.shape, dtype=np.float32)
     imag = np.zeros(qa.shape, dtype=np.float32)
     for i, r in enumerate(radii):
