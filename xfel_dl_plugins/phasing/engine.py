@@ -115,24 +115,26 @@ class PhasingState:
         return (x * self.support.mask).astype(np.complex64)
 
     # -- iterations ----------------------------------------------------------------------------
-    def _project_modulus(self, src):
-        """P_M src into the scratch buffer (records the LLK first when it is due)."""
+    def _project_modulus(self, src, scale: float = 1.0):
+        """scale * P_M src into the scratch buffer (records the LLK first when it is due)."""
         y = self.backend.fft_(self.backend.copy_(self.y, src))
         if self.calc_llk and self.iteration % self.calc_llk == 0:
             self._record_llk(y)
-        y = self.backend.fourier_project_(y, self.constraint)
+        y = self.backend.fourier_project_(y, self.constraint, scale)
         self.y = self.backend.ifft_(y)
         return self.y
 
     def iterate(self, rule: str, beta: float) -> None:
         """One iteration of ER ('er'), HIO ('hio') or RAAR ('raar')."""
-        y = self._project_modulus(self.x)
         if self.reality:
+            y = self._project_modulus(self.x)
             self.x = self.backend.constrained_update(rule, self.x, y, self.support, beta, self.positivity, self.reality)
         elif rule == "er":
-            self.x = self.backend.er_(self.x, y, self.support)
+            self.x = self.backend.er_(self.x, self._project_modulus(self.x), self.support)
         else:
-            self.x = getattr(self.backend, rule + "_")(self.x, y, self.support, beta)
+            scale = self.backend.feedback_scale(rule, beta)
+            y = self._project_modulus(self.x, scale)
+            self.x = getattr(self.backend, rule + "_")(self.x, y, self.support, beta, y_scale=scale)
         self.iteration += 1
 
     def iterate_dm(self, beta: float) -> None:
