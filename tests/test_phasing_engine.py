@@ -28,7 +28,7 @@ def test_cpu_in_place_updates_equal_the_shared_kernel_expressions():
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=rule)
     amp = rng.uniform(0, 3, (2, 1, 16, 16)).astype(np.float32)
     fixed = rng.random((2, 1, 16, 16)) < 0.2
-    constraint = FourierConstraint(backend, amp, fixed, shape)
+    constraint = FourierConstraint(backend, np.broadcast_to(amp, shape), np.broadcast_to(fixed, shape))
     expected = kernels.fourier_projection(y, np.where(fixed, 0, amp), fixed.astype(np.float32))
     got = backend.fourier_project_(y.copy(), constraint)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

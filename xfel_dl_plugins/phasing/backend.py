@@ -18,34 +18,35 @@ from ..errors import StageError
 from . import kernels
 
 
+#: The CPU backend iterates a batch in chunks of about this many bytes per complex array, so that the
+#: elementwise passes between the two FFTs run in cache instead of streaming the batch from memory.
+CPU_CHUNK_BYTES = 1 << 20
+
+
 class Support:
-    """A support (bool, batch-shaped) in the forms a backend needs: mask, flat indices, 0/1 floats."""
+    """The support of a chunk of arrays (n, *spatial) in the forms a backend needs."""
 
     def __init__(self, backend: "ArrayBackend", mask):
-        xp = backend.xp
         self.mask = mask.astype(bool, copy=False)
-        self.size = xp.sum(self.mask, axis=backend.spatial_axes(mask.ndim))
-        self.flat_index = xp.flatnonzero(self.mask) if backend.name == "cpu" else None
+        self.flat_index = backend.xp.flatnonzero(self.mask) if backend.name == "cpu" else None
         self.weights = self.mask.astype(np.float32) if backend.name != "cpu" else None
 
 
 class FourierConstraint:
-    """Measured amplitudes of a batch and the pixels the modulus projection must leave free.
+    """Measured amplitudes of a chunk of arrays (n, *spatial) and the pixels left free.
 
-    ``amp`` has shape (patterns, 1, *spatial) and broadcasts over the starts; ``fixed`` (same
-    shape, True = unconstrained) becomes flat indices over the whole batch on the CPU and 0/1
-    floats on the GPU.
+    ``fixed`` (True = unconstrained: masked, missing or free pixel) becomes flat indices on the CPU
+    and 0/1 floats on the GPU; ``amp`` is zero there.
     """
 
-    def __init__(self, backend: "ArrayBackend", amp: np.ndarray, fixed: np.ndarray, batch_shape: tuple[int, ...]):
+    def __init__(self, backend: "ArrayBackend", amp: np.ndarray, fixed: np.ndarray):
         xp = backend.xp
         self.amp = xp.asarray(np.where(fixed, 0, amp).astype(np.float32))
         self._scaled = {1.0: self.amp}
         if backend.name == "cpu":
-            self.fixed = np.flatnonzero(np.broadcast_to(fixed, batch_shape))
+            self.fixed = np.flatnonzero(fixed)
         else:
             self.fixed = xp.asarray(fixed.astype(np.float32))
-
 
     def scaled_amp(self, scale: float):
         """``scale * amp``, cached (the CPU backend folds the HIO/RAAR feedback factor into it)."""
@@ -75,6 +76,10 @@ class ArrayBackend:
     def feedback_scale(self, rule: str, beta: float) -> float:
         """Factor the modulus projection may pre-apply to y for the update ``rule`` (1: none)."""
         return 1.0
+
+    def chunk_length(self, n_pixels: int) -> int:
+        """How many arrays of ``n_pixels`` to iterate together (the GPU takes the whole batch)."""
+        return 1 << 30
 
     def intensity(self, y):
         """|y|^2 as float32."""
@@ -132,6 +137,9 @@ class NumpyBackend(ArrayBackend):
 
     def ifft_(self, a: np.ndarray) -> np.ndarray:
         return self._inplace(self._fft.ifftn, a)
+
+    def chunk_length(self, n_pixels: int) -> int:
+        return max(1, CPU_CHUNK_BYTES // (8 * n_pixels))
 
     def feedback_scale(self, rule: str, beta: float) -> float:
         """HIO and RAAR scale y before adding it to x: fold that factor into the projection."""
