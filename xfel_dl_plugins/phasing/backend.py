@@ -18,32 +18,41 @@ from ..errors import StageError
 from . import kernels
 
 
+#: The CPU backend iterates a batch in chunks of about this many bytes per complex array, so that the
+#: elementwise passes between the two FFTs run in cache instead of streaming the batch from memory.
+CPU_CHUNK_BYTES = 1 << 20
+
+
 class Support:
-    """A support (bool, batch-shaped) in the forms a backend needs: mask, flat indices, 0/1 floats."""
+    """The support of a chunk of arrays (n, *spatial) in the forms a backend needs."""
 
     def __init__(self, backend: "ArrayBackend", mask):
-        xp = backend.xp
         self.mask = mask.astype(bool, copy=False)
-        self.size = xp.sum(self.mask, axis=backend.spatial_axes(mask.ndim))
-        self.flat_index = xp.flatnonzero(self.mask) if backend.name == "cpu" else None
+        self.flat_index = backend.xp.flatnonzero(self.mask) if backend.name == "cpu" else None
         self.weights = self.mask.astype(np.float32) if backend.name != "cpu" else None
 
 
 class FourierConstraint:
-    """Measured amplitudes of a batch and the pixels the modulus projection must leave free.
+    """Measured amplitudes of a chunk of arrays (n, *spatial) and the pixels left free.
 
-    ``amp`` has shape (patterns, 1, *spatial) and broadcasts over the starts; ``fixed`` (same
-    shape, True = unconstrained) becomes flat indices over the whole batch on the CPU and 0/1
-    floats on the GPU.
+    ``fixed`` (True = unconstrained: masked, missing or free pixel) becomes flat indices on the CPU
+    and 0/1 floats on the GPU; ``amp`` is zero there.
     """
 
-    def __init__(self, backend: "ArrayBackend", amp: np.ndarray, fixed: np.ndarray, batch_shape: tuple[int, ...]):
+    def __init__(self, backend: "ArrayBackend", amp: np.ndarray, fixed: np.ndarray):
         xp = backend.xp
         self.amp = xp.asarray(np.where(fixed, 0, amp).astype(np.float32))
+        self._scaled = {1.0: self.amp}
         if backend.name == "cpu":
-            self.fixed = np.flatnonzero(np.broadcast_to(fixed, batch_shape))
+            self.fixed = np.flatnonzero(fixed)
         else:
             self.fixed = xp.asarray(fixed.astype(np.float32))
+
+    def scaled_amp(self, scale: float):
+        """``scale * amp``, cached (the CPU backend folds the HIO/RAAR feedback factor into it)."""
+        if scale not in self._scaled:
+            self._scaled[scale] = self.amp * np.float32(scale)
+        return self._scaled[scale]
 
 
 class ArrayBackend:
@@ -63,6 +72,14 @@ class ArrayBackend:
 
     def to_numpy(self, a) -> np.ndarray:
         return np.asarray(a)
+
+    def feedback_scale(self, rule: str, beta: float) -> float:
+        """Factor the modulus projection may pre-apply to y for the update ``rule`` (1: none)."""
+        return 1.0
+
+    def chunk_length(self, n_pixels: int) -> int:
+        """How many arrays of ``n_pixels`` to iterate together (the GPU takes the whole batch)."""
+        return 1 << 30
 
     def intensity(self, y):
         """|y|^2 as float32."""
@@ -121,41 +138,55 @@ class NumpyBackend(ArrayBackend):
     def ifft_(self, a: np.ndarray) -> np.ndarray:
         return self._inplace(self._fft.ifftn, a)
 
-    def fourier_project_(self, y: np.ndarray, constraint: FourierConstraint) -> np.ndarray:
-        """In place: y *= amp/|y| on constrained pixels, unchanged elsewhere."""
+    def chunk_length(self, n_pixels: int) -> int:
+        return max(1, CPU_CHUNK_BYTES // (8 * n_pixels))
+
+    def feedback_scale(self, rule: str, beta: float) -> float:
+        """HIO and RAAR scale y before adding it to x: fold that factor into the projection."""
+        if rule == "hio":
+            return -float(beta)
+        if rule == "raar" and abs(1.0 - 2.0 * beta) > 1e-3:
+            return 1.0 - 2.0 * float(beta)
+        return 1.0
+
+    def fourier_project_(self, y: np.ndarray, constraint: FourierConstraint, scale: float = 1.0) -> np.ndarray:
+        """In place: y *= scale amp/|y| on constrained pixels, y *= scale elsewhere."""
         mod = self._buffer("modulus", y.shape)
         fac = self._buffer("factor", y.shape)
         np.abs(y, out=mod)
         np.add(mod, np.float32(kernels.TINY), out=mod)
-        np.divide(constraint.amp, mod, out=fac)
-        fac.reshape(-1)[constraint.fixed] = 1.0
+        np.divide(constraint.scaled_amp(scale), mod, out=fac)
+        fac.reshape(-1)[constraint.fixed] = scale
         np.multiply(y, fac, out=y)
         return y
 
-    def er_(self, x, y, support: Support):
+    def er_(self, x, y, support: Support, y_scale: float = 1.0):
         x.fill(0)
-        x.reshape(-1)[support.flat_index] = y.reshape(-1)[support.flat_index]
+        x.reshape(-1)[support.flat_index] = y.reshape(-1)[support.flat_index] / np.float32(y_scale)
         return x
 
-    def _feedback_(self, x, y, support: Support, scale_x: float, scale_y: float):
-        """x <- scale_x x + scale_y y outside the support, y inside; y is used as scratch.
+    def _feedback_(self, x, y, support: Support, scale_x: float, scale_y: float, y_scale: float):
+        """x <- scale_x x + scale_y P_M x outside the support, P_M x inside, where y = y_scale P_M x.
 
-        Two in-place passes over the batch plus a gather/scatter over the (small) support: no
-        temporaries and no BLAS call (threaded BLAS on a busy node stalls on tiny vectors).
+        One or two in-place passes over the batch plus a gather/scatter over the (small) support:
+        no temporaries and no BLAS call (threaded BLAS on a busy node stalls on small vectors).
         """
         inside = y.reshape(-1)[support.flat_index]
+        if y_scale != 1.0:
+            inside /= np.float32(y_scale)
         if scale_x != 1.0:
             np.multiply(x, np.float32(scale_x), out=x)
-        np.multiply(y, np.float32(scale_y), out=y)
+        if scale_y != y_scale:
+            np.multiply(y, np.float32(scale_y / y_scale), out=y)
         np.add(x, y, out=x)
         x.reshape(-1)[support.flat_index] = inside
         return x
 
-    def hio_(self, x, y, support: Support, beta: float):
-        return self._feedback_(x, y, support, 1.0, -beta)
+    def hio_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
+        return self._feedback_(x, y, support, 1.0, -beta, y_scale)
 
-    def raar_(self, x, y, support: Support, beta: float):
-        return self._feedback_(x, y, support, beta, 1.0 - 2.0 * beta)
+    def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
+        return self._feedback_(x, y, support, beta, 1.0 - 2.0 * beta, y_scale)
 
     def copy_(self, dst, src):
         np.copyto(dst, src)
@@ -196,16 +227,16 @@ class CupyBackend(ArrayBackend):
     def ifft_(self, a):
         return self._cufft.ifftn(a, axes=self.spatial_axes(a.ndim), overwrite_x=True, plan=self._plan(a))
 
-    def fourier_project_(self, y, constraint: FourierConstraint):
-        return self._project(y, constraint.amp, constraint.fixed)
+    def fourier_project_(self, y, constraint: FourierConstraint, scale: float = 1.0):
+        return self._project(y, constraint.amp, constraint.fixed)  # feedback_scale is always 1 here
 
-    def er_(self, x, y, support: Support):
+    def er_(self, x, y, support: Support, y_scale: float = 1.0):
         return self._er(y, support.weights)
 
-    def hio_(self, x, y, support: Support, beta: float):
+    def hio_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
         return self._hio(x, y, support.weights, np.float32(beta))
 
-    def raar_(self, x, y, support: Support, beta: float):
+    def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
         return self._raar(x, y, support.weights, np.float32(beta))
 
     def copy_(self, dst, src):

@@ -66,22 +66,29 @@ class PhasingState:
         self.free_host = np.stack([free_pixel_mask(v, free_fraction, rng=self.rng) for v in valid])
         self.constrained_host = valid & ~self.free_host
         xp = self.xp
-        data = self.iobs_host[:, None]
-        self.constraint = FourierConstraint(self.backend, np.sqrt(data), ~self.constrained_host[:, None],
-                                            self.batch_shape)
-        self.iobs = xp.asarray(data)
-        self.w_constrained = xp.asarray(self.constrained_host[:, None].astype(np.float32))
-        self.w_free = xp.asarray(self.free_host[:, None].astype(np.float32))
+        self.iobs = xp.asarray(self.iobs_host)
+        self.w_constrained = xp.asarray(self.constrained_host.astype(np.float32))
+        self.w_free = xp.asarray(self.free_host.astype(np.float32))
         self.n_constrained = self.constrained_host.sum(axis=tuple(range(1, iobs.ndim)))
         self.n_free = self.free_host.sum(axis=tuple(range(1, iobs.ndim)))
 
+        # The batch is iterated in chunks of the flattened (patterns x starts) axis.
+        n_arrays = self.n_patterns * self.n_starts
+        step = self.backend.chunk_length(int(np.prod(self.spatial)))
+        self.chunks = [slice(i, min(i + step, n_arrays)) for i in range(0, n_arrays, step)]
+        self.pattern_of = np.repeat(np.arange(self.n_patterns), self.n_starts)  # flat array -> pattern
+        amp = np.sqrt(self.iobs_host)
+        fixed = ~self.constrained_host
+        self.constraints = [FourierConstraint(self.backend, amp[self.pattern_of[c]], fixed[self.pattern_of[c]])
+                            for c in self.chunks]
+
         if initial_support is None:
             initial_support = self._autocorrelation_supports(support_threshold, support_sigma, ndim)
-        self.support = Support(self.backend, xp.asarray(self._per_start(initial_support, bool)))
+        self.set_support(xp.asarray(self._per_start(initial_support, bool)))
         if initial_object is None:
             self.x = self._random_starts()
         else:
-            self.x = xp.asarray(self._per_start(initial_object, np.complex64)) * self.support.mask
+            self.x = xp.asarray(self._per_start(initial_object, np.complex64)) * self.support_mask
         self.y = xp.empty_like(self.x)
         self.llk = np.full((self.n_patterns, self.n_starts), np.nan)
         self.llk_free = np.full((self.n_patterns, self.n_starts), np.nan)
@@ -112,77 +119,110 @@ class PhasingState:
         phase = self.rng.uniform(0, 2 * np.pi, self.batch_shape).astype(np.float32)
         f0 = xp.asarray(np.sqrt(self.iobs_host)[:, None] * np.exp(1j * phase).astype(np.complex64))
         x = self.backend.ifft_(f0.astype(np.complex64))
-        return (x * self.support.mask).astype(np.complex64)
+        return (x * self.support_mask).astype(np.complex64)
+
+    def set_support(self, mask) -> None:
+        """Install a new support (batch-shaped bool array on the device)."""
+        self.support_mask = mask
+        flat = mask.reshape((-1,) + self.spatial)
+        self.chunk_supports = [Support(self.backend, flat[c]) for c in self.chunks]
+        self.support_size = self.backend.to_numpy(mask.sum(axis=self.axes))
+
+    def _flat(self, a):
+        return a.reshape((-1,) + self.spatial)
 
     # -- iterations ----------------------------------------------------------------------------
+    def _llk_due(self) -> bool:
+        return bool(self.calc_llk) and self.iteration % self.calc_llk == 0
+
+    def _project_chunk(self, k: int, y, scale: float, record_llk: bool):
+        """scale * P_M of the chunk already copied into ``y`` (in place on the CPU)."""
+        y = self.backend.fft_(y)
+        if record_llk:
+            self._record_llk(y, self.chunks[k])
+        y = self.backend.fourier_project_(y, self.constraints[k], scale)
+        return self.backend.ifft_(y)
+
     def _project_modulus(self, src):
-        """P_M src into the scratch buffer (records the LLK first when it is due)."""
-        y = self.backend.fft_(self.backend.copy_(self.y, src))
-        if self.calc_llk and self.iteration % self.calc_llk == 0:
-            self._record_llk(y)
-        y = self.backend.fourier_project_(y, self.constraint)
-        self.y = self.backend.ifft_(y)
+        """P_M src for the whole batch (a new array on the GPU, the scratch buffer on the CPU)."""
+        record = self._llk_due()
+        src_f, y_f = self._flat(src), self._flat(self.y)
+        out = []
+        for k, c in enumerate(self.chunks):
+            out.append(self._project_chunk(k, self.backend.copy_(y_f[c], src_f[c]), 1.0, record))
+        if len(out) == 1:
+            return out[0].reshape(self.batch_shape)
         return self.y
 
     def iterate(self, rule: str, beta: float) -> None:
-        """One iteration of ER ('er'), HIO ('hio') or RAAR ('raar')."""
-        y = self._project_modulus(self.x)
-        if self.reality:
-            self.x = self.backend.constrained_update(rule, self.x, y, self.support, beta, self.positivity, self.reality)
-        elif rule == "er":
-            self.x = self.backend.er_(self.x, y, self.support)
-        else:
-            self.x = getattr(self.backend, rule + "_")(self.x, y, self.support, beta)
+        """One iteration of ER ('er'), HIO ('hio') or RAAR ('raar'), chunk by chunk."""
+        record = self._llk_due()
+        x_f, y_f = self._flat(self.x), self._flat(self.y)
+        scale = 1.0 if self.reality else self.backend.feedback_scale(rule, beta)
+        for k, c in enumerate(self.chunks):
+            x, support = x_f[c], self.chunk_supports[k]
+            y = self._project_chunk(k, self.backend.copy_(y_f[c], x), scale, record)
+            if self.reality:
+                new = self.backend.constrained_update(rule, x, y, support, beta, self.positivity, self.reality)
+            elif rule == "er":
+                new = self.backend.er_(x, y, support)
+            else:
+                new = getattr(self.backend, rule + "_")(x, y, support, beta, y_scale=scale)
+            if len(self.chunks) == 1:
+                self.x = new.reshape(self.batch_shape)
+            elif new is not x:
+                x[...] = new
         self.iteration += 1
 
     def iterate_dm(self, beta: float) -> None:
         """One difference-map iteration (two modulus projections)."""
-        s = self.support.mask.astype(np.float32)
+        s = self.support_mask.astype(np.float32)
         y = self._project_modulus(self.x)
         ps_fm, f_s = kernels.dm_support_step(self.x, y, s, np.float32(beta))
         if self.reality:
             ps_fm = ps_fm.real.astype(np.complex64) * s
-        f_s = f_s.astype(np.complex64)
-        pm_fs = self._project_modulus(f_s)
+        calc_llk, self.calc_llk = self.calc_llk, 0  # the LLK of f_S(x) means nothing
+        pm_fs = self._project_modulus(f_s.astype(np.complex64))
+        self.calc_llk = calc_llk
         self.x = kernels.dm_combine(self.x, ps_fm, pm_fs, np.float32(beta)).astype(np.complex64)
         self.iteration += 1
 
     def shrink_wrap(self, threshold: float, sigma: float, method: str, force_shrink: bool) -> None:
-        """New support where the Gaussian-smoothed |x| exceeds threshold x (rms in support | max)."""
+        """New support where the Gaussian-smoothed |x| exceeds threshold x (max | rms in support)."""
         xp = self.xp
-        y = self.backend.copy_(self.y, abs(self.x).astype(np.complex64))
-        y = self.backend.fft_(y)
+        y = self.backend.fft_(abs(self.x).astype(np.complex64))
         y *= gaussian_transfer(self.spatial, sigma, xp)
         smooth = self.backend.ifft_(y).real
         if method == "max":
             ref = smooth.max(axis=self.axes, keepdims=True)
         else:
-            inside = self.support.mask
+            inside = self.support_mask
             n_in = xp.maximum(inside.sum(axis=self.axes, keepdims=True), 1)
             ref = xp.sqrt((smooth * smooth * inside).sum(axis=self.axes, keepdims=True) / n_in)
         new = smooth > np.float32(threshold) * ref
         if force_shrink:
-            new &= self.support.mask
+            new &= self.support_mask
         empty = ~new.any(axis=self.axes, keepdims=True)  # keep the old support rather than none
-        new = xp.where(empty, self.support.mask, new)
-        self.support = Support(self.backend, new)
-        self.y = y
+        self.set_support(xp.where(empty, self.support_mask, new))
 
     # -- figures of merit ----------------------------------------------------------------------
-    def _record_llk(self, f) -> None:
-        """Poisson LLK (constrained pixels, per degree of freedom) and free LLK of the current F."""
+    def _record_llk(self, f, chunk: slice) -> None:
+        """Poisson LLK (constrained pixels, per degree of freedom) and free LLK of the arrays F of a chunk."""
         xp = self.xp
-        dev = poisson_deviance(self.iobs, self.backend.intensity(f), xp)
-        n_sup = self.backend.to_numpy(self.support.size)
-        dof = np.maximum(self.n_constrained[:, None] - n_sup, 1)
-        self.llk = self.backend.to_numpy((dev * self.w_constrained).sum(axis=self.axes)) / dof
-        free = self.backend.to_numpy((dev * self.w_free).sum(axis=self.axes))
-        self.llk_free = free / np.maximum(self.n_free[:, None], 1) if self.n_free.any() else free * np.nan
+        patterns = self.pattern_of[chunk]
+        dev = poisson_deviance(self.iobs[patterns], self.backend.intensity(f), xp)
+        axes = tuple(range(1, dev.ndim))
+        n_sup = self.support_size.reshape(-1)[chunk]
+        dof = np.maximum(self.n_constrained[patterns] - n_sup, 1)
+        self.llk.reshape(-1)[chunk] = self.backend.to_numpy((dev * self.w_constrained[patterns]).sum(axis=axes)) / dof
+        free = self.backend.to_numpy((dev * self.w_free[patterns]).sum(axis=axes))
+        self.llk_free.reshape(-1)[chunk] = free / np.maximum(self.n_free[patterns], 1) if self.n_free.any() else np.nan
 
     def update_llk(self) -> None:
         """Figures of merit of the current iterates themselves (no projection)."""
-        f = self.backend.fft_(self.backend.copy_(self.y, self.x))
-        self._record_llk(f)
+        x_f, y_f = self._flat(self.x), self._flat(self.y)
+        for c in self.chunks:
+            self._record_llk(self.backend.fft_(self.backend.copy_(y_f[c], x_f[c])), c)
 
     # -- results -------------------------------------------------------------------------------
     def objects(self) -> np.ndarray:
@@ -190,4 +230,4 @@ class PhasingState:
         return self.backend.to_numpy(self.x)
 
     def supports(self) -> np.ndarray:
-        return self.backend.to_numpy(self.support.mask)
+        return self.backend.to_numpy(self.support_mask)

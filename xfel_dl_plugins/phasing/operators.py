@@ -167,11 +167,11 @@ class SW(Operator):
     pixels.
     """
 
-    threshold: float = 0.2
+    threshold: float = 0.15
     sigma: float = 2.0
-    sigma_end: float = 0.7
-    decay: int = 1000
-    method: str = "rms"
+    sigma_end: float = 1.0
+    decay: int = 500
+    method: str = "max"
     force_shrink: bool = False
 
     def __post_init__(self):

@@ -28,7 +28,7 @@ class PhaseRetriever(Stage):
                         "'**n' repeat, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
         "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
         "n_keep": Param(4, int, "best starts (by free LLK) aligned and averaged", min=1, max=1024),
-        "support_threshold": Param(0.2, float, "shrink-wrap threshold for SW steps that do not set one", min=0.0),
+        "support_threshold": Param(0.15, float, "shrink-wrap threshold for SW steps that do not set one", min=0.0),
         "support_method": Param("max", str, "shrink-wrap threshold relative to", choices=("max", "rms")),
         "support_sigma": Param(2.0, float, "shrink-wrap smoothing width at the start", "px", min=0.0),
         "support_sigma_end": Param(1.0, float, "shrink-wrap smoothing width after the decay", "px", min=0.0),
