@@ -36,6 +36,7 @@ class ChainResult:
     stage_summaries: dict[str, dict] = field(default_factory=dict)
     output_sources: dict[str, str] = field(default_factory=dict)
     skipped_frames: int = 0
+    filter_passed: dict[str, int] = field(default_factory=dict)  # frames kept by each filtering stage
     geometry: ExperimentGeometry | None = None
 
     @property
@@ -204,7 +205,7 @@ def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = T
                 _process_batch(chain, batch, writer, sources, result)
                 result.n_frames += len(fields["train_id"])
                 bar.update(len(fields["train_id"]))
-                bar.set_postfix({label: rows for label, rows in list(result.stage_rows.items())[-1:]})
+                bar.set_postfix(result.filter_passed)
             bar.close()
             for spec, stage in chain.steps:
                 result.stage_summaries[spec.label] = summary = stage.finish()
@@ -239,7 +240,9 @@ def _process_batch(chain: Chain, batch: FrameBatch, writer: ExdfWriter, sources:
         writer.append_instrument(sources[spec.label], saved, current["train_id"])
         result.stage_rows[spec.label] = result.stage_rows.get(spec.label, 0) + len(current)
         if spec.filter:
-            current = current.subset(out[stage.filter_field].astype(bool))
+            keep = out[stage.filter_field].astype(bool)
+            result.filter_passed[f"{spec.label} kept"] = result.filter_passed.get(f"{spec.label} kept", 0) + int(keep.sum())
+            current = current.subset(keep)
 
 
 def _provenance(manifest: Manifest, info, geometry: ExperimentGeometry, chain: Chain, result: ChainResult) -> dict:
