@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xfel_dl_plugins.stages.base import FrameBatch
-from xfel_dl_plugins.stages.hitfinding import LitPixelHitFinder, half_sample_mode
+from xfel_dl_plugins.stages.hitfinding import LitPixelHitFinder, densest_mode
 
 
 def scores_batch(lit_counts):
@@ -16,10 +16,10 @@ def scores_batch(lit_counts):
     return FrameBatch({"data": data, "valid": np.ones_like(data, bool), "train_id": np.arange(n)})
 
 
-def test_half_sample_mode_finds_the_dense_peak_under_a_broad_majority():
+def test_densest_mode_finds_the_dense_peak_under_a_broad_majority():
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(1000, 30, 300), rng.uniform(1500, 10000, 700)])
-    assert half_sample_mode(values) == pytest.approx(1000, abs=15)
+    assert densest_mode(values) == pytest.approx(1000, abs=15)
 
 
 @pytest.mark.parametrize("hit_rate", [0.02, 0.3, 0.7])
