@@ -8,9 +8,10 @@ behaves when hits are frequent:
 - ``mean_std``: mean and standard deviation; hits inflate both.
 - ``robust``: median and MAD (``extra-redu`` uses median and inter-quartile range); stable up to a
   hit rate of ~25-50 %, then the median itself is a hit.
-- ``mode`` (default): the centre of the densest eighth of the scores (a shorth-type mode) and the
-  MAD of the scores below it. Blanks form the narrow, dense peak of the distribution while hits
-  spread over a wide range, so the estimate stays on the blanks up to hit rates of ~80 %.
+- ``mode`` (default): start from the centre of the densest eighth of the scores (a shorth-type
+  mode) and the MAD of the scores below it, then refine median and MAD on the scores within 3 sigma.
+  Blanks form the narrow, dense peak of the distribution while hits spread over a wide range, so
+  the estimate stays on the blanks up to hit rates of ~80 %.
 
 Sigma is never below the Poisson width sqrt(centre).
 """
@@ -93,8 +94,11 @@ class LitPixelHitFinder(Stage):
         scores = np.concatenate(self._window).astype(np.float64)
         if self.p.statistic == "mode":
             centre = densest_mode(scores)
-            below = scores[scores <= centre]
-            sigma = MAD_TO_SIGMA * float(np.median(centre - below))
+            sigma = MAD_TO_SIGMA * float(np.median(centre - scores[scores <= centre]))
+            for _ in range(3):  # refine on the blank population: clip what lies beyond 3 sigma
+                blanks = scores[np.abs(scores - centre) <= 3 * max(sigma, 1.0)]
+                centre = float(np.median(blanks))
+                sigma = MAD_TO_SIGMA * float(np.median(np.abs(blanks - centre)))
         elif self.p.statistic == "robust":
             centre = float(np.median(scores))
             sigma = MAD_TO_SIGMA * float(np.median(np.abs(scores - centre)))
