@@ -169,3 +169,14 @@ def test_parts_in_parallel_through_dask_open_as_one_run(mock_run, hitfinding_man
     keys = list(zip(combined["data.is_hit"].train_id_coordinates().tolist(),
                     combined["data.pulseId"].ndarray().tolist()))
     assert keys == list(truth)
+
+
+def test_report_command_makes_figures(mock_run, hitfinding_manifest, tmp_path):
+    run_dir, _ = mock_run
+    out = tmp_path / "hits.h5"
+    assert run_cli("run", hitfinding_manifest, "--input", run_dir, "--output", out, "--quiet").returncode == 0
+    proc = run_cli("report", out, "--run", run_dir, "--out-dir", tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr
+    assert "hits:" in proc.stdout
+    png = tmp_path / "report" / "report.png"
+    assert png.stat().st_size > 20_000  # four plots and example hits, not an empty canvas
