@@ -67,7 +67,7 @@ def _run_parts(manifest, args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.workdir), progress=not args.quiet, rebuild=args.rebuild)
+    run_demo(Path(args.workdir), progress=not args.quiet, rebuild=args.rebuild, n_frames=args.frames)
     return 0
 
 
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulate a small AGIPD-1M run, run spi-hitfinding on it, write a report")
     p.add_argument("--workdir", default="xfel-dl-demo", help="where the run, results and report go")
     p.add_argument("--rebuild", action="store_true", help="simulate the run again even if it exists")
+    p.add_argument("--frames", type=int, help="simulate this many frames instead of the demo's 320 (with --rebuild)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 

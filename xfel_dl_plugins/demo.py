@@ -22,14 +22,15 @@ def packaged_manifest(name: str) -> Path:
     return path
 
 
-def build_demo_run(run_dir: Path, *, progress: bool = True) -> None:
-    """Simulate the demo run into ``run_dir`` (via a temporary directory, renamed when complete)."""
+def build_demo_run(run_dir: Path, *, progress: bool = True, n_frames: int | None = None) -> None:
+    """Simulate the demo run into ``run_dir`` (via a temporary directory, renamed when complete);
+    ``n_frames`` overrides the config's size (a quick look, or the tests)."""
     from .simulation.writers import simulate_main
 
     config = Path(str(resources.files("xfel_dl_plugins.simulation") / "configs" / DEMO_CONFIG))
     partial = run_dir.with_name(run_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    simulate_main(config, partial, progress=progress)
+    simulate_main(config, partial, progress=progress, n=n_frames)
     (partial / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
     shutil.rmtree(run_dir, ignore_errors=True)
     partial.rename(run_dir)
@@ -54,7 +55,7 @@ def read_truth(run_dir: Path):
     return Truth(dict(zip(keys, (int(c) for c in classes))), dict(zip(keys, (float(r) for r in radii))))
 
 
-def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False) -> Path:
+def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False, n_frames: int | None = None) -> Path:
     """Build the demo run if needed, run the hit-finding chain, write the report; return its path."""
     from .pipeline.manifest import apply_overrides, parse_manifest
     from .pipeline.runner import run_chain
@@ -65,7 +66,7 @@ def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False) -> 
     if rebuild or not (run_dir / COMPLETE_MARKER).is_file():
         print(f"simulating the demo run into {run_dir} (once) ...", flush=True)
         t0 = time.perf_counter()
-        build_demo_run(run_dir, progress=progress)
+        build_demo_run(run_dir, progress=progress, n_frames=n_frames)
         print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     manifest = apply_overrides(parse_manifest(packaged_manifest(DEMO_MANIFEST)), input_path=str(run_dir),
                                output=str(workdir / "results.h5"))

@@ -1,0 +1,20 @@
+"""The demo end to end, on a smaller simulated run (the README's demo simulates 320 frames)."""
+
+from conftest import run_cli, validate_exdf
+
+
+def test_demo_simulates_runs_and_reports(tmp_path):
+    import extra_data
+
+    workdir = tmp_path / "demo"
+    proc = run_cli("demo", "--workdir", workdir, "--frames", 64, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "F1 (against the simulation's truth)" in proc.stdout
+    results = workdir / "results.h5"
+    hits = extra_data.H5File(str(results))["SPB_DET_AGIPD1M-1/XFELDL/HITFINDER:output", "data.is_hit"]
+    assert hits.shape == (64,)
+    assert validate_exdf(results).returncode == 0
+    assert (workdir / "report.png").stat().st_size > 20_000
+    # A second call reuses the simulated run.
+    again = run_cli("demo", "--workdir", workdir, "--quiet")
+    assert again.returncode == 0 and "simulating" not in again.stdout
