@@ -76,3 +76,40 @@ def write_mock_agipd_run(run_dir: Path, *, n_trains=6, frames_per_train=16, hit_
     train_ids = np.repeat(np.arange(first_train, first_train + n_trains), frames_per_train)
     pulse_ids = np.tile(np.arange(frames_per_train), n_trains)
     return {(int(t), int(p)): float(r) for t, p, r in zip(train_ids, pulse_ids, radii)}
+
+
+def write_mock_jungfrau_run(run_dir: Path, *, n_trains=3, modules=(1, 2, 3, 4), hit_fraction=0.3,
+                            photons_per_hit=3000.0, radius_nm=35.0, background=0.01, seed=0):
+    """A calibrated JUNGFRAU-4M run (16 memory cells a train) with sphere hits; returns the truth
+    dict (train_id, cell position) -> radius in nm (0 for blanks). Only ``modules`` are written."""
+    from extra_data.tests.mockdata.jungfrau import JUNGFRAUModule
+    from extra_geom import JUNGFRAUGeometry
+
+    rng = np.random.default_rng(seed)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pos = JUNGFRAUGeometry.example(8).get_pixel_positions()
+    q = q_from_radius(np.hypot(pos[..., 0], pos[..., 1]), DISTANCE_M, PHOTON_ENERGY_EV)
+    cells, first_train = 16, 10000
+    is_hit = rng.random((n_trains, cells)) < hit_fraction
+    radii = np.where(is_hit, radius_nm * rng.uniform(0.85, 1.15, is_hit.shape), 0.0)
+    profiles = {}
+    for m in modules:
+        src = f"SPB_IRDA_JF4M/CORR/JNGFR{m:02d}"
+        path = run_dir / f"CORR-R0012-JNGFR{m:02d}-S00000.h5"
+        write_file(str(path), [JUNGFRAUModule(src, raw=False)], ntrains=n_trains, firsttrain=first_train,
+                   chunksize=1, format_version="1.0")
+        with h5py.File(path, "r+") as f:
+            grp = f[f"INSTRUMENT/{src}:daqOutput/data"]
+            for t in range(n_trains):
+                expected = np.full((cells, 512, 1024), background)
+                for c in np.flatnonzero(is_hit[t]):
+                    key = (t, c)
+                    if key not in profiles:  # normalised over the whole detector
+                        ff = sphere_form_factor(q * radii[t, c] * 1e-9)
+                        profiles[key] = photons_per_hit * ff / ff.sum()
+                    expected[c] += profiles[key][m - 1]
+                grp["adc"][t] = rng.poisson(expected).astype(np.float32)
+                grp["mask"][t] = 0
+                grp["memoryCell"][t] = np.arange(cells)[::-1]  # storage order differs from cell number
+    return {(first_train + t, c): float(radii[t, c]) for t in range(n_trains) for c in range(cells)}

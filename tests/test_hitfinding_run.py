@@ -180,3 +180,29 @@ def test_report_command_makes_figures(mock_run, hitfinding_manifest, tmp_path):
     assert "hits:" in proc.stdout
     png = tmp_path / "report" / "report.png"
     assert png.stat().st_size > 20_000  # four plots and example hits, not an empty canvas
+
+
+def test_jungfrau_run(tmp_path, hitfinding_manifest):
+    """Calibrated JUNGFRAU-4M: memory cells become frames; four of eight modules present."""
+    import extra_data
+    from mockruns import write_mock_jungfrau_run
+
+    run_dir = tmp_path / "r0012"
+    truth = write_mock_jungfrau_run(run_dir, seed=3)
+    manifest = tmp_path / "jf.toml"
+    manifest.write_text(hitfinding_manifest.read_text().replace('detector = "AGIPD1M"', 'detector = "JUNGFRAU4M"')
+                        .replace("batch_size = 32", "batch_size = 16"))
+    out = tmp_path / "jf-hits.h5"
+    proc = run_cli("run", manifest, "--input", run_dir, "--output", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    results = extra_data.H5File(str(out))
+    hits = results["SPB_IRDA_JF4M/XFELDL/HITFINDER:output"]
+    keys = list(zip(hits["data.is_hit"].train_id_coordinates().tolist(), hits["data.pulseId"].ndarray().tolist()))
+    assert keys == list(truth)
+    assert hits["data.cellId"].ndarray()[:3].tolist() == [15, 14, 13]
+    actual = np.array([truth[k] > 0 for k in keys])
+    found = hits["data.is_hit"].ndarray()
+    tp, fp, fn = (found & actual).sum(), (found & ~actual).sum(), (~found & actual).sum()
+    assert 2 * tp / (2 * tp + fp + fn) >= 0.95, (tp, fp, fn)
+    sizes = results["SPB_IRDA_JF4M/XFELDL/SIZE:output", "data.radius_nm"].ndarray()
+    assert np.median(np.abs(sizes / 35.0 - 1)) < 0.2

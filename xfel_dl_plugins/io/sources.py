@@ -79,15 +79,15 @@ class RunSource:
     """AGIPD-1M frames of a European XFEL run, raw or calibrated, opened through EXtra-data.
 
     Give a path, a proposal + run number, or an already open ``DataCollection`` (``collection``,
-    as DAMNIT passes to its variables)."""
+    as DAMNIT passes to its variables). Subclasses read other detectors."""
+
+    detector_type = "AGIPD1M"
+    frame_shape = (16, 512, 128)
 
     def __init__(self, path=None, *, collection=None, proposal=None, run_number=None, data="proc",
-                 detector="AGIPD1M", source=None, trains=None, raw=None, photons_per_adu=1.0):
+                 source=None, trains=None, raw=None, photons_per_adu=1.0):
         import extra_data
-        from extra_data.components import AGIPD1M
 
-        if detector != "AGIPD1M":
-            raise InputDataError(f"detector {detector!r} is not supported for runs yet (supported: AGIPD1M)")
         if collection is not None:
             run, label = collection, "DataCollection " + ",".join(map(str, collection.train_ids[:1])) + "..."
         else:
@@ -98,28 +98,37 @@ class RunSource:
         if raw is None:  # calibrated data when the run has it
             raw = not any("/CORR/" in s for s in run.instrument_sources)
         try:
-            self.det = AGIPD1M(run, detector_name=source, raw=raw, min_modules=1)
+            self.det = self._open_detector(run, source, raw)
+        except InputDataError:
+            raise
         except Exception as exc:
             names = ", ".join(sorted(run.instrument_sources)[:5]) or "none"
-            raise InputDataError(f"{label} has no {'raw' if raw else 'calibrated'} AGIPD-1M data "
+            raise InputDataError(f"{label} has no {'raw' if raw else 'calibrated'} {self.detector_type} data "
                                  f"({type(exc).__name__}: {exc}; instrument sources: {names}...)") from None
         self.run, self.raw, self.photons_per_adu = run, raw, photons_per_adu
         self._dark = None
-        kd = self.det["image.data"]
         recorded = {k: v for k, v in (("photon_energy_eV", _first_recorded(run, RECORDED_ENERGY)),
                                       ("distance_m", _first_recorded(run, RECORDED_DISTANCE))) if v is not None}
         meta = run.run_metadata() if hasattr(run, "run_metadata") else {}
         self.info = SourceInfo(
             description=label,
-            train_ids=np.asarray(run.train_ids, dtype=np.uint64),
-            n_frames=int(kd.shape[1]),
-            detector="AGIPD1M",
-            frame_shape=(16, 512, 128),
+            train_ids=np.asarray(self.det.train_ids, dtype=np.uint64),
+            n_frames=self._n_frames(),
+            detector=self.detector_type,
+            frame_shape=self.frame_shape,
             proposal=int(meta.get("proposalNumber", 0) or 0),
             run=int(meta.get("runNumber", 0) or 0),
             detector_source=self.det.detector_name,
             recorded=recorded,
         )
+
+    def _open_detector(self, run, source, raw):
+        from extra_data.components import AGIPD1M
+
+        return AGIPD1M(run, detector_name=source, raw=raw, min_modules=1)
+
+    def _n_frames(self) -> int:
+        return int(self.det["image.data"].shape[1])
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         for part in self.det.split_trains(frames_per_part=batch_size):
@@ -184,6 +193,52 @@ class RunSource:
 
     def close(self) -> None:
         pass
+
+
+class JungfrauRunSource(RunSource):
+    """Calibrated JUNGFRAU-4M frames (``data.adc``, ``data.mask``): every memory cell of a train
+    is a frame, in storage order (``pulse_id`` = position in the train, ``cell_id`` = memory cell)."""
+
+    detector_type = "JUNGFRAU4M"
+    frame_shape = (8, 512, 1024)
+
+    def _open_detector(self, run, source, raw):
+        from extra_data.components import JUNGFRAU
+
+        if raw:
+            raise InputDataError("raw JUNGFRAU data (gain-encoded ADC) are not supported: use the corrected run")
+        return JUNGFRAU(run, detector_name=source, raw=False, n_modules=self.frame_shape[0])
+
+    def _n_frames(self) -> int:
+        kd = self.det["data.adc"]
+        return int(kd.shape[1] * kd.shape[2])
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        cells = self.det["data.adc"].shape[2]
+        for part in self.det.split_trains(trains_per_part=max(1, batch_size // cells)):
+            try:
+                data = part["data.adc"].ndarray(module_gaps=True, fill_value=np.nan)
+                mask = part["data.mask"].ndarray(module_gaps=True, fill_value=0xFFFFFFFF)
+                source = next(iter(part.source_to_modno))
+                cell_ids = part.data[source, "data.memoryCell"].ndarray()
+            except Exception as exc:
+                raise InputDataError(f"cannot read JUNGFRAU frames of trains {part.train_ids[0]}–"
+                                     f"{part.train_ids[-1]} (truncated or corrupt file?): {exc}") from None
+            n_modules, n_trains = data.shape[:2]
+            # (module, train, cell, y, x) -> (train * cell, module, y, x)
+            frames = np.moveaxis(data, 0, 2).reshape(n_trains * cells, n_modules, *data.shape[3:])
+            valid = np.moveaxis(mask == 0, 0, 2).reshape(frames.shape) & np.isfinite(frames)
+            yield {
+                "data": frames.astype(np.float32, copy=False),
+                "valid": valid,
+                "train_id": np.repeat(np.asarray(part.train_ids, np.uint64), cells),
+                "pulse_id": np.tile(np.arange(cells, dtype=np.uint64), n_trains),
+                "cell_id": cell_ids.reshape(-1).astype(np.uint16),
+            }
+
+
+#: Run readers by the manifest's ``[input] detector``.
+RUN_SOURCES = {cls.detector_type: cls for cls in (RunSource, JungfrauRunSource)}
 
 
 class CXISource:

@@ -17,7 +17,7 @@ from ..stages.base import ASSEMBLED_FIELDS, SOURCE_FIELDS
 from ..stages.registry import load_stage
 
 DEVICES = ("cpu", "cuda", "auto")
-DETECTORS = ("AGIPD1M", "flat")
+DETECTORS = ("AGIPD1M", "JUNGFRAU4M", "flat")
 
 
 @dataclass

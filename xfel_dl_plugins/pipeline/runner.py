@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import InputDataError, ManifestError, OutputExistsError, StageError, XfelDLError
 from ..io.exdf import ExdfWriter
 from ..io.geometry import ExperimentGeometry
-from ..io.sources import CXISource, RunSource
+from ..io.sources import RUN_SOURCES, CXISource
 from ..stages.base import FrameBatch, Stage, StageContext
 from ..stages.registry import load_stage
 from .manifest import GeometrySpec, InputSpec, Manifest
@@ -54,9 +54,10 @@ def open_source(spec: InputSpec, collection=None):
         return BridgeSource(spec.bridge, source=spec.source, max_trains=spec.max_trains, timeout_s=spec.timeout_s)
     if collection is None and spec.run is None and (spec.proposal is None or spec.run_number is None):
         raise ManifestError("no input: set [input] run, cxi or proposal + run_number, or pass --input")
-    return RunSource(spec.run, collection=collection, proposal=spec.proposal, run_number=spec.run_number, data=spec.data,
-                     detector=spec.detector, source=spec.source, trains=spec.trains, raw=spec.raw,
-                     photons_per_adu=spec.photons_per_adu)
+    reader = RUN_SOURCES[spec.detector if spec.detector in RUN_SOURCES else "AGIPD1M"]
+    return reader(spec.run, collection=collection, proposal=spec.proposal, run_number=spec.run_number,
+                  data=spec.data, source=spec.source, trains=spec.trains, raw=spec.raw,
+                  photons_per_adu=spec.photons_per_adu)
 
 
 def resolve_geometry(spec: GeometrySpec, info) -> ExperimentGeometry:
