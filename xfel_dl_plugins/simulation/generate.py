@@ -24,6 +24,7 @@ from .samples import SHAPE_CODES, SHAPE_NAMES, Particle, SpeciesSampler, streak_
 
 FWHM_TO_SIGMA = 1 / (2 * np.sqrt(2 * np.log(2)))
 HIT_CODES = {name: i for i, name in enumerate(HIT_CLASSES)}
+MAX_SUPERSAMPLING = 4  # sub-pixels per pixel axis for speckles finer than a pixel
 
 
 @dataclass
@@ -94,7 +95,7 @@ class Simulator:
         self.pixel_dq = geom.k * self.detector.pixel_size_m / self.detector.distance_m
         # amplitudes are evaluated per detector tile (AGIPD: 128 tiles of 64 x 128 pixels)
         self.tile_shape = (128, 64, 128) if self.detector.kind == "agipd1m" else (1, *self.valid.shape)
-        self._coarse_q: dict[int, np.ndarray] = {}
+        self._coarse_q: dict = {}
 
     def _factor(self, extent_m: float) -> int:
         """Block size f for evaluating F: at least 8 blocks per oscillation 2 pi / extent of F."""
@@ -103,6 +104,27 @@ class Simulator:
             if period_px / f >= 8 and self.tile_shape[1] % f == 0 and self.tile_shape[2] % f == 0:
                 return f
         return 1
+
+    def _supersampling(self, extent_m: float) -> int:
+        """Sub-pixels per pixel axis so that the intensity fringes of an object ``extent_m`` in radius
+        (period pi / extent in q) get at least two samples: pixels integrate finer speckles."""
+        period_px = np.pi / (max(extent_m, 1e-12) * self.pixel_dq)
+        return int(min(MAX_SUPERSAMPLING, max(1, np.ceil(2 / period_px))))
+
+    def _q_sub(self, s: int) -> np.ndarray:
+        """q at the centres of s x s sub-pixels of every pixel, (T, h*s, w*s, 3) per detector tile."""
+        if ("sub", s) not in self._coarse_q:
+            t, h, w = self.tile_shape
+            pos = self.detector.positions_m.reshape(t, h, w, 3)
+            e_row = (pos[:, 1, 0] - pos[:, 0, 0])[:, None, None, None, None, :]
+            e_col = (pos[:, 0, 1] - pos[:, 0, 0])[:, None, None, None, None, :]
+            u = (np.arange(s) + 0.5) / s - 0.5
+            sub = (pos[:, :, None, :, None, :] + u[None, None, :, None, None, None] * e_row
+                   + u[None, None, None, None, :, None] * e_col).reshape(t, h * s, w * s, 3)
+            d = sub / np.linalg.norm(sub, axis=-1, keepdims=True)
+            d[..., 2] -= 1.0
+            self._coarse_q[("sub", s)] = (self.geometry.k * d).astype(np.float32)
+        return self._coarse_q[("sub", s)]
 
     def _q_blocks(self, f: int) -> np.ndarray:
         if f not in self._coarse_q:
@@ -187,15 +209,21 @@ class Simulator:
             groups.setdefault(g, []).append((particle, offset))
         j0 = pulse_photons * self.peak_fluence_per_photon
         for members in groups.values():
+            extent = max(np.linalg.norm(p.position_m) + p.extent_m for p, _ in members)
+            sub = self._supersampling(extent)
+            qg = q if sub == 1 else self._q_sub(sub)
             amp = 0
             for particle, offset in members:
                 fluence = j0 * np.exp(-0.5 * np.dot(offset, offset) / self.sigma_focus**2)
-                f = self.particle_amplitude(particle)
+                f = self.particle_amplitude(particle) if sub == 1 else particle.amplitude(qg)
                 pos = particle.position_m
                 if np.any(pos != 0):
-                    f = f * np.exp(-1j * (q @ pos.astype(np.float32)))
+                    f = f * np.exp(-1j * (qg @ pos.astype(np.float32)))
                 amp = amp + np.float32(np.sqrt(fluence * 1e-30)) * f
             power = amp.real**2 + amp.imag**2 if np.iscomplexobj(amp) else amp * amp
+            if sub > 1:  # pixels integrate speckles finer than themselves
+                t, h, w = self.tile_shape
+                power = power.reshape(t, h, sub, w, sub).mean(axis=(2, 4)).reshape(self.valid.shape)
             total = power if total is None else total + power
         total *= self.scale_e30
         return total
@@ -215,7 +243,6 @@ class Simulator:
             sample[self.invalid_index] = 0.0
         counts, valid, saturated, background_total = self.measure(rng, sample, pulse)
         first = scene[0][0] if scene else None
-        det = cfg.detector
         out = dict(
             pattern=counts, valid=valid, hit_class=HIT_CODES[cls],
             n_particles=len(scene), radius_nm=first.radius_m * 1e9 if first else 0.0,
