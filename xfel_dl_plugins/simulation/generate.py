@@ -61,7 +61,9 @@ class SimulatedPatterns:
 class Simulator:
     """Everything that does not change from pattern to pattern, computed once."""
 
-    def __init__(self, config: SimulationConfig, detector: Detector | None = None):
+    def __init__(self, config: SimulationConfig, detector: Detector | None = None, device: str = "cpu"):
+        """``device``: "cpu" (NumPy), or a PyTorch device ("cuda", "cuda:1", "torch-cpu" for PyTorch on
+        the CPU), or "auto" (CUDA through PyTorch when available, else NumPy)."""
         self.config = config
         self.detector = detector or make_detector(config.detector)
         beam = config.beam
@@ -96,6 +98,12 @@ class Simulator:
         # amplitudes are evaluated per detector tile (AGIPD: 128 tiles of 64 x 128 pixels)
         self.tile_shape = (128, 64, 128) if self.detector.kind == "agipd1m" else (1, *self.valid.shape)
         self._coarse_q: dict = {}
+        self.backend = None
+        device = resolve_device(device)
+        if device != "cpu":
+            from .torch_backend import TorchBackend
+
+            self.backend = TorchBackend(self, "cpu" if device == "torch-cpu" else device)
 
     def _factor(self, extent_m: float) -> int:
         """Block size f for evaluating F: at least 8 blocks per oscillation 2 pi / extent of F."""
@@ -142,6 +150,11 @@ class Simulator:
         q = self._q_blocks(f)
         return upsample(particle.amplitude(q), f).reshape(self.valid.shape)
 
+    def mask_invalid(self, values: np.ndarray) -> np.ndarray:
+        """``values`` with gaps, beam stop and bad pixels set to 0 (in place)."""
+        values[self.invalid_index] = 0.0
+        return values
+
     def exclude(self, pixels: np.ndarray) -> None:
         """Treat ``pixels`` (bool, detector shape) as insensitive from now on (e.g. bad pixels)."""
         self.valid = self.valid & ~pixels
@@ -149,6 +162,8 @@ class Simulator:
         self.gas = np.where(self.valid, self.gas, 0.0)
         self.stray = np.where(self.valid, self.stray, 0.0)
         self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
+        if self.backend is not None:
+            self.backend._refresh_masks()
 
     # -- one pattern --------------------------------------------------------------------------------
     def _pick(self, rng, species_list):
@@ -234,21 +249,23 @@ class Simulator:
         jitter = cfg.beam.pulse_energy_jitter
         pulse = self.mean_pulse_photons * (rng.gamma(1 / jitter**2, jitter**2) if jitter > 0 else 1.0)
         cls, scene, streak = self.draw_scene(rng)
-        sample = self.intensity(scene, pulse) if scene else None
+        be = self.backend or self
+        sample = be.intensity(scene, pulse) if scene else None
         if streak:
             photons = 10 ** rng.uniform(2.5, 4.0)
-            streak_i = streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
+            streak_i = be.streak(rng, photons)
             sample = streak_i if sample is None else sample + streak_i
         if sample is not None:
-            sample[self.invalid_index] = 0.0
-        counts, valid, saturated, background_total = self.measure(rng, sample, pulse)
+            sample = be.mask_invalid(sample)
+        counts, valid, saturated, background_total = be.measure(rng, sample, pulse)
         first = scene[0][0] if scene else None
         out = dict(
             pattern=counts, valid=valid, hit_class=HIT_CODES[cls],
             n_particles=len(scene), radius_nm=first.radius_m * 1e9 if first else 0.0,
             shape=SHAPE_CODES[first.shape] if first else (SHAPE_CODES["streak"] if streak else 0),
             orientation=first.quaternion if first else np.array([1.0, 0, 0, 0]),
-            photons=float(sample.sum()) if sample is not None else 0.0, background_photons=background_total,
+            photons=float(sample.sum()) if sample is not None else 0.0,
+            background_photons=background_total,
             saturated=0 if saturated is None else int(saturated.sum()),
             fluence_ph_um2=(pulse * self.peak_fluence_per_photon * np.exp(-0.5 * np.dot(scene[0][1], scene[0][1]) / self.sigma_focus**2) * 1e-12) if scene else 0.0,
             pulse_energy_mJ=pulse * cfg.beam.photon_energy_eV * ELECTRON_VOLT_J * 1e3,
@@ -256,6 +273,10 @@ class Simulator:
         if want_projection:
             out["projected_density"] = self.projected_density(scene)
         return out
+
+    def streak(self, rng: np.random.Generator, photons: float) -> np.ndarray:
+        """Expected photons of a streak of non-particle scatter (see :func:`samples.streak_intensity`)."""
+        return streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
 
     def measure(self, rng: np.random.Generator, sample: np.ndarray | None, pulse_photons: float):
         """Detector frame for the expected sample photons ``sample`` (or None): background, Poisson
@@ -303,40 +324,57 @@ class Simulator:
         return (rho * 1e-18).astype(np.float32)
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when PyTorch sees a GPU, else "cpu"; other names pass through."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
 def generate(config, n: int, seed: int = 0, *, detector: Detector | None = None, start: int = 0,
              projected_density: bool = False, use_map: bool = False, workers: int = 1,
-             progress: bool = False) -> SimulatedPatterns:
+             device: str = "cpu", progress: bool = False) -> SimulatedPatterns:
     """Simulate patterns ``start .. start+n-1`` of the dataset defined by ``config`` and ``seed``.
 
     ``config``: a :class:`SimulationConfig`, or a path to a TOML file / packaged config name.
     ``detector``: overrides the configured detector (e.g. :func:`detector.grid_detector`).
     ``use_map``: polyhedra through the 3D-map path instead of their exact analytic amplitude.
     ``workers``: processes to use (0: one per available core, at most 4); results do not depend on it.
+    ``device``: "cpu" (NumPy), "auto", "cuda" or another PyTorch device (see :class:`Simulator`);
+    device runs use one process.
     """
     if not isinstance(config, SimulationConfig):
         config = load_config(config)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     workers = default_workers() if workers == 0 else workers
+    device = resolve_device(device)
+    if device != "cpu":
+        workers = 1
     chunk = max(1, min(256, -(-n // max(1, 4 * workers))))
     tasks = [(i, min(chunk, start + n - i), seed, projected_density) for i in range(start, start + n, chunk)]
-    parts = map_tasks(_make_simulator, (config, detector, use_map), _simulate_chunk, tasks, workers)
+    parts = map_tasks(_make_simulator, (config, detector, use_map, device), _simulate_chunk, tasks, workers)
     if progress:
         from tqdm import tqdm
 
         parts = tqdm(parts, total=len(tasks), desc="simulating", unit="chunk")
     rows = [r for part in parts for r in part]
-    sim_meta = _make_simulator(config, detector, use_map, light=True)
+    sim_meta = _make_simulator(config, detector, use_map, device, light=True)
     return _collect(rows, sim_meta, seed, start, projected_density)
 
 
-def _make_simulator(config, detector, use_map, light: bool = False):
+def _make_simulator(config, detector, use_map, device="cpu", light: bool = False):
     if light:  # geometry-only facts for the metadata
         det = detector or make_detector(config.detector)
         return dict(photon_energy_eV=config.beam.photon_energy_eV, distance_m=det.distance_m,
                     pixel_size_m=det.pixel_size_m, detector=det.kind, centre_px=det.centre_px, shape=det.valid.shape,
                     wavelength_m=HC_EV_M / config.beam.photon_energy_eV)
-    sim = Simulator(config, detector)
+    sim = Simulator(config, detector, device)
     sim.use_map = use_map
     return sim
 
