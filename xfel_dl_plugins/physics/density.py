@@ -232,37 +232,10 @@ class FourierMap:
         return out * np.float32(scale**3)
 
 
-def _bspline_weights(t: np.ndarray) -> np.ndarray:
-    """Cubic B-spline weights (P, 4) for fractional offsets t in [0, 1)."""
-    t2 = t * t
-    t3 = t2 * t
-    s = 1 - t
-    return np.stack([s * s * s, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], axis=-1) * np.float32(1 / 6)
-
-
-_TRI_CHUNK = 8192
-
-
 def tricubic(coeffs: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Cubic B-spline interpolation of prefiltered ``coeffs`` (3D) at fractional indices ``coords`` (..., 3)."""
-    shape = coords.shape[:-1]
-    c = coords.reshape(-1, 3)
-    s0, s1, _ = (np.array(coeffs.strides) // coeffs.itemsize)
-    offsets = (np.arange(4)[:, None, None] * s0 + np.arange(4)[None, :, None] * s1 + np.arange(4)[None, None, :]).ravel()
-    flat = coeffs.ravel()
-    base = np.floor(c)
-    t = (c - base).astype(np.float32)
-    i = base.astype(np.intp) - 1
-    idx = i[:, 0] * s0 + i[:, 1] * s1 + i[:, 2]
-    wx, wy, wz = _bspline_weights(t[:, 0]), _bspline_weights(t[:, 1]), _bspline_weights(t[:, 2])
-    out = np.empty(len(c), np.float32)
-    for start in range(0, len(c), _TRI_CHUNK):  # chunks keep the 64 gathered taps in cache
-        sl = slice(start, start + _TRI_CHUNK)
-        vals = np.take(flat, idx[sl, None] + offsets).reshape(-1, 16, 4)
-        vals = np.matmul(vals, wz[sl, :, None])[..., 0].reshape(-1, 4, 4)  # contract z, then y, then x
-        vals = np.matmul(vals, wy[sl, :, None])[..., 0]
-        out[sl] = np.einsum("pa,pa->p", vals, wx[sl])
-    return out.reshape(shape)
+    c = coords.reshape(-1, 3).T
+    return ndimage.map_coordinates(coeffs, c, order=3, prefilter=False, output=np.float32).reshape(coords.shape[:-1])
 
 
 def trilinear(grid: np.ndarray, coords: np.ndarray) -> np.ndarray:
