@@ -29,7 +29,9 @@ def test_packaged_configs_load(name):
     ({"detector": {"kind": "pnccd"}}, "detector.kind"),
     ({"detector": {"colour": 3}}, "detector.colour"),
     ({"sample": [{"name": "x", "shape": "torus"}]}, "sample[0].shape"),
-    ({"sample": [{"name": "x", "material": "unobtainium"}]}, "unobtainium"),
+    ({"sample": [{"name": "x", "material": "unobtainium"}]}, "sample[0].material"),
+    ({"contaminants": [{"name": "x", "shape": "core_shell", "core_material": "kryptonite"}]}, "contaminants[0].core_material"),
+    ({"output": {"frames_per_train": 1000}}, "output"),
     ({"hit_fractions": {"blank": 1.0, "double": 1.0}}, "hit_fractions"),
     ({"multiple_count": [1, 3]}, "multiple_count"),
 ])

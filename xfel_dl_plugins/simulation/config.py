@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import XfelDLError
+from ..physics.constants import MATERIALS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -185,6 +186,10 @@ def _species_list(data: Any, where: str) -> list:
             raise ConfigError(f"{where}[{i}].shape: {sp.shape!r} is not one of {', '.join(SHAPES)}")
         if sp.shape == "map" and (not sp.map_file or not sp.map_voxel_nm):
             raise ConfigError(f"{where}[{i}]: shape 'map' needs map_file and map_voxel_nm")
+        for key in ("material", "core_material"):
+            value = getattr(sp, key)
+            if isinstance(value, str) and value not in MATERIALS and not (key == "material" and sp.electron_density):
+                raise ConfigError(f"{where}[{i}].{key}: unknown material {value!r}; known: {', '.join(sorted(MATERIALS))}")
         if sp.method not in ("analytic", "map"):
             raise ConfigError(f"{where}[{i}].method: must be 'analytic' or 'map', got {sp.method!r}")
         if sp.weight < 0:
@@ -203,8 +208,8 @@ def config_from_dict(data: dict, source: str = "config") -> SimulationConfig:
     if "sample" in data:
         kwargs["sample"] = _species_list(data.pop("sample"), "sample")
     if "contaminants" in data:
-        kwargs["contaminants"] = _species_list(data.pop("contaminants"), "contaminants") if data["contaminants"] else []
-        data.pop("contaminants", None)
+        items = data.pop("contaminants")
+        kwargs["contaminants"] = _species_list(items, "contaminants") if items else []
     cfg = _build(SimulationConfig, data, source) if data else SimulationConfig()
     cfg = dataclasses.replace(cfg, **kwargs)
     validate(cfg)
