@@ -206,3 +206,7 @@ class Stage:
     def finish(self) -> dict[str, Any]:
         """Run-level results (scalars or small arrays) recorded in the results file and the report."""
         return {}
+
+    def provenance(self) -> dict[str, str]:
+        """Extra provenance recorded in the results file, e.g. ``{"weights_sha256": ...}`` for learned stages."""
+        return {}

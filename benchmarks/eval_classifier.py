@@ -1,0 +1,330 @@
+"""Evaluate the single-hit classifiers on held-out simulated data, next to the non-learned baseline.
+
+Reports, per test set: per-class precision / recall / F1 and the confusion matrix of the CNN
+classifier (packaged weights), of the lit-pixel hit finder + sphere-size-fit baseline, and few-shot
+accuracy of the embedding classifier on particle types never seen in training (10, 20, 50 labels per
+class); then throughput of the classifier and of the lit-pixel baseline measured in the same run.
+
+    PYTHONPATH=. python benchmarks/eval_classifier.py --out docs/benchmarks-classification.md
+    PYTHONPATH=. python benchmarks/eval_classifier.py --quick          # small sets, a smoke run
+    PYTHONPATH=. python benchmarks/eval_classifier.py --device cuda --only throughput
+
+The baseline is given its best case: its lit-pixel threshold and fit-quality cut are chosen on a
+separate validation set to maximise single-hit F1, and it knows the sample's radius range.
+Simulated sets use seeds and particle types disjoint from the training configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xfel_dl_plugins.classification import CLASS_NAMES, SINGLE
+from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, simulate
+from xfel_dl_plugins.classification.metrics import classification_report
+
+BLANK, OTHER = CLASS_NAMES.index("blank"), CLASS_NAMES.index("other")
+PR772 = {"name": "pr772", "shape": "icosahedron", "material": "virus",
+         "radius_nm": {"mean": 33.0, "sigma": 2.5, "min": 25.0, "max": 42.0}}
+#: Held-out sets for the CNN and the baseline (seeds far from the training seeds).
+TEST_SETS = {
+    "pr772_realistic": {"config": {"sample": [PR772]}, "seed": 900_001, "expected_radius_nm": (25.0, 42.0)},
+    "pr772_weak": {"config": {"sample": [PR772], "beam": {"pulse_energy_mJ": 0.5}}, "seed": 900_002,
+                   "expected_radius_nm": (25.0, 42.0)},
+}
+#: Particle types absent from both training configs, for the few-shot embedding (and the CNN).
+UNSEEN_TYPES = {
+    "octahedron_protein": {"name": "octahedron_protein", "shape": "octahedron", "material": "protein",
+                           "radius_nm": {"mean": 30.0, "sigma": 4.0, "min": 20.0, "max": 42.0}},
+    "dodecahedron_virus": {"name": "dodecahedron_virus", "shape": "dodecahedron", "material": "virus",
+                           "radius_nm": {"mean": 38.0, "sigma": 4.0, "min": 28.0, "max": 50.0}},
+    "silica_spheroid": {"name": "silica_spheroid", "shape": "spheroid", "material": "silica",
+                        "radius_nm": {"mean": 22.0, "sigma": 3.0, "min": 15.0, "max": 30.0},
+                        "aspect": {"mean": 1.6, "sigma": 0.2, "min": 1.2, "max": 2.2}},
+}
+BALANCED = {"blank": 0.25, "single": 0.25, "multiple": 0.25, "other": 0.25}
+GRID_KEYS = ("size", "binning")
+
+
+def cached_simulation(config: dict, n: int, seed: int) -> dict:
+    """Simulator output (full grid), cached under the classification cache directory."""
+    from xfel_dl_plugins.classification.data import _cache_key
+
+    path = cache_dir() / f"eval-{_cache_key({'config': config, 'n': n, 'seed': seed})}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    out = simulate(config, n, seed)
+    keep = {k: np.asarray(v) for k, v in out.items() if isinstance(v, np.ndarray) or isinstance(v, (list, tuple))}
+    keep = {k: v for k, v in keep.items() if v.dtype != object}
+    np.savez(path.with_suffix(".tmp.npz"), **keep)
+    path.with_suffix(".tmp.npz").replace(path)
+    return keep
+
+
+# -- baseline ----------------------------------------------------------------------------------
+def sim_geometry(config: dict, shape):
+    from xfel_dl_plugins.io.geometry import ExperimentGeometry
+    from xfel_dl_plugins.simulation.config import config_from_dict
+
+    cfg = config_from_dict(config)
+    d = cfg.detector
+    centre = tuple(d.centre_px) if d.centre_px is not None else (shape[0] // 2, shape[1] // 2)
+    return ExperimentGeometry.flat(shape, pixel_size_m=d.pixel_size_m, photon_energy_eV=cfg.beam.photon_energy_eV,
+                                   distance_m=d.distance_m, beam_centre=centre)
+
+
+def baseline_features(raw: dict, config: dict) -> dict:
+    """Lit pixels (several photon thresholds) and the sphere fit of every frame, on the simulator grid."""
+    from xfel_dl_plugins.stages.base import FrameBatch, StageContext
+    from xfel_dl_plugins.stages.hitfinding import LitPixelHitFinder
+    from xfel_dl_plugins.stages.preprocessing import ReciprocalGrid
+    from xfel_dl_plugins.stages.sizing import SphereSizeFit
+
+    patterns = np.asarray(raw["patterns"], np.float32)
+    valid = np.broadcast_to(np.asarray(raw["valid"], bool), patterns.shape)
+    geom = sim_geometry(config, patterns.shape[1:])
+    ctx = StageContext(geometry=geom)
+    n = len(patterns)
+    ids = np.arange(n, dtype=np.uint64)
+    batch = FrameBatch({"data": patterns, "valid": valid, "image": patterns, "image_valid": valid,
+                        "train_id": ids, "pulse_id": ids, "cell_id": ids.astype(np.uint16)}, geometry=geom)
+    lit = {}
+    for threshold in (0.7, 1.5, 2.5, 4.0):
+        hf = LitPixelHitFinder(ctx, photon_threshold=threshold, fixed_threshold=1)
+        hf.setup()
+        lit[threshold] = hf.process(batch)["lit_pixels"]
+    size = min(patterns.shape[1:])
+    grid = ReciprocalGrid(ctx, size=size - size % 2, binning=1)
+    grid.setup()
+    batch.fields.update({k: v for k, v in grid.process(batch).items() if k.startswith("pattern")})
+    sizer = SphereSizeFit(ctx, radius_min_nm=5.0, radius_max_nm=300.0)
+    sizer.setup()
+    fit = sizer.process(batch)
+    return {"lit": lit, "radius_nm": fit["radius_nm"], "fit_quality": fit["fit_quality"]}
+
+
+def baseline_predict(features: dict, rule: dict) -> np.ndarray:
+    """blank (no hit), single (hit + good sphere fit + radius in range) or other (any other hit)."""
+    hit = features["lit"][rule["photon_threshold"]] > rule["lit_threshold"]
+    lo, hi = rule["radius_nm"]
+    single = hit & (features["fit_quality"] >= rule["fit_quality"]) & (features["radius_nm"] >= lo) & (features["radius_nm"] <= hi)
+    return np.where(single, SINGLE, np.where(hit, OTHER, BLANK))
+
+
+def tune_baseline(features: dict, labels: np.ndarray, radius_range) -> dict:
+    """The baseline rule with the best single-hit F1 on a validation set (its best case)."""
+    best, best_f1 = None, -1.0
+    for threshold, lit in features["lit"].items():
+        for lit_threshold in np.unique(np.quantile(lit, np.linspace(0.05, 0.95, 37)).astype(int)):
+            for fq in np.linspace(0.3, 0.98, 35):
+                rule = {"photon_threshold": threshold, "lit_threshold": int(lit_threshold),
+                        "fit_quality": round(float(fq), 3), "radius_nm": tuple(radius_range)}
+                f1 = single_f1(labels, baseline_predict(features, rule))
+                if f1 > best_f1:
+                    best, best_f1 = rule, f1
+    return best
+
+
+def single_f1(labels, pred) -> float:
+    tp = np.sum((pred == SINGLE) & (labels == SINGLE))
+    return 2 * tp / max(np.sum(pred == SINGLE) + np.sum(labels == SINGLE), 1)
+
+
+# -- evaluations -------------------------------------------------------------------------------
+def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
+    results = {}
+    for name, spec in TEST_SETS.items():
+        config = {**spec["config"]}
+        raw = cached_simulation(config, n, spec["seed"])
+        frames = frames_on_grid(raw, config, model.grid)
+        t0 = time.perf_counter()
+        out = model.predict(frames.patterns, frames.valid)
+        cnn_pred = out["class_index"]
+        kept = (cnn_pred == SINGLE) & (out["ood_score"] <= 0.999)
+        cnn_filter = np.where(kept, SINGLE, np.where(cnn_pred == SINGLE, OTHER, cnn_pred))
+        log(f"{name}: CNN on {n} frames in {time.perf_counter() - t0:.1f} s")
+        val_raw = cached_simulation(config, n, spec["seed"] + 17)
+        rule = tune_baseline(baseline_features(val_raw, config), frames_on_grid(val_raw, config, model.grid).labels,
+                             spec["expected_radius_nm"])
+        base_pred = baseline_predict(baseline_features(raw, config), rule)
+        results[name] = {
+            "n": n,
+            "cnn": classification_report(frames.labels, cnn_pred),
+            "cnn_stage_filter": classification_report(frames.labels, cnn_filter),
+            "baseline": classification_report(frames.labels, base_pred),
+            "baseline_rule": rule,
+            "false_singles": {"cnn": int(np.sum((cnn_pred == SINGLE) & (frames.labels != SINGLE))),
+                              "cnn_stage_filter": int(np.sum(kept & (frames.labels != SINGLE))),
+                              "baseline": int(np.sum((base_pred == SINGLE) & (frames.labels != SINGLE)))},
+            "mean_ood_score": float(out["ood_score"].mean()),
+        }
+        log(f"{name}: single F1 CNN {results[name]['cnn']['per_class']['single']['f1']}, "
+            f"baseline {results[name]['baseline']['per_class']['single']['f1']}; false singles {results[name]['false_singles']}")
+    return results
+
+
+def evaluate_fewshot(encoder, classifier, n: int, repeats: int, log) -> dict:
+    from xfel_dl_plugins.classification.fewshot import PrototypeClassifier
+
+    results = {}
+    for name, species in UNSEEN_TYPES.items():
+        config = {"sample": [species], "hit_fractions": BALANCED}
+        raw = cached_simulation(config, n, 910_000 + len(results))
+        frames = frames_on_grid(raw, config, encoder.grid)
+        emb = encoder.embed(frames.patterns, frames.valid)
+        cnn_pred = classifier.predict(frames.patterns, frames.valid)["class_index"] if classifier else None
+        entry = {"n": n, "cnn_accuracy": float(np.mean(cnn_pred == frames.labels)) if classifier else None}
+        for shots in (10, 20, 50):
+            accs, reports = [], []
+            for r in range(repeats):
+                rng = np.random.default_rng(1000 * shots + r)
+                support = np.concatenate([rng.permutation(np.flatnonzero(frames.labels == c))[:shots]
+                                          for c in range(len(CLASS_NAMES))])
+                query = np.setdiff1d(np.arange(len(frames)), support)
+                clf = PrototypeClassifier(emb[support], frames.labels[support])
+                pred = clf.label_names[clf.predict(emb[query])[0]].astype(int)
+                accs.append(float(np.mean(pred == frames.labels[query])))
+                reports.append(classification_report(frames.labels[query], pred))
+            entry[f"{shots}_shot"] = {"accuracy_mean": float(np.mean(accs)), "accuracy_min": float(np.min(accs)),
+                                      "first_draw": reports[0]}
+        results[name] = entry
+        log(f"few-shot {name}: " + ", ".join(f"{s}-shot {entry[f'{s}_shot']['accuracy_mean']:.3f}" for s in (10, 20, 50))
+            + (f"; CNN {entry['cnn_accuracy']:.3f}" if classifier else ""))
+    return results
+
+
+def measure_throughput(model, device: str, threads: int, log) -> dict:
+    """Patterns/s of the classifier (input grid, batched) and of the lit-pixel baseline, same run, same data."""
+    import torch
+
+    from xfel_dl_plugins.stages.base import FrameBatch, StageContext
+    from xfel_dl_plugins.stages.hitfinding import LitPixelHitFinder
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    size = model.size
+    n = 4096 if device == "cuda" else 1024
+    patterns = rng.poisson(0.3, (n, size, size)).astype(np.float32)
+    valid = np.ones_like(patterns, bool)
+    model.predict(patterns[:256], valid[:256], batch_size=256)  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    result = {"device": device, "threads": threads, "input": f"{size}x{size}"}
+    for batch_size in (64, 512) if device == "cpu" else (512, 4096):
+        t0 = time.perf_counter()
+        model.predict(patterns, valid, batch_size=batch_size)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        result[f"classifier_patterns_per_s_batch{batch_size}"] = n / (time.perf_counter() - t0)
+    # The lit-pixel baseline on full AGIPD-1M frames (16 x 512 x 128 calibrated pixels), as it runs in a chain.
+    frames = rng.poisson(0.02, (32, 16, 512, 128)).astype(np.float32)
+    ids = np.arange(32, dtype=np.uint64)
+    batch = FrameBatch({"data": frames, "valid": np.ones(frames.shape, bool), "train_id": ids, "pulse_id": ids,
+                        "cell_id": ids.astype(np.uint16)})
+    hf = LitPixelHitFinder(StageContext())
+    hf.setup()
+    t0 = time.perf_counter()
+    for _ in range(4):
+        hf.process(batch)
+    result["litpixel_agipd1m_frames_per_s"] = 4 * 32 / (time.perf_counter() - t0)
+    # The classifier stage's own binning of assembled AGIPD-1M images (1256 x 1092) onto its grid.
+    from xfel_dl_plugins.io.grid import bin_to_grid
+
+    images = rng.poisson(0.02, (32, 1256, 1092)).astype(np.float32)
+    t0 = time.perf_counter()
+    bin_to_grid(images, np.ones(images.shape, bool), (628.0, 546.0), size, 4)
+    result["binning_assembled_frames_per_s"] = 32 / (time.perf_counter() - t0)
+    log("throughput: " + json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}))
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------
+def _fmt(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def markdown(results: dict, command: str) -> str:
+    lines = ["## Single-hit classification", "",
+             f"Reproduce: `{command}` (held-out simulated data; seeds and particle types disjoint from training). "
+             "The machine is shared by several engineers: throughput is compared side by side in the same run.", ""]
+    for name, r in results.get("cnn", {}).items():
+        lines += [f"### Test set `{name}` ({r['n']} frames)", "",
+                  "| method | class | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
+        for method in ("cnn", "cnn_stage_filter", "baseline"):
+            for cls, m in r[method]["per_class"].items():
+                if method == "baseline" and cls == "multiple":
+                    continue
+                lines.append(f"| {method} | {cls} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |")
+        fs = r["false_singles"]
+        ratio = fs["baseline"] / max(fs["cnn_stage_filter"], 1)
+        lines += ["", f"False singles: CNN {fs['cnn']}, CNN stage filter (OOD cut) {fs['cnn_stage_filter']}, "
+                  f"baseline {fs['baseline']} ({ratio:.1f}x fewer with the CNN filter). "
+                  f"Baseline rule (tuned on validation): `{json.dumps(r['baseline_rule'])}`.", "",
+                  "Confusion matrices (rows true, columns predicted; order " + ", ".join(CLASS_NAMES) + "):", "",
+                  f"- CNN: `{r['cnn']['confusion']}`", f"- baseline: `{r['baseline']['confusion']}` "
+                  "(the baseline has no 'multiple': non-single hits count as 'other')", ""]
+    if "fewshot" in results:
+        lines += ["### Few-shot embedding on unseen particle types", "",
+                  "Nearest prototype by cosine similarity; support drawn at random per class, accuracy on the rest "
+                  "(mean and worst of the draws); classes balanced.", "",
+                  "| particle type | 10-shot | 20-shot | 50-shot | CNN (no support) |", "|---|---|---|---|---|"]
+        for name, e in results["fewshot"].items():
+            lines.append(f"| {name} | {e['10_shot']['accuracy_mean']:.3f} (min {e['10_shot']['accuracy_min']:.3f}) | "
+                         f"{e['20_shot']['accuracy_mean']:.3f} (min {e['20_shot']['accuracy_min']:.3f}) | "
+                         f"{e['50_shot']['accuracy_mean']:.3f} | {_fmt(e['cnn_accuracy'])} |")
+        lines.append("")
+    for t in results.get("throughput", []):
+        lines += [f"### Throughput ({t['device']}, {t['threads']} threads, input {t['input']})", "",
+                  "| what | frames/s |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in t.items() if k.endswith("_per_s") or "_per_s_" in k]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=3000, help="frames per test set")
+    parser.add_argument("--n-fewshot", type=int, default=800, help="frames per unseen particle type")
+    parser.add_argument("--repeats", type=int, default=5, help="random support draws per shot count")
+    parser.add_argument("--quick", action="store_true", help="small sets (smoke run)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("cnn", "fewshot", "throughput"))
+    parser.add_argument("--classifier-weights", default=None, help="path of classifier weights (default: packaged)")
+    parser.add_argument("--encoder-weights", default=None, help="path of encoder weights (default: packaged)")
+    parser.add_argument("--out", help="write the markdown section here")
+    parser.add_argument("--json", help="write all numbers here")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.n_fewshot, args.repeats = 400, 320, 2
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    from xfel_dl_plugins.classification.runtime import ClassifierModel, EncoderModel
+
+    torch.set_num_threads(args.threads)
+    classifier = ClassifierModel(path=args.classifier_weights, device=args.device)
+    results = {}
+    if args.only in (None, "cnn"):
+        results["cnn"] = evaluate_cnn_and_baseline(classifier, args.n, print)
+    if args.only in (None, "fewshot"):
+        encoder = EncoderModel(path=args.encoder_weights, device=args.device)
+        results["fewshot"] = evaluate_fewshot(encoder, classifier, args.n_fewshot, args.repeats, print)
+    if args.only in (None, "throughput"):
+        results["throughput"] = [measure_throughput(classifier, args.device, args.threads, print)]
+    command = "PYTHONPATH=. python benchmarks/eval_classifier.py" + (" --quick" if args.quick else "") + (
+        f" --out {args.out}" if args.out else "")
+    if args.out:
+        Path(args.out).write_text(markdown(results, command) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Classifier and few-shot stages: contract, weights handling, training determinism, few-shot plumbing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from _synthetic_frames import synthetic_frames
+from xfel_dl_plugins.classification import CLASS_NAMES
+from xfel_dl_plugins.errors import InputDataError, StageError, WeightsError
+from xfel_dl_plugins.stages.base import FrameBatch, StageContext
+from xfel_dl_plugins.stages.classification import CNNClassifier, FewShotClassifier, matched_binning
+
+torch = pytest.importorskip("torch")
+
+GRID = {"size": 64, "binning": 4, "pixel_size_m": 200e-6, "distance_m": 0.705, "photon_energy_eV": 6000.0}
+LAYERS = [[8, 2], [16, 2], [16, 2]]
+
+
+def _save(tmp_path, arch, extra, name):
+    from xfel_dl_plugins.classification.models import build_model, fused_state
+    from xfel_dl_plugins.learned_weights import save_weights
+
+    torch.manual_seed(0)
+    path = Path(tmp_path) / f"{name}.safetensors"
+    arch = {**arch, "fused": True}
+    save_weights(path, fused_state(build_model(arch | {"fused": False})), {"arch": arch, "grid": GRID, "class_names": list(CLASS_NAMES), **extra})
+    return path
+
+
+@pytest.fixture
+def classifier_weights(tmp_path):
+    arch = {"type": "classifier", "in_channels": 2, "layers": LAYERS, "hidden": 8, "n_classes": 4}
+    cal = {"calibration": {"temperature": 1.5, "energy_quantiles": list(np.linspace(-3, 0, 11))}}
+    return _save(tmp_path, arch, cal, "clf")
+
+
+@pytest.fixture
+def encoder_weights(tmp_path):
+    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8}
+    return _save(tmp_path, arch, {}, "enc")
+
+
+def _geometry():
+    # A flat 64x64 detector of 4x4-binned AGIPD pixels (0.8 mm): matched binning is 1.
+    return SimpleNamespace(beam_centre=(32.0, 32.0), pixel_size_m=0.8e-3, distance_m=0.705, photon_energy_eV=6000.0)
+
+
+def _batch(n=12, seed=0):
+    patterns, valid, labels = synthetic_frames(n, seed)
+    ids = np.arange(n, dtype=np.uint64)
+    fields = {"image": patterns, "image_valid": valid, "train_id": 1000 + ids // 4, "pulse_id": ids % 4,
+              "cell_id": ids.astype(np.uint16)}
+    return FrameBatch(fields), labels
+
+
+def test_stage_module_does_not_import_torch():
+    code = "import sys, xfel_dl_plugins.stages.classification; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_matched_binning_follows_geometry():
+    agipd = SimpleNamespace(pixel_size_m=200e-6, distance_m=0.705, photon_energy_eV=6000.0)
+    assert matched_binning(GRID, agipd) == 4
+    # Twice the distance: each pixel spans half the angle, so twice the binning.
+    assert matched_binning(GRID, SimpleNamespace(pixel_size_m=200e-6, distance_m=1.41, photon_energy_eV=6000.0)) == 8
+    assert matched_binning(GRID, SimpleNamespace(pixel_size_m=75e-6, distance_m=0.705, photon_energy_eV=12000.0)) == 5
+
+
+def test_cnn_stage_outputs_and_filter(classifier_weights):
+    stage = CNNClassifier(StageContext(geometry=_geometry()), weights_path=str(classifier_weights), min_probability=0.0)
+    stage.setup()
+    assert stage.binning == 1 and stage.size == 64
+    batch, _ = _batch()
+    out = stage.process(batch)
+    assert set(out) == {f.name for f in CNNClassifier.outputs}
+    shapes = stage.output_shapes()
+    for name, value in out.items():
+        assert value.shape == (len(batch),) + shapes[name], name
+    np.testing.assert_allclose(out["class_probabilities"].sum(1), 1.0, rtol=1e-5)
+    assert np.all((out["ood_score"] >= 0) & (out["ood_score"] <= 1))
+    np.testing.assert_array_equal(out["is_single"], out["hit_class"] == CLASS_NAMES.index("single"))
+    summary = stage.finish()
+    assert sum(summary[f"n_{c}"] for c in CLASS_NAMES) == len(batch)
+
+
+def test_stage_without_geometry_is_a_clear_error(classifier_weights):
+    stage = CNNClassifier(StageContext(), weights_path=str(classifier_weights))
+    with pytest.raises(StageError, match="geometry"):
+        stage.setup()
+
+
+def test_corrupted_weights_are_rejected(classifier_weights):
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    data = bytearray(classifier_weights.read_bytes())
+    data[-5] ^= 0xFF
+    classifier_weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="corrupted"):
+        ClassifierModel(path=classifier_weights)
+
+
+def test_mismatched_weights_are_rejected(classifier_weights):
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+    from xfel_dl_plugins.learned_weights import load_weights, save_weights
+
+    loaded = load_weights("clf", classifier_weights)
+    config = dict(loaded.config)
+    config["arch"] = {**config["arch"], "layers": [[8, 2], [16, 2], [32, 2]]}  # sidecar claims another network
+    save_weights(classifier_weights, loaded.tensors, config)
+    with pytest.raises(WeightsError, match="shape"):
+        ClassifierModel(path=classifier_weights)
+
+
+def test_encoder_weights_are_not_a_classifier(encoder_weights):
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    with pytest.raises(WeightsError, match="expected 'classifier'"):
+        ClassifierModel(path=encoder_weights)
+
+
+def test_no_pickle_in_weights(classifier_weights):
+    head = classifier_weights.read_bytes()[:8]
+    header_len = int.from_bytes(head, "little")
+    json.loads(classifier_weights.read_bytes()[8 : 8 + header_len])  # safetensors: a JSON header, raw tensors
+
+
+def test_prototype_classifier_and_knn():
+    from xfel_dl_plugins.classification.fewshot import PrototypeClassifier
+
+    rng = np.random.default_rng(1)
+    centres = np.eye(3, 16)
+    labels = np.repeat(["a", "b", "c"], 10)
+    support = centres[np.repeat(np.arange(3), 10)] + 0.2 * rng.normal(size=(30, 16))
+    queries = centres[[2, 0, 1]] + 0.2 * rng.normal(size=(3, 16))
+    for k in (0, 5):
+        clf = PrototypeClassifier(support, labels, k=k)
+        index, sim = clf.predict(queries)
+        assert list(clf.label_names[index]) == ["c", "a", "b"]
+        assert np.all(sim > 0.5)
+    with pytest.raises(InputDataError, match="at least 2 labels"):
+        PrototypeClassifier(support[:5], ["a"] * 5)
+
+
+def test_support_csv_and_frames_for_ids(tmp_path):
+    from xfel_dl_plugins.classification.fewshot import frames_for_ids, read_support_csv
+
+    csv = tmp_path / "support.csv"
+    csv.write_text("trainId,pulseId,label\n1001,2,single\n1000,0,blank\n")
+    wanted = read_support_csv(csv)
+    assert wanted == [(1001, 2, "single"), (1000, 0, "blank")]
+    batch, _ = _batch(8)
+    source = [{k: batch.fields[k] for k in ("train_id", "pulse_id")} | {"data": batch["image"], "valid": batch["image_valid"]}]
+    support = frames_for_ids(source, wanted, lambda d, v: (d, v))
+    np.testing.assert_array_equal(support.patterns[0], batch["image"][6])
+    assert list(support.labels) == ["single", "blank"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("train,pulse,label\n1,2,x\n")
+    with pytest.raises(InputDataError, match="trainId,pulseId,label"):
+        read_support_csv(bad)
+    with pytest.raises(InputDataError, match="not found in the run"):
+        frames_for_ids(source, [(5, 5, "x")], lambda d, v: (d, v))
+
+
+def test_fewshot_stage_from_labelled_npz(tmp_path, encoder_weights):
+    patterns, valid, labels = synthetic_frames(16, 3)
+    npz = tmp_path / "support.npz"
+    np.savez(npz, patterns=patterns, valid=valid, labels=np.array(CLASS_NAMES)[labels])
+    stage = FewShotClassifier(StageContext(geometry=_geometry()), support=str(npz), weights_path=str(encoder_weights))
+    stage.setup()
+    batch, _ = _batch(10)
+    out = stage.process(batch)
+    assert out["label_index"].shape == (10,) and out["similarity"].dtype == np.float32
+    assert np.all(out["label_index"] < len(stage.classifier.label_names))
+    assert stage.finish()["labels"] == ",".join(sorted(set(np.array(CLASS_NAMES)[labels])))
+    with pytest.raises(StageError, match="single_label"):
+        FewShotClassifier(StageContext(geometry=_geometry()), support=str(npz), weights_path=str(encoder_weights),
+                          single_label="singles").setup()
+
+
+def test_fewshot_stage_needs_support(encoder_weights):
+    with pytest.raises(StageError, match="support"):
+        FewShotClassifier(StageContext(geometry=_geometry()), weights_path=str(encoder_weights)).setup()
+
+
+def test_augmenter_keeps_shapes_and_masks_invalid_pixels():
+    from xfel_dl_plugins.classification.data import AugmentConfig, Augmenter
+
+    patterns, valid, _ = synthetic_frames(6, 2)
+    aug = Augmenter(AugmentConfig(p_missing_panel=1.0, p_missing_quadrant=1.0), np.random.default_rng(0))
+    p, v = aug(patterns, valid)
+    assert p.shape == patterns.shape and v.dtype == bool
+    assert np.all(p[~v] == 0)
+    assert np.all(v.sum((1, 2)) < valid.sum((1, 2)))  # at least a quadrant went missing in every frame
+
+
+def test_batchnorm_folding_preserves_the_network():
+    from xfel_dl_plugins.classification.inputs import network_input
+    from xfel_dl_plugins.classification.models import build_model, fused_state
+
+    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8}
+    torch.manual_seed(1)
+    trained = build_model(arch)
+    for module in trained.modules():  # non-trivial running statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+    fused = build_model({**arch, "fused": True})
+    fused.load_state_dict({k: torch.from_numpy(v) for k, v in fused_state(trained).items()})
+    patterns, valid, _ = synthetic_frames(4, 5)
+    x = torch.from_numpy(network_input(patterns, valid))
+    with torch.inference_mode():
+        np.testing.assert_allclose(fused.eval()(x).numpy(), trained.eval()(x).numpy(), atol=1e-5)

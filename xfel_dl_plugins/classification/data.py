@@ -1,0 +1,211 @@
+"""Training data for the classifiers: simulated frames on the model grid, cached, and augmented.
+
+Frames come from the project's simulator (:func:`xfel_dl_plugins.simulation.generate`), are mapped
+onto the model grid, and are cached once per (configuration, count, seed) as ``.npz`` under
+``$XFEL_DL_CACHE`` (default ``/tmp/xfel_dl_classify_cache``), never in the repository.
+
+:class:`Augmenter` perturbs batches the way real data differs from the simulation (after
+SpeckleNN's recipe, re-implemented): detector panels or quadrants missing, random dead patches,
+beam-stop size, beam-centre shifts, rotations and flips, fewer photons (binomial thinning, exact
+for Poisson data), extra Poisson background and Gaussian read-out noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import XfelDLError
+from ..io.grid import bin_to_grid
+from . import CLASS_NAMES
+
+#: Simulator class names that map onto our classes (everything else is "other").
+CLASS_ALIASES = {"blank": "blank", "miss": "blank", "empty": "blank", "none": "blank",
+                 "single": "single", "multiple": "multiple", "multi": "multiple", "double": "multiple"}
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("XFEL_DL_CACHE", "/tmp/xfel_dl_classify_cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def class_index(hit_class, names=None) -> np.ndarray:
+    """Our class indices from the simulator's per-frame hit classes (names, or ints into ``names``)."""
+    hit_class = np.asarray(hit_class)
+    if hit_class.dtype.kind in "iu":
+        if names is None:
+            raise XfelDLError("integer hit classes need the simulator's class names to be mapped")
+        hit_class = np.asarray(names)[hit_class]
+    labels = [CLASS_ALIASES.get(str(h.decode() if isinstance(h, bytes) else h).lower(), "other") for h in hit_class]
+    return np.array([CLASS_NAMES.index(lab) for lab in labels], dtype=np.int64)
+
+
+@dataclass
+class FrameSet:
+    """Frames on the model grid with their truth."""
+
+    patterns: np.ndarray  # (n, S, S) float32 photons per binned pixel
+    valid: np.ndarray  # (n, S, S) bool
+    labels: np.ndarray  # (n,) int64 index into CLASS_NAMES
+    groups: np.ndarray  # (n,) str: shape of the (first) particle, "none" for blanks
+    radius_nm: np.ndarray  # (n,) float32: volume-equivalent radius of the (first) particle, 0 if none
+
+    def __len__(self):
+        return len(self.labels)
+
+    def take(self, index) -> FrameSet:
+        return FrameSet(self.patterns[index], self.valid[index], self.labels[index], self.groups[index], self.radius_nm[index])
+
+    @staticmethod
+    def concatenate(sets) -> FrameSet:
+        return FrameSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in
+                          ("patterns", "valid", "labels", "groups", "radius_nm")))
+
+
+def _cache_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def simulate(sim_config: dict, n: int, seed: int) -> dict:
+    """Run the simulator: per-frame arrays on its flat detector grid (``patterns``, ``valid``, truth...)."""
+    from ..simulation import generate
+    from ..simulation.config import config_from_dict
+
+    out = vars(generate(config_from_dict(sim_config), n, seed))
+    out.update(class_names=np.array(out["meta"]["class_names"]), shape_names=np.array(out["meta"]["shape_names"]))
+    return out
+
+
+def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True) -> FrameSet:
+    """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed and grid)."""
+    key = _cache_key({"config": sim_config, "n": n, "seed": seed, "grid": grid, "version": SIMULATION_CACHE_VERSION})
+    path = cache_dir() / f"sim-{key}.npz"
+    if use_cache and path.is_file():
+        with np.load(path, allow_pickle=False) as f:
+            return FrameSet(f["patterns"], f["valid"], f["labels"], f["groups"], f["radius_nm"])
+    frames = frames_on_grid(simulate(sim_config, n, seed), sim_config, grid)
+    if use_cache:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, patterns=frames.patterns, valid=frames.valid, labels=frames.labels,
+                 groups=frames.groups, radius_nm=frames.radius_nm)
+        tmp.replace(path)
+    return frames
+
+
+#: Bump when the mapping of simulator output onto FrameSets changes (invalidates the cache).
+SIMULATION_CACHE_VERSION = 1
+
+
+def frames_on_grid(out: dict, sim_config: dict, grid: dict) -> FrameSet:
+    """Map simulator output onto the model grid: crop around the beam and bin further if needed."""
+    from ..simulation.config import config_from_dict
+
+    det = config_from_dict(sim_config).detector
+    extra, rem = divmod(int(grid["binning"]), int(det.binning))
+    if rem or extra < 1:
+        raise XfelDLError(f"model grid binning {grid['binning']} is not a multiple of the simulator's {det.binning}")
+    patterns = np.asarray(out["patterns"], dtype=np.float32)
+    valid = np.broadcast_to(np.asarray(out["valid"], dtype=bool), patterns.shape)
+    h, w = patterns.shape[1:]
+    centre = tuple(det.centre_px) if det.centre_px is not None else (h // 2, w // 2)
+    patterns, valid = bin_to_grid(patterns, valid, centre, int(grid["size"]), extra)
+    meta = out.get("meta") or {}
+    labels = class_index(out["hit_class"], out.get("class_names", meta.get("class_names")))
+    shape_names = out.get("shape_names", meta.get("shape_names"))
+    groups = np.asarray(shape_names)[np.asarray(out["shape"], int)].astype(str)
+    radius = np.asarray(out["radius_nm"], dtype=np.float32)
+    return FrameSet(patterns, valid, labels, groups, radius)
+
+
+@dataclass
+class AugmentConfig:
+    p_missing_panel: float = 0.3
+    p_missing_quadrant: float = 0.1
+    max_patches: int = 3
+    patch_fraction: float = 0.12  # side of a dead patch as a fraction of the grid
+    max_beamstop_px: float = 8.0
+    max_shift_px: int = 2
+    p_thinning: float = 0.4
+    min_keep_fraction: float = 0.3
+    max_background: float = 0.4  # extra Poisson photons per binned pixel
+    max_read_noise: float = 0.4  # Gaussian sigma, photons per binned pixel
+    rotate: bool = True
+
+
+class Augmenter:
+    """Random, physically motivated perturbations of (patterns, valid) batches on the model grid."""
+
+    def __init__(self, config: AugmentConfig, rng: np.random.Generator):
+        self.c, self.rng = config, rng
+
+    def __call__(self, patterns: np.ndarray, valid: np.ndarray):
+        patterns = self._photon_noise(np.asarray(patterns, dtype=np.float32))
+        valid = valid.copy()
+        for i in range(len(patterns)):
+            patterns[i], valid[i] = self._geometry(patterns[i], valid[i])
+        return patterns, valid
+
+    def _photon_noise(self, p: np.ndarray) -> np.ndarray:
+        """Fewer photons, extra background and read-out noise, drawn per frame, applied to the batch."""
+        c, rng, n = self.c, self.rng, len(p)
+        if c.p_thinning:
+            # Binomial thinning of Poisson counts = the same pattern at a lower fluence.
+            chosen = np.flatnonzero(rng.random(n) < c.p_thinning)
+            keep = rng.uniform(c.min_keep_fraction, 1.0, len(chosen))
+            p = p.copy()
+            rounded = np.rint(p[chosen])
+            p[chosen] = rng.binomial(np.clip(rounded, 0, None).astype(np.int64), keep[:, None, None]) + (p[chosen] - rounded)
+        if c.max_background:
+            level = c.max_background * rng.random(n) ** 2  # mostly low, sometimes high
+            p = p + rng.poisson(level[:, None, None], p.shape).astype(np.float32)
+        if c.max_read_noise:
+            p = p + (rng.uniform(0, c.max_read_noise, n)[:, None, None].astype(np.float32) * rng.standard_normal(p.shape, dtype=np.float32))
+        return p.astype(np.float32, copy=False)
+
+    def _geometry(self, p: np.ndarray, v: np.ndarray):
+        """Beam-centre shift, rotation/flip, missing panels, quadrants, patches and beam stop of one frame."""
+        c, rng, size = self.c, self.rng, p.shape[0]
+        if c.max_shift_px:
+            dy, dx = rng.integers(-c.max_shift_px, c.max_shift_px + 1, 2)
+            p, v = np.roll(p, (dy, dx), (0, 1)), np.roll(v, (dy, dx), (0, 1))
+            if dy > 0:
+                v[:dy] = False
+            elif dy < 0:
+                v[dy:] = False
+            if dx > 0:
+                v[:, :dx] = False
+            elif dx < 0:
+                v[:, dx:] = False
+        if c.rotate:
+            k = int(rng.integers(4))
+            p, v = np.rot90(p, k), np.rot90(v, k)
+            if rng.random() < 0.5:
+                p, v = p[:, ::-1], v[:, ::-1]
+            p, v = np.ascontiguousarray(p), np.ascontiguousarray(v)
+        if rng.random() < c.p_missing_panel:  # a module-like strip from the edge towards the centre
+            w = max(1, size // 8)
+            start = int(rng.integers(0, size - w))
+            half = slice(0, size // 2) if rng.random() < 0.5 else slice(size // 2, size)
+            if rng.random() < 0.5:
+                v[half, start : start + w] = False
+            else:
+                v[start : start + w, half] = False
+        if rng.random() < c.p_missing_quadrant:
+            ys = slice(0, size // 2) if rng.random() < 0.5 else slice(size // 2, size)
+            xs = slice(0, size // 2) if rng.random() < 0.5 else slice(size // 2, size)
+            v[ys, xs] = False
+        side = max(1, int(round(c.patch_fraction * size)))
+        for _ in range(int(rng.integers(0, c.max_patches + 1))):
+            y, x = rng.integers(0, size - side, 2)
+            v[y : y + side, x : x + side] = False
+        if c.max_beamstop_px:
+            r = rng.uniform(0, c.max_beamstop_px)
+            yy, xx = np.ogrid[:size, :size]
+            v[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= r * r] = False
+        return np.where(v, p, 0).astype(np.float32), v

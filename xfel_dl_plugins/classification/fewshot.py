@@ -1,0 +1,157 @@
+"""Few-shot classification: label new frames by cosine similarity to a small labelled support set.
+
+The support set is embedded once with the encoder (:class:`.runtime.EncoderModel`); each query is
+assigned the label of the nearest class prototype (mean of that class's unit embeddings,
+renormalised) or, with ``k > 0``, the majority label of its ``k`` most similar support frames.
+Supports come from a labelled dataset file (:func:`read_labelled_dataset`) or a CSV of
+``trainId,pulseId,label`` rows naming frames of a run (:func:`read_support_csv`,
+:func:`frames_for_ids`).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputDataError
+
+
+@dataclass
+class SupportSet:
+    """Support frames on the model grid with their labels (strings)."""
+
+    patterns: np.ndarray  # (n, S, S) photons
+    valid: np.ndarray  # (n, S, S) bool
+    labels: np.ndarray  # (n,) str
+
+    def __post_init__(self):
+        if not (len(self.patterns) == len(self.valid) == len(self.labels)):
+            raise InputDataError(
+                f"support set has {len(self.patterns)} patterns, {len(self.valid)} masks and {len(self.labels)} labels"
+            )
+        if len(self.labels) == 0:
+            raise InputDataError("the support set is empty")
+
+
+class PrototypeClassifier:
+    """Nearest-prototype (``k = 0``) or k-nearest-neighbour classifier on unit embeddings."""
+
+    def __init__(self, embeddings: np.ndarray, labels, k: int = 0):
+        embeddings = _normalise(np.asarray(embeddings, dtype=np.float32))
+        labels = np.asarray(labels).astype(str)
+        self.label_names, label_index = np.unique(labels, return_inverse=True)
+        if len(self.label_names) < 2:
+            raise InputDataError(f"the support set needs at least 2 labels, got {list(self.label_names)}")
+        self.k = int(k)
+        self.support, self.support_index = embeddings, label_index
+        self.prototypes = _normalise(
+            np.stack([embeddings[label_index == i].mean(axis=0) for i in range(len(self.label_names))])
+        )
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """``(n, n_labels)`` cosine similarity to each prototype, or kNN vote fractions with ``k > 0``."""
+        queries = _normalise(np.asarray(queries, dtype=np.float32))
+        if self.k <= 0:
+            return queries @ self.prototypes.T
+        sim = queries @ self.support.T
+        k = min(self.k, sim.shape[1])
+        nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        votes = np.zeros((len(queries), len(self.label_names)), dtype=np.float32)
+        np.add.at(votes, (np.repeat(np.arange(len(queries)), k), self.support_index[nearest].ravel()), 1.0 / k)
+        # Break ties by the prototype similarity (small weight).
+        return votes + 1e-3 * (queries @ self.prototypes.T)
+
+    def predict(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Label index of each query and its cosine similarity to the chosen prototype."""
+        scores = self.scores(queries)
+        index = scores.argmax(axis=1)
+        similarity = (_normalise(np.asarray(queries, np.float32)) @ self.prototypes.T)[np.arange(len(index)), index]
+        return index, similarity
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def read_support_csv(path) -> list[tuple[int, int, str]]:
+    """Rows ``(train_id, pulse_id, label)`` of a CSV with a ``trainId,pulseId,label`` header."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"support CSV not found: {path}")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = {"trainId", "pulseId", "label"}
+        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+            raise InputDataError(f"{path}: expected a header with columns trainId,pulseId,label, got {reader.fieldnames}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append((int(row["trainId"]), int(row["pulseId"]), row["label"].strip()))
+            except (TypeError, ValueError):
+                raise InputDataError(f"{path}:{line}: trainId and pulseId must be integers, got {row}") from None
+            if not rows[-1][2]:
+                raise InputDataError(f"{path}:{line}: empty label")
+    if not rows:
+        raise InputDataError(f"{path} has no support rows")
+    return rows
+
+
+def frames_for_ids(batches, wanted: list[tuple[int, int, str]], to_grid) -> SupportSet:
+    """Collect the frames named in ``wanted`` from an iterator of source batches.
+
+    ``batches`` yields dicts with ``data``, ``valid``, ``train_id``, ``pulse_id`` (as the input
+    sources do); ``to_grid(data, valid) -> (patterns, valid)`` maps them onto the model grid.
+    """
+    index = {(t, p): i for i, (t, p, _) in enumerate(wanted)}
+    patterns: list = [None] * len(wanted)
+    masks: list = [None] * len(wanted)
+    for batch in batches:
+        keys = [(int(t), int(p)) for t, p in zip(batch["train_id"], batch["pulse_id"])]
+        rows = [j for j, key in enumerate(keys) if key in index]
+        if rows:
+            grid, grid_valid = to_grid(batch["data"][rows], batch["valid"][rows])
+            for j, g, v in zip(rows, grid, grid_valid):
+                patterns[index[keys[j]]], masks[index[keys[j]]] = g, v
+        if all(p is not None for p in patterns):
+            break
+    missing = [wanted[i][:2] for i, p in enumerate(patterns) if p is None]
+    if missing:
+        raise InputDataError(f"{len(missing)} support frames not found in the run, e.g. (trainId, pulseId) = {missing[0]}")
+    return SupportSet(np.stack(patterns), np.stack(masks), np.array([w[2] for w in wanted]))
+
+
+def read_labelled_dataset(path, to_grid=None) -> SupportSet:
+    """A labelled dataset file: ``.npz`` (``patterns``, ``valid`` or ``mask``, ``labels``) or CXI/HDF5.
+
+    A CXI file holds its labels in ``entry_1/sample_1/label`` (as written by ``write_cxi(extra=...)``).
+    Frames not already on the model grid are mapped onto it with ``to_grid(frames, valid)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"labelled dataset not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            if "patterns" not in f or "labels" not in f:
+                raise InputDataError(f"{path}: a labelled .npz needs arrays 'patterns' and 'labels' (and 'valid' or 'mask')")
+            frames = f["patterns"].astype(np.float32)
+            valid = f["valid"].astype(bool) if "valid" in f else (f["mask"] == 0) if "mask" in f else np.ones(frames.shape, bool)
+            labels = f["labels"]
+    else:
+        from ..io.cxi import read_cxi
+
+        cxi = read_cxi(path)
+        try:
+            frames, valid = cxi.read(0, len(cxi))
+            if "entry_1/sample_1/label" not in cxi.file:
+                raise InputDataError(f"{path} has no labels at entry_1/sample_1/label")
+            labels = cxi.file["entry_1/sample_1/label"][()]
+        finally:
+            cxi.close()
+    labels = np.array([lab.decode() if isinstance(lab, bytes) else str(lab) for lab in np.asarray(labels).ravel()])
+    valid = np.broadcast_to(valid, frames.shape)
+    if to_grid is not None:
+        frames, valid = to_grid(frames, valid)
+    return SupportSet(frames, np.asarray(valid, bool), labels)

@@ -1,0 +1,130 @@
+"""Inference with packaged classifier / encoder weights (imports torch when a model is loaded).
+
+Weights are read only through :func:`xfel_dl_plugins.learned_weights.load_weights`. The sidecar
+holds ``arch`` (rebuilds the network), ``grid`` (``size``, ``binning`` and the geometry the model was
+trained at) and, for the classifier, ``calibration``: the softmax temperature fitted on the validation
+split and quantiles of the validation energy score used for the out-of-distribution score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import StageError, WeightsError
+from ..learned_weights import LoadedWeights, load_into_torch_module, load_weights
+from .inputs import network_input
+
+
+def energy_score(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Energy ``-T logsumexp(logits / T)``: high for frames unlike the training data."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    m = z.max(axis=1)
+    return -temperature * (m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def torch_device(device: str):
+    """A torch device for "cpu" or "cuda", with a clear error when CUDA is asked for but absent."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise StageError("device 'cuda' requested but this torch build has no usable CUDA device")
+    return torch.device(device)
+
+
+class _TorchModel:
+    """A network rebuilt from weights, evaluated in batches on one device."""
+
+    expected_type = ""
+
+    def __init__(self, name: str, path=None, device: str = "cpu"):
+        from .models import build_model
+
+        self.weights: LoadedWeights = load_weights(name, path)
+        config = self.weights.config
+        arch = config.get("arch")
+        if not isinstance(arch, dict) or arch.get("type") != self.expected_type:
+            found = arch.get("type") if isinstance(arch, dict) else None
+            raise WeightsError(
+                f"weights '{name}' ({self.weights.path}) hold a {found!r} model, expected {self.expected_type!r}"
+            )
+        grid = config.get("grid", {})
+        try:
+            self.size, self.binning = int(grid["size"]), int(grid["binning"])
+        except (KeyError, TypeError, ValueError):
+            raise WeightsError(f"weights sidecar of '{name}' lacks grid.size / grid.binning") from None
+        self.grid = grid
+        self.device = torch_device(device)
+        self.model = build_model(arch)
+        load_into_torch_module(self.model, self.weights)
+        self.model.to(self.device).eval()
+
+    def _forward(self, patterns, valid, batch_size: int) -> np.ndarray:
+        import torch
+
+        patterns = np.asarray(patterns)
+        if patterns.ndim != 3 or patterns.shape[1:] != (self.size, self.size):
+            raise StageError(
+                f"model '{self.weights.name}' expects ({self.size}, {self.size}) patterns, got shape {patterns.shape}"
+            )
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(patterns), batch_size):
+                x = torch.from_numpy(network_input(patterns[start : start + batch_size], valid[start : start + batch_size]))
+                outputs.append(self.model(x.to(self.device)).float().cpu().numpy())
+        if not outputs:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(outputs)
+
+
+class ClassifierModel(_TorchModel):
+    """The hit classifier with its temperature and OOD calibration."""
+
+    expected_type = "classifier"
+
+    def __init__(self, name: str = "spi_classifier", path=None, device: str = "cpu"):
+        super().__init__(name, path, device)
+        cal = self.weights.config.get("calibration", {})
+        try:
+            self.temperature = float(cal["temperature"])
+            self.energy_quantiles = np.asarray(cal["energy_quantiles"], dtype=np.float64)
+            self.class_names = tuple(self.weights.config["class_names"])
+        except (KeyError, TypeError, ValueError):
+            raise WeightsError(f"weights sidecar of '{name}' lacks calibration.temperature/energy_quantiles or class_names") from None
+        if not self.temperature > 0 or self.energy_quantiles.ndim != 1 or len(self.energy_quantiles) < 2:
+            raise WeightsError(f"weights sidecar of '{name}' has an invalid calibration")
+
+    def logits(self, patterns, valid, batch_size: int = 256) -> np.ndarray:
+        return self._forward(patterns, valid, batch_size).reshape(len(patterns), len(self.class_names))
+
+    def predict(self, patterns, valid, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Class index, calibrated probabilities and OOD score (0..1, ~1 = unlike anything seen in training)."""
+        logits = self.logits(patterns, valid, batch_size)
+        probabilities = softmax(logits, self.temperature).astype(np.float32)
+        energy = energy_score(logits, self.temperature)
+        # Fraction of in-distribution validation frames with a lower energy than this frame.
+        ood = np.interp(energy, self.energy_quantiles, np.linspace(0.0, 1.0, len(self.energy_quantiles)))
+        return {
+            "class_index": probabilities.argmax(axis=1).astype(np.int8),
+            "probabilities": probabilities,
+            "ood_score": ood.astype(np.float32),
+        }
+
+
+class EncoderModel(_TorchModel):
+    """The embedding encoder: unit vectors, compared by cosine similarity."""
+
+    expected_type = "embedding"
+
+    def __init__(self, name: str = "spi_encoder", path=None, device: str = "cpu"):
+        super().__init__(name, path, device)
+
+    def embed(self, patterns, valid, batch_size: int = 256) -> np.ndarray:
+        dim = int(self.weights.config["arch"]["embedding_dim"])
+        return self._forward(patterns, valid, batch_size).reshape(len(patterns), dim)

@@ -1,0 +1,129 @@
+"""Experiment geometry: detector layout (EXtra-geom), photon energy, distance and beam centre."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError
+
+HC_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength_m = HC_EV_M / photon_energy_eV
+
+#: Detector types the host can assemble, with the data shape of one frame.
+DETECTOR_SHAPES = {"AGIPD1M": (16, 512, 128), "JUNGFRAU4M": (8, 512, 1024)}
+
+
+def wavelength_m(photon_energy_eV: float) -> float:
+    return HC_EV_M / photon_energy_eV
+
+
+def q_from_radius(radius_m, distance_m: float, photon_energy_eV: float):
+    """Momentum transfer |q| = 4 pi sin(theta) / lambda (1/m) for a flat detector at ``distance_m``
+    and a pixel ``radius_m`` from the beam axis (Ewald curvature included: 2 theta = atan(r / L))."""
+    two_theta = np.arctan2(np.asarray(radius_m, dtype=np.float64), distance_m)
+    return 4 * np.pi * np.sin(two_theta / 2) / wavelength_m(photon_energy_eV)
+
+
+def _load_extra_geom(detector: str, geometry_file: str | None):
+    import extra_geom
+
+    cls = {"AGIPD1M": extra_geom.AGIPD_1MGeometry, "JUNGFRAU4M": extra_geom.JUNGFRAUGeometry}[detector]
+    if geometry_file in (None, "example"):
+        if detector == "JUNGFRAU4M":
+            return cls.example(8)
+        return cls.example()
+    path = Path(geometry_file)
+    if not path.is_file():
+        raise InputDataError(f"geometry file not found: {path}")
+    try:
+        return cls.from_crystfel_geom(str(path))
+    except Exception as exc:  # EXtra-geom raises several types for malformed files
+        raise InputDataError(f"cannot read CrystFEL geometry {path}: {exc}") from None
+
+
+@dataclass
+class ExperimentGeometry:
+    """Where each pixel is, and how to assemble detector-native frames into 2D images.
+
+    ``detector`` is a multi-module type from :data:`DETECTOR_SHAPES` (assembled with EXtra-geom)
+    or ``"flat"`` (frames already 2D, e.g. from a CXI file). ``beam_centre`` is ``(y, x)`` in pixels
+    of the assembled image.
+    """
+
+    detector: str
+    photon_energy_eV: float
+    distance_m: float
+    pixel_size_m: float
+    beam_centre: tuple[float, float]
+    image_shape: tuple[int, int]
+    extra_geom: Any = None
+    origin: tuple[float, float] | None = None  # where EXtra-geom puts x = y = 0 in the assembled image
+    _buffers: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def for_detector(
+        cls,
+        detector: str,
+        *,
+        photon_energy_eV: float,
+        distance_m: float,
+        geometry_file: str | None = None,
+        beam_centre: tuple[float, float] | None = None,
+    ) -> ExperimentGeometry:
+        geom = _load_extra_geom(detector, geometry_file)
+        probe = np.zeros((1,) + DETECTOR_SHAPES[detector], dtype=np.float32)
+        image, centre = geom.position_modules(probe)
+        return cls(
+            detector=detector,
+            photon_energy_eV=photon_energy_eV,
+            distance_m=distance_m,
+            pixel_size_m=float(geom.pixel_size),
+            beam_centre=tuple(float(c) for c in (beam_centre or centre)),
+            image_shape=image.shape[-2:],
+            extra_geom=geom,
+            origin=tuple(float(c) for c in centre),
+        )
+
+    @classmethod
+    def flat(cls, shape, *, pixel_size_m: float, photon_energy_eV: float, distance_m: float, beam_centre=None):
+        centre = beam_centre or ((shape[0] - 1) / 2, (shape[1] - 1) / 2)
+        return cls("flat", photon_energy_eV, distance_m, pixel_size_m, tuple(float(c) for c in centre), tuple(shape))
+
+    @property
+    def wavelength_m(self) -> float:
+        return wavelength_m(self.photon_energy_eV)
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return self.image_shape if self.detector == "flat" else DETECTOR_SHAPES[self.detector]
+
+    def assemble(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Detector-native ``(n, *frame_shape)`` -> assembled images ``(n, H, W)`` and their validity."""
+        if self.detector == "flat":
+            return data, valid
+        n = data.shape[0]
+        out = self._buffers.get(n)
+        if out is None:  # reuse the output buffer for batches of the same size
+            out = self._buffers[n] = self.extra_geom.output_array_for_position(extra_shape=(n,), dtype=np.float32)
+        self.extra_geom.position_modules(np.where(valid, data, np.float32(np.nan)), out=out)
+        image_valid = np.isfinite(out)
+        return np.where(image_valid, out, np.float32(0)), image_valid
+
+    def pixel_radius_m(self) -> np.ndarray:
+        """Distance of every pixel from the beam axis (m), in the detector-native layout."""
+        if self.detector == "flat":
+            yy, xx = np.indices(self.image_shape, dtype=np.float64)
+            return np.hypot(yy - self.beam_centre[0], xx - self.beam_centre[1]) * self.pixel_size_m
+        pos = self.extra_geom.get_pixel_positions()  # (..., 3) metres; image row = origin_y + y / pixel
+        dy = (self.origin[0] - self.beam_centre[0]) * self.pixel_size_m
+        dx = (self.origin[1] - self.beam_centre[1]) * self.pixel_size_m
+        return np.hypot(pos[..., 1] + dy, pos[..., 0] + dx)
+
+    def q_map(self, shape: tuple[int, int], binning: int) -> np.ndarray:
+        """|q| (1/m) on a ``shape`` grid of ``binning``-binned pixels centred on the beam (index shape//2)."""
+        yy, xx = np.indices(shape, dtype=np.float64)
+        r_px = np.hypot(yy - shape[0] // 2, xx - shape[1] // 2) * binning
+        return q_from_radius(r_px * self.pixel_size_m, self.distance_m, self.photon_energy_eV).astype(np.float32)
