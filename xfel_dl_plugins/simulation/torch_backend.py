@@ -95,7 +95,7 @@ class TorchBackend:
         torch = self.torch
         p = polyhedron_edges(shape)
         u = self._cached(("poly", shape), lambda: {k: self.tensor(getattr(_edge_pairs(shape), k)) for k in (
-            "normals_t", "half_tangent_t", "mid_t", "length", "edge_normal_t", "expand", "incidence", "face_area", "face_offset")})
+            "normals_t", "half_tangent_t", "mid_t", "length", "edge_normal_sum", "face_area", "face_offset")})
         shp = q_body.shape[:-1]
         q = q_body.reshape(-1, 3) * radius
         q2 = (q * q).sum(-1)
@@ -103,10 +103,10 @@ class TorchBackend:
         qf2 = q2[:, None] - qn * qn
         half = q @ u["half_tangent_t"]
         half = torch.where(half.abs() < 1e-4, torch.full_like(half, 1e-4), half)
-        trig = torch.sin(half) / half * torch.cos(q @ u["mid_t"]) * u["length"]
-        face = ((q @ u["edge_normal_t"]) * (trig @ u["expand"])) @ u["incidence"]
+        trig = torch.sin(half) / half * torch.cos(q @ u["mid_t"])
+        face = (q[:, :, None] * trig[:, None, :]).reshape(len(q), -1) @ u["edge_normal_sum"]
         small_f = qf2 < 1e-6 * torch.clamp(q2[:, None], min=1e-12)
-        face = torch.where(small_f, u["face_area"] * torch.cos(qn * u["face_offset"]), -face / torch.where(small_f, torch.ones_like(qf2), qf2))
+        face = torch.where(small_f, u["face_area"] * torch.cos(qn * u["face_offset"]), face / torch.where(small_f, torch.ones_like(qf2), qf2))
         small = q2 < 2.5e-3
         amp = torch.where(small, p.volume * (1 - q2 * p.rg2 / 6), (qn * face).sum(-1) / torch.where(small, torch.ones_like(q2), q2))
         return (rho * radius**3) * amp.reshape(shp)
