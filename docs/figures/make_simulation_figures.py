@@ -80,10 +80,11 @@ def example(sim, rng, scene, label, streak=False):
         from xfel_dl_plugins.simulation.samples import streak_intensity
 
         sample = sample + streak_intensity(rng, sim.q, sim.valid, 3000.0, 1.5 * sim.pixel_dq)
-    sample[sim.invalid_index] = 0
-    frame, _, _, _ = sim.measure(rng, sample, pulse)
+    sample = sim.mask_invalid(sample)
+    expected = sample + sim.gas + sim.stray
+    frame, _, _, _ = sim.measure(rng, sample.copy(), pulse)
     radius = scene[0][0].radius_m if scene and len(scene) == 1 else None
-    return label, sim, frame, sample + sim.gas + sim.stray, radius
+    return label, sim, frame, expected, radius
 
 
 def main():

@@ -92,7 +92,7 @@ class Simulator:
         stray = np.where(self.valid, np.maximum(self.q_abs, 1.0) ** -config.background.stray_exponent * geom.solid_angle, 0.0)
         self.stray = (stray / stray.sum() * config.background.stray_photons if stray.sum() > 0 else stray).astype(np.float32)
         self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
-        self.invalid_index = np.nonzero(~self.valid)
+        self.invalid_flat = np.flatnonzero(~self.valid)
         self.use_map = False
         self.pixel_dq = geom.k * self.detector.pixel_size_m / self.detector.distance_m
         # amplitudes are evaluated per detector tile (AGIPD: 128 tiles of 64 x 128 pixels)
@@ -152,13 +152,13 @@ class Simulator:
 
     def mask_invalid(self, values: np.ndarray) -> np.ndarray:
         """``values`` with gaps, beam stop and bad pixels set to 0 (in place)."""
-        values[self.invalid_index] = 0.0
+        values.reshape(-1)[self.invalid_flat] = 0.0
         return values
 
     def exclude(self, pixels: np.ndarray) -> None:
         """Treat ``pixels`` (bool, detector shape) as insensitive from now on (e.g. bad pixels)."""
         self.valid = self.valid & ~pixels
-        self.invalid_index = np.nonzero(~self.valid)
+        self.invalid_flat = np.flatnonzero(~self.valid)
         self.gas = np.where(self.valid, self.gas, 0.0)
         self.stray = np.where(self.valid, self.stray, 0.0)
         self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
@@ -255,8 +255,10 @@ class Simulator:
             photons = 10 ** rng.uniform(2.5, 4.0)
             streak_i = be.streak(rng, photons)
             sample = streak_i if sample is None else sample + streak_i
+        photons = 0.0
         if sample is not None:
             sample = be.mask_invalid(sample)
+            photons = float(sample.sum())
         counts, valid, saturated, background_total = be.measure(rng, sample, pulse)
         first = scene[0][0] if scene else None
         out = dict(
@@ -264,7 +266,7 @@ class Simulator:
             n_particles=len(scene), radius_nm=first.radius_m * 1e9 if first else 0.0,
             shape=SHAPE_CODES[first.shape] if first else (SHAPE_CODES["streak"] if streak else 0),
             orientation=first.quaternion if first else np.array([1.0, 0, 0, 0]),
-            photons=float(sample.sum()) if sample is not None else 0.0,
+            photons=photons,
             background_photons=background_total,
             saturated=0 if saturated is None else int(saturated.sum()),
             fluence_ph_um2=(pulse * self.peak_fluence_per_photon * np.exp(-0.5 * np.dot(scene[0][1], scene[0][1]) / self.sigma_focus**2) * 1e-12) if scene else 0.0,
@@ -279,22 +281,23 @@ class Simulator:
         return streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
 
     def measure(self, rng: np.random.Generator, sample: np.ndarray | None, pulse_photons: float):
-        """Detector frame for the expected sample photons ``sample`` (or None): background, Poisson
-        counting, readout noise, saturation, gaps. Returns (frame, valid, saturated or None, background)."""
+        """Detector frame for the expected sample photons ``sample`` (or None; overwritten): background,
+        Poisson counting, readout noise, saturation, gaps. Returns (frame, valid, saturated or None, background)."""
         bg_cfg, det = self.config.background, self.config.detector
         stray_level = max(0.0, 1 + bg_cfg.jitter * rng.standard_normal())
         pulse_ratio = pulse_photons / self.mean_pulse_photons
-        expected = self.gas * pulse_ratio
-        expected += self.stray * stray_level
         background_total = self.gas_total * pulse_ratio + self.stray_total * stray_level
+        expected = np.multiply(self.gas, np.float32(pulse_ratio), out=sample if sample is None else None)
         if sample is not None:
-            expected += sample
+            sample += expected
+            expected = sample
+        expected += self.stray * np.float32(stray_level)
         counts = poisson_counts(rng, expected)
         native = self.detector.native_pixels
         add_readout_noise(rng, counts, det.readout_noise_photons * np.sqrt(native))
         saturated = saturate(counts, det.saturation_photons * native)
         valid = self.valid if saturated is None else self.valid & ~saturated
-        counts[self.invalid_index] = 0.0
+        counts.reshape(-1)[self.invalid_flat] = 0.0
         return counts, valid, saturated, background_total
 
     def projected_density(self, scene) -> np.ndarray:
