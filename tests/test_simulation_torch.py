@@ -36,6 +36,7 @@ def test_torch_matches_numpy_on_all_particle_kinds():
 def test_torch_matches_numpy_through_the_map_path_and_agipd_blocks():
     cfg = load_config("pr772")
     compare(cfg, "torch-cpu", scenes=2, use_map=True)
+    compare(dataclasses.replace(cfg, map_interpolation="quadratic"), "torch-cpu", scenes=1, use_map=True)
     agipd = dataclasses.replace(cfg, detector=dataclasses.replace(cfg.detector, kind="agipd1m"))
     compare(agipd, "torch-cpu", scenes=1)
 

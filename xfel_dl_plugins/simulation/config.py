@@ -124,6 +124,7 @@ class SimulationConfig:
     multiple_count: tuple = (2, 4)
     touching_fraction: float = 0.5  # multiples: fraction of particles stuck to a neighbour (else apart in the focus)
     map_oversampling: int = 2
+    map_interpolation: str = "cubic"  # 3D-map path: cubic | quadratic (2x faster, ~1% less accurate) | linear
     name: str = "simulation"
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -259,6 +260,8 @@ def validate(cfg: SimulationConfig) -> None:
     o = cfg.output
     if o.n_patterns < 1 or not 1 <= o.frames_per_train <= 352 or o.first_train_id < 1 or o.run_number < 0:
         raise ConfigError("output: need n_patterns >= 1, 1 <= frames_per_train <= 352, first_train_id >= 1, run_number >= 0")
+    if cfg.map_interpolation not in ("cubic", "quadratic", "linear"):
+        raise ConfigError(f"map_interpolation: must be cubic, quadratic or linear, got {cfg.map_interpolation!r}")
     if not (isinstance(cfg.map_oversampling, int) and 2 <= cfg.map_oversampling <= 8):
         raise ConfigError(f"map_oversampling: must be an integer 2..8, got {cfg.map_oversampling!r}")
     for group in ("sample", "contaminants"):

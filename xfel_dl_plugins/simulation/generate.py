@@ -76,7 +76,7 @@ class Simulator:
         self.scale_e30 = (self.scale * 1e30).astype(np.float32)
         self.valid = self.detector.valid
         q_reach = float(geom.q_abs.max())  # any orientation: a body axis can point along q
-        self.samplers = {id(sp): SpeciesSampler(sp, q_reach, config.map_oversampling)
+        self.samplers = {id(sp): SpeciesSampler(sp, q_reach, config.map_oversampling, config.map_interpolation)
                          for sp in [*config.sample, *config.contaminants]}
         photon_j = beam.photon_energy_eV * ELECTRON_VOLT_J
         sigma = beam.focus_fwhm_um * 1e-6 * FWHM_TO_SIGMA

@@ -65,10 +65,11 @@ def _density(sp: SpeciesConfig) -> float:
 class SpeciesSampler:
     """Draws particles of one species; keeps what is expensive to rebuild (3D-map transforms)."""
 
-    def __init__(self, species: SpeciesConfig, q_reach: float, oversampling: int = 2):
+    def __init__(self, species: SpeciesConfig, q_reach: float, oversampling: int = 2, interpolation: str = "cubic"):
         self.species = species
         self.q_reach = q_reach  # largest |q| the detector needs, 1/m
         self.oversampling = oversampling
+        self.interpolation = interpolation
         self.rho = _density(species) if species.shape != "streak" else 0.0
         self._map: dens.FourierMap | None = None
         self._map_radius = None
@@ -82,7 +83,7 @@ class SpeciesSampler:
             raise XfelDLError(f"density map file not found: {path}")
         values = np.load(path, allow_pickle=False) * PER_A3
         dm = dens.DensityMap(values.astype(np.float32), sp.map_voxel_nm * 1e-9)
-        self._map = dens.FourierMap(dm, self.oversampling)
+        self._map = dens.FourierMap(dm, self.oversampling, self.interpolation)
         self._map_radius = (3 * dm.electrons / (4 * np.pi * float(values.max()))) ** (1 / 3)
         occupied = np.argwhere(values > 0.01 * values.max()) - values.shape[0] // 2
         self._map_extent = float(np.linalg.norm(occupied, axis=1).max() + 1) * dm.voxel_m
@@ -93,7 +94,7 @@ class SpeciesSampler:
             sp = self.species
             r_ref = float(min(sp.radius_nm.max, sp.radius_nm.mean + 5 * sp.radius_nm.sigma)) * 1e-9
             voxel = 0.9 * np.pi / self.q_reach
-            self._map = _polyhedron_fourier_map(sp.shape, r_ref, self.rho, voxel, self.oversampling)
+            self._map = _polyhedron_fourier_map(sp.shape, r_ref, self.rho, voxel, self.oversampling, self.interpolation)
             self._map_radius = r_ref
         return self._map
 
@@ -136,9 +137,10 @@ class SpeciesSampler:
 
 
 @lru_cache(maxsize=2)
-def _polyhedron_fourier_map(shape: str, radius: float, rho: float, voxel: float, oversampling: int) -> dens.FourierMap:
+def _polyhedron_fourier_map(shape: str, radius: float, rho: float, voxel: float, oversampling: int,
+                            interpolation: str) -> dens.FourierMap:
     """3D-map path of a polyhedron (kept for reuse: building it is one large 3D FFT + spline prefilter)."""
-    return dens.FourierMap(dens.polyhedron_map(shape, radius, rho, voxel), oversampling)
+    return dens.FourierMap(dens.polyhedron_map(shape, radius, rho, voxel), oversampling, interpolation)
 
 
 def _aggregate(rng, member_radius_mean: float, sp: SpeciesConfig):

@@ -129,6 +129,12 @@ class TorchBackend:
             s = 1 - t
             w = torch.stack([s * s * s, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], -1) / 6  # (P, 3, 4)
             taps = 4
+        elif fmap.interpolation == "quadratic":  # taps at the nearest node and its neighbours
+            nearest = torch.floor(c + 0.5)
+            i = nearest.long() - 1
+            d = c - nearest
+            w = torch.stack([(0.5 - d) ** 2 / 2, 0.75 - d * d, (0.5 + d) ** 2 / 2], -1)
+            taps = 3
         else:
             i = base.long()
             w = torch.stack([1 - t, t], -1)
