@@ -362,11 +362,18 @@ def generate(config, n: int, seed: int = 0, *, detector: Detector | None = None,
     chunk = max(1, min(256, -(-n // max(1, 4 * workers))))
     tasks = [(i, min(chunk, start + n - i), seed, projected_density) for i in range(start, start + n, chunk)]
     parts = map_tasks(_make_simulator, (config, detector, use_map, device), _simulate_chunk, tasks, workers)
+    rows: list[dict] = []
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        parts = tqdm(parts, total=len(tasks), desc="simulating", unit="chunk")
-    rows = [r for part in parts for r in part]
+        bar = tqdm(total=n, desc="simulating", unit="pattern")
+    for part in parts:
+        rows.extend(part)
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
     sim_meta = _make_simulator(config, detector, use_map, device, light=True)
     return _collect(rows, sim_meta, seed, start, projected_density)
 
