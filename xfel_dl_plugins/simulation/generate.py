@@ -374,19 +374,21 @@ def generate(config, n: int, seed: int = 0, *, detector: Detector | None = None,
             bar.update(len(part))
     if bar is not None:
         bar.close()
-    sim_meta = _make_simulator(config, detector, use_map, device, light=True)
-    return _collect(rows, sim_meta, seed, start, projected_density)
+    return _collect(rows, _dataset_meta(config, detector), seed, start, projected_density)
 
 
-def _make_simulator(config, detector, use_map, device="cpu", light: bool = False):
-    if light:  # geometry-only facts for the metadata
-        det = detector or make_detector(config.detector)
-        return dict(photon_energy_eV=config.beam.photon_energy_eV, distance_m=det.distance_m,
-                    pixel_size_m=det.pixel_size_m, detector=det.kind, centre_px=det.centre_px, shape=det.valid.shape,
-                    wavelength_m=HC_EV_M / config.beam.photon_energy_eV)
+def _make_simulator(config, detector, use_map, device="cpu") -> Simulator:
     sim = Simulator(config, detector, device)
     sim.use_map = use_map
     return sim
+
+
+def _dataset_meta(config: SimulationConfig, detector: Detector | None) -> dict:
+    """Geometry facts stored with a dataset (and the pattern shape)."""
+    det = detector or make_detector(config.detector)
+    return dict(photon_energy_eV=config.beam.photon_energy_eV, distance_m=det.distance_m,
+                pixel_size_m=det.pixel_size_m, detector=det.kind, centre_px=det.centre_px, shape=det.valid.shape,
+                wavelength_m=HC_EV_M / config.beam.photon_energy_eV)
 
 
 def _simulate_chunk(sim: Simulator, task) -> list[dict]:
