@@ -1,6 +1,7 @@
 """A third-party stage package, pip-installed, is discovered through its entry point and runs in a chain."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ def test_installed_plugin_runs_inside_a_chain(tmp_path):
 
     from xfel_dl_plugins.io.cxi import write_cxi
 
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "plugin_example"
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # builds stay out of the repo
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                              "--target", str(site), str(PLUGIN)], capture_output=True, text=True, timeout=300)
+                              "--target", str(site), str(source)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class ExperimentGeometry:
     image_shape: tuple[int, int]
     extra_geom: Any = None
     origin: tuple[float, float] | None = None  # where EXtra-geom puts x = y = 0 in the assembled image
-    _buffers: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def for_detector(
@@ -101,16 +100,18 @@ class ExperimentGeometry:
         return self.image_shape if self.detector == "flat" else DETECTOR_SHAPES[self.detector]
 
     def assemble(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Detector-native ``(n, *frame_shape)`` -> assembled images ``(n, H, W)`` and their validity."""
+        """Detector-native ``(n, *frame_shape)`` -> assembled images ``(n, H, W)`` and their validity
+        (gaps and invalid pixels are 0 in the image and False in the validity)."""
         if self.detector == "flat":
             return data, valid
-        n = data.shape[0]
-        out = self._buffers.get(n)
-        if out is None:  # reuse the output buffer for batches of the same size
-            out = self._buffers[n] = self.extra_geom.output_array_for_position(extra_shape=(n,), dtype=np.float32)
-        self.extra_geom.position_modules(np.where(valid, data, np.float32(np.nan)), out=out)
-        image_valid = np.isfinite(out)
-        return np.where(image_valid, out, np.float32(0)), image_valid
+        n, geom = data.shape[0], self.extra_geom
+        image = geom.output_array_for_position(extra_shape=(n,), dtype=np.float32)
+        image_valid = geom.output_array_for_position(extra_shape=(n,), dtype=np.uint8)  # gaps: 0
+        geom.position_modules(data, out=image)
+        geom.position_modules(valid, out=image_valid)
+        image_valid = image_valid.view(bool)
+        np.copyto(image, 0, where=~image_valid)
+        return image, image_valid
 
     def pixel_radius_m(self) -> np.ndarray:
         """Distance of every pixel from the beam axis (m), in the detector-native layout."""

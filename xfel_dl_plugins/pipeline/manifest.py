@@ -13,6 +13,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..errors import ManifestError, StageError
+from ..stages.base import ASSEMBLED_FIELDS, SOURCE_FIELDS
 from ..stages.registry import load_stage
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -179,6 +180,7 @@ def parse_manifest(path: str | Path) -> Manifest:
     if not stages_raw:
         top.fail("stages", "at least one [[stages]] entry")
     labels: set[str] = set()
+    available = set(SOURCE_FIELDS) | set(ASSEMBLED_FIELDS)
     for i, raw in enumerate(stages_raw):
         st = _Table(path, f"stages[{i}]", raw)
         use = st.get("use", str, required=True)
@@ -195,6 +197,11 @@ def parse_manifest(path: str | Path) -> Manifest:
             raise ManifestError(f"{path}: [stages[{i}]] ({use}): {exc}") from None
         if spec.filter and not cls.filter_field:
             st.fail("filter", f"false: stage '{use}' cannot filter frames")
+        missing = [name for name in cls.inputs if name not in available]
+        if missing:
+            raise ManifestError(f"{path}: [stages[{i}]] ({use}): needs per-frame field '{missing[0]}', which no "
+                                f"earlier stage provides (available: {', '.join(sorted(available))})")
+        available |= {f.name for f in cls.outputs}
         manifest.stages.append(spec)
     return manifest
 

@@ -17,7 +17,7 @@ from ..errors import InputDataError, ManifestError, OutputExistsError, StageErro
 from ..io.exdf import ExdfWriter
 from ..io.geometry import ExperimentGeometry
 from ..io.sources import CXISource, RunSource
-from ..stages.base import ASSEMBLED_FIELDS, SOURCE_FIELDS, FrameBatch, Stage, StageContext
+from ..stages.base import FrameBatch, Stage, StageContext
 from ..stages.registry import load_stage
 from .manifest import GeometrySpec, InputSpec, Manifest
 
@@ -107,24 +107,18 @@ def to_numpy(value: Any) -> np.ndarray:
 
 
 class Chain:
-    """The configured stages of a manifest, checked for field availability before any data is read."""
+    """The configured stages of a manifest (validated by :func:`parse_manifest`), on their devices."""
 
     def __init__(self, manifest: Manifest, geometry: ExperimentGeometry, device: str):
         self.steps: list[tuple[Any, Stage]] = []
-        available = set(SOURCE_FIELDS) | set(ASSEMBLED_FIELDS)
         for i, spec in enumerate(manifest.stages):
             cls = load_stage(spec.use)
-            missing = [name for name in cls.inputs if name not in available]
-            if missing:
-                raise ManifestError(f"{manifest.path}: [stages[{i}]] ({spec.use}): needs per-frame field "
-                                    f"'{missing[0]}', which no earlier stage provides (available: {', '.join(sorted(available))})")
             stage_device = device if device in cls.devices else "cpu"
             context = StageContext(device=stage_device, geometry=geometry, seed=manifest.seed)
             try:
                 stage = cls(context, **spec.params)
             except StageError as exc:
                 raise ManifestError(f"{manifest.path}: [stages[{i}]] ({spec.use}): {exc}") from None
-            available |= {f.name for f in cls.outputs}
             self.steps.append((spec, stage))
 
     def setup(self) -> None:

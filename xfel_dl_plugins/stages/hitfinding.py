@@ -1,10 +1,19 @@
 """Lit-pixel hit finder with an adaptive threshold: the non-learned baseline for hit finding.
 
 As in EuXFEL's ``extra-redu`` SPI hit finder, a frame's score is the number of valid pixels above a
-photon threshold, and a frame is a hit when its score exceeds a threshold adapted over a moving
-window of recent frames. ``extra-redu`` uses mean + k sigma of the window, which hits inflate when
-hits are frequent; the default here uses the median and the MAD-based sigma (``statistic =
-"robust"``), which stays put up to ~50 % hit rate, and a Poisson floor on sigma.
+photon threshold, and a frame is a hit when its score exceeds centre + k sigma of the scores in a
+moving window of recent frames. How centre and sigma are estimated decides how the threshold
+behaves when hits are frequent:
+
+- ``mean_std``: mean and standard deviation; hits inflate both.
+- ``robust``: median and MAD (``extra-redu`` uses median and inter-quartile range); stable up to a
+  hit rate of ~25-50 %, then the median itself is a hit.
+- ``mode`` (default): start from the centre of the densest eighth of the scores (a shorth-type
+  mode) and the MAD of the scores below it, then refine median and MAD on the scores within 3 sigma.
+  Blanks form the narrow, dense peak of the distribution while hits spread over a wide range, so
+  the estimate stays on the blanks up to hit rates of ~80 %.
+
+Sigma is never below the Poisson width sqrt(centre).
 """
 
 from __future__ import annotations
@@ -18,14 +27,23 @@ from .base import Field, FrameBatch, Param, Stage
 MAD_TO_SIGMA = 1.4826
 
 
+def densest_mode(values: np.ndarray, fraction: float = 0.125) -> float:
+    """Robust mode estimate: the median of the narrowest window of sorted values that holds
+    ``fraction`` of them (at least 3). Finds the blank peak while blanks are >= ``fraction``."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    k = min(len(x), max(3, int(np.ceil(fraction * len(x)))))
+    start = int(np.argmin(x[k - 1 :] - x[: len(x) - k + 1]))
+    return float(np.median(x[start : start + k]))
+
+
 class LitPixelHitFinder(Stage):
     description = "Counts lit pixels per frame; hit when the count exceeds an adaptive threshold"
     kind = "hit_finder"
     params = {
         "photon_threshold": Param(0.7, float, "a pixel is lit above this value", unit="photons", min=0.0),
         "k_sigma": Param(4.0, float, "hit when lit pixels > centre + k_sigma * sigma of the window", min=0.0),
-        "statistic": Param("robust", str, "window statistics: robust (median/MAD) or mean_std (as extra-redu)",
-                           choices=("robust", "mean_std")),
+        "statistic": Param("mode", str, "centre/width of the blank scores: mode (half-sample mode), "
+                           "robust (median/MAD) or mean_std", choices=("mode", "robust", "mean_std")),
         "window": Param(2000, int, "frames in the moving window of scores", min=10),
         "min_lit_pixels": Param(20, int, "never call a hit below this many lit pixels", min=0),
         "fixed_threshold": Param(0, int, "if > 0: a fixed lit-pixel threshold instead of the adaptive one", min=0),
@@ -74,7 +92,14 @@ class LitPixelHitFinder(Stage):
         while self._window_len - len(self._window[0]) >= self.p.window:
             self._window_len -= len(self._window.popleft())
         scores = np.concatenate(self._window).astype(np.float64)
-        if self.p.statistic == "robust":
+        if self.p.statistic == "mode":
+            centre = densest_mode(scores)
+            sigma = MAD_TO_SIGMA * float(np.median(centre - scores[scores <= centre]))
+            for _ in range(3):  # refine on the blank population: clip what lies beyond 3 sigma
+                blanks = scores[np.abs(scores - centre) <= 3 * max(sigma, 1.0)]
+                centre = float(np.median(blanks))
+                sigma = MAD_TO_SIGMA * float(np.median(np.abs(blanks - centre)))
+        elif self.p.statistic == "robust":
             centre = float(np.median(scores))
             sigma = MAD_TO_SIGMA * float(np.median(np.abs(scores - centre)))
         else:
