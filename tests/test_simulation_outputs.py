@@ -29,7 +29,9 @@ def test_packaged_configs_load(name):
     ({"detector": {"kind": "pnccd"}}, "detector.kind"),
     ({"detector": {"colour": 3}}, "detector.colour"),
     ({"sample": [{"name": "x", "shape": "torus"}]}, "sample[0].shape"),
-    ({"sample": [{"name": "x", "material": "unobtainium"}]}, "unobtainium"),
+    ({"sample": [{"name": "x", "material": "unobtainium"}]}, "sample[0].material"),
+    ({"contaminants": [{"name": "x", "shape": "core_shell", "core_material": "kryptonite"}]}, "contaminants[0].core_material"),
+    ({"output": {"frames_per_train": 1000}}, "output"),
     ({"hit_fractions": {"blank": 1.0, "double": 1.0}}, "hit_fractions"),
     ({"multiple_count": [1, 3]}, "multiple_count"),
 ])
@@ -97,3 +99,27 @@ def test_agipd_run_opens_with_extra_data_and_validates(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     with h5py.File(run_dir / "CORR-R0001-AGIPD05-S00000.h5") as f:
         assert f["INSTRUMENT/SPB_DET_AGIPD1M-1/CORR/5CH0:output/image/gain"].dtype == np.uint8
+
+
+def test_user_supplied_density_map(tmp_path):
+    """A map file (electrons/A^3) goes through the 3D-map path with the sphere's absolute scale."""
+    from xfel_dl_plugins.physics import density as dens
+    from xfel_dl_plugins.physics.formfactors import sphere_amplitude
+    from xfel_dl_plugins.simulation import Simulator
+    from xfel_dl_plugins.simulation.config import config_from_dict
+
+    voxel_nm, radius = 1.0, 20e-9
+    values = dens.sphere_map(radius, 0.5e30, voxel_nm * 1e-9).values / 1e30  # electrons/A^3
+    np.save(tmp_path / "blob.npy", values.astype(np.float32))
+    cfg = config_from_dict({"sample": [{"name": "blob", "shape": "map", "map_file": str(tmp_path / "blob.npy"),
+                                        "map_voxel_nm": voxel_nm}], "hit_fractions": {"single": 1.0},
+                            "contaminants": []})
+    sim = Simulator(cfg)
+    particle = sim.samplers[id(cfg.sample[0])].draw(np.random.default_rng(0))
+    assert particle.radius_m == pytest.approx(radius, rel=0.01)
+    got = particle.amplitude(sim.q) ** 2
+    exact = sphere_amplitude(sim.q_abs, radius, 0.5e30) ** 2
+    assert np.abs(got - exact).sum() / exact.sum() < 0.02
+    with pytest.raises(XfelDLError, match="not found"):
+        Simulator(config_from_dict({"sample": [{"name": "x", "shape": "map", "map_file": "/nonexistent.npy",
+                                                "map_voxel_nm": 1.0}]}))

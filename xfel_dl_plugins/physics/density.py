@@ -181,13 +181,14 @@ class FourierMap:
     The map is zero-padded ``oversampling`` times, transformed once, and divided by the transfer
     function of the cell average (sinc per axis). F at arbitrary q (any orientation, any particle
     scale) is then interpolated from the oversampled grid: by default with cubic B-splines (the grid
-    is prefiltered once; amplitude errors ~1% at oversampling 2), or trilinearly (``"linear"``,
-    faster, needs oversampling >= 4 for ~5% errors). Valid up to |q| < pi / voxel.
+    is prefiltered once; intensity errors ~0.5% at oversampling 2), with quadratic B-splines (twice
+    as fast, ~1%), or trilinearly (``"linear"``, needs oversampling >= 4 for a few % errors).
+    Valid up to |q| < pi / voxel.
     """
 
     def __init__(self, density: DensityMap, oversampling: int = 2, interpolation: str = "cubic"):
-        if interpolation not in ("cubic", "linear"):
-            raise XfelDLError(f"interpolation must be 'cubic' or 'linear', got {interpolation!r}")
+        if interpolation not in SPLINE_ORDER:
+            raise XfelDLError(f"interpolation must be one of {', '.join(SPLINE_ORDER)}, got {interpolation!r}")
         n = density.values.shape[0]
         m = scipy.fft.next_fast_len(int(np.ceil(oversampling * n)))
         m += m % 2
@@ -204,8 +205,9 @@ class FourierMap:
         self.is_real = bool(np.abs(spectrum.imag).max() <= 1e-5 * np.abs(spectrum.real).max())
         parts = [spectrum.real] if self.is_real else [spectrum.real, spectrum.imag]
         del spectrum
-        if interpolation == "cubic":
-            parts = [ndimage.spline_filter(p.astype(np.float32), order=3, output=np.float32, mode="mirror") for p in parts]
+        order = SPLINE_ORDER[interpolation]
+        if order > 1:
+            parts = [ndimage.spline_filter(p.astype(np.float32), order=order, output=np.float32, mode="mirror") for p in parts]
         self.parts = [np.ascontiguousarray(p, dtype=np.float32) for p in parts]
         self.interpolation = interpolation
         self.size = m
@@ -226,43 +228,19 @@ class FourierMap:
                 f"density map voxel ({self.voxel_m * scale * 1e9:.2f} nm at this size) is too coarse for "
                 f"the detector's q range: need voxels below {np.pi / reach * scale * 1e9:.2f} nm")
         coords = (qb / self.dq + self.size // 2).astype(np.float32)
-        interp = tricubic if self.interpolation == "cubic" else trilinear
-        values = [interp(p, coords) for p in self.parts]
+        order = SPLINE_ORDER[self.interpolation]
+        values = [spline_sample(p, coords, order) if order > 1 else trilinear(p, coords) for p in self.parts]
         out = values[0] if self.is_real else values[0] + 1j * values[1]
         return out * np.float32(scale**3)
 
 
-def _bspline_weights(t: np.ndarray) -> np.ndarray:
-    """Cubic B-spline weights (P, 4) for fractional offsets t in [0, 1)."""
-    t2 = t * t
-    t3 = t2 * t
-    s = 1 - t
-    return np.stack([s * s * s, 3 * t3 - 6 * t2 + 4, -3 * t3 + 3 * t2 + 3 * t + 1, t3], axis=-1) * np.float32(1 / 6)
+SPLINE_ORDER = {"cubic": 3, "quadratic": 2, "linear": 1}
 
 
-_TRI_CHUNK = 8192
-
-
-def tricubic(coeffs: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Cubic B-spline interpolation of prefiltered ``coeffs`` (3D) at fractional indices ``coords`` (..., 3)."""
-    shape = coords.shape[:-1]
-    c = coords.reshape(-1, 3)
-    s0, s1, _ = (np.array(coeffs.strides) // coeffs.itemsize)
-    offsets = (np.arange(4)[:, None, None] * s0 + np.arange(4)[None, :, None] * s1 + np.arange(4)[None, None, :]).ravel()
-    flat = coeffs.ravel()
-    base = np.floor(c)
-    t = (c - base).astype(np.float32)
-    i = base.astype(np.intp) - 1
-    idx = i[:, 0] * s0 + i[:, 1] * s1 + i[:, 2]
-    wx, wy, wz = _bspline_weights(t[:, 0]), _bspline_weights(t[:, 1]), _bspline_weights(t[:, 2])
-    out = np.empty(len(c), np.float32)
-    for start in range(0, len(c), _TRI_CHUNK):  # chunks keep the 64 gathered taps in cache
-        sl = slice(start, start + _TRI_CHUNK)
-        vals = np.take(flat, idx[sl, None] + offsets).reshape(-1, 16, 4)
-        vals = np.matmul(vals, wz[sl, :, None])[..., 0].reshape(-1, 4, 4)  # contract z, then y, then x
-        vals = np.matmul(vals, wy[sl, :, None])[..., 0]
-        out[sl] = np.einsum("pa,pa->p", vals, wx[sl])
-    return out.reshape(shape)
+def spline_sample(coeffs: np.ndarray, coords: np.ndarray, order: int = 3) -> np.ndarray:
+    """B-spline interpolation of prefiltered ``coeffs`` (3D) at fractional indices ``coords`` (..., 3)."""
+    c = coords.reshape(-1, 3).T
+    return ndimage.map_coordinates(coeffs, c, order=order, prefilter=False, output=np.float32).reshape(coords.shape[:-1])
 
 
 def trilinear(grid: np.ndarray, coords: np.ndarray) -> np.ndarray:

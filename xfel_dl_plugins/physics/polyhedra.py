@@ -91,30 +91,35 @@ def _unit_amplitude(q: np.ndarray, shape: str) -> np.ndarray:
     u = _edge_pairs(shape)
     q2 = np.einsum("pi,pi->p", q, q)
     qn = q @ u.normals_t  # (P, F)
-    qf2 = q2[:, None] - qn * qn  # in-plane |q|^2 per face
+    qf2 = qn * qn
+    np.subtract(q2[:, None], qf2, out=qf2)  # in-plane |q|^2 per face
     # opposite edges (c, -c) share sinc and cos: one trigonometric term per pair
     half = q @ u.half_tangent_t  # (P, U): q.t L/2
-    half[np.abs(half) < 1e-4] = 1e-4  # sinc(1e-4) = 1 in float32
+    half += np.float32(1e-30)  # sin(x)/x -> 1 where q is normal to an edge
     trig = np.sin(half)
     trig /= half
     trig *= np.cos(q @ u.mid_t)
-    trig *= u.length  # (P, U)
-    terms = q @ u.edge_normal_t
-    terms *= trig @ u.expand  # (P, K)
-    face_int = terms @ u.incidence  # (P, F): sum over the edges of each face
-    small_f = qf2 < 1e-6 * np.maximum(q2[:, None], 1e-12)
-    qf2[small_f] = 1.0
-    face_int /= qf2
-    face_int *= -1.0
-    if small_f.any():  # q along a face normal: the face integral is its area times the phase
+    # sum over the edges of each face of -(q.m_fe) L_e trig_e = sum_i,u q_i trig_u M[i, u, f]: one product
+    n_pairs = trig.shape[1]
+    tq = np.empty((len(q), 3 * n_pairs), np.float32)
+    for i in range(3):
+        np.multiply(trig, q[:, i:i + 1], out=tq[:, i * n_pairs:(i + 1) * n_pairs])
+    face_int = tq @ u.edge_normal_sum  # (P, F)
+    small_f = qf2 <= (q2 * np.float32(1e-6))[:, None]
+    if small_f.any():  # q along a face normal (or q = 0): the face integral is its area times the phase
         rows, faces = np.nonzero(small_f)
+        qf2[rows, faces] = 1.0
         face_int[rows, faces] = u.face_area[faces] * np.cos(qn[rows, faces] * u.face_offset[faces])
+    face_int /= qf2
     num = np.einsum("pf,pf->p", qn, face_int)
     small = q2 < 2.5e-3  # |qR| < 0.05: the edge sums cancel in float32; use the Guinier series
-    amp = num / np.where(small, 1.0, q2)
     if small.any():
-        amp[small] = p.volume * (1 - q2[small] * p.rg2 / 6)
-    return amp
+        q2s = q2[small]
+        q2[small] = 1.0
+        amp = num / q2
+        amp[small] = p.volume * (1 - q2s * p.rg2 / 6)
+        return amp
+    return num / q2
 
 
 @dataclass(frozen=True)
@@ -125,9 +130,7 @@ class _EdgePairs:
     half_tangent_t: np.ndarray  # (3, U): t L / 2 of each opposite-edge pair
     mid_t: np.ndarray  # (3, U)
     length: np.ndarray  # (U,)
-    edge_normal_t: np.ndarray  # (3, K)
-    expand: np.ndarray  # (U, K): 1 where face-edge term k belongs to pair u
-    incidence: np.ndarray  # (K, F): 1 where term k lies on face f
+    edge_normal_sum: np.ndarray  # (3 * U, F): component i of the summed in-plane normals m_fe of pair u's edges on face f
     face_area: np.ndarray  # (F,)
     face_offset: np.ndarray  # (F,)
 
@@ -148,11 +151,12 @@ def _edge_pairs(shape: str) -> _EdgePairs:
     index = np.array(index)
     first = np.array([np.flatnonzero(index == j)[0] for j in range(len(keys))])
     f32 = np.float32
-    expand = np.zeros((len(keys), len(index)), f32)
-    expand[index, np.arange(len(index))] = 1
-    incidence = np.zeros((len(index), len(p.normals)), f32)
-    incidence[np.arange(len(index)), p.edge_face] = 1
+    normal_sum = np.zeros((len(keys), 3, len(p.normals)))
+    for k, (pair, face) in enumerate(zip(index, p.edge_face)):
+        normal_sum[pair, :, face] += p.edge_normal[k]
     length = p.edge_length[first]
+    normal_sum *= -length[:, None, None]  # the edge length and the sign of the face integral
     return _EdgePairs(p.normals.T.astype(f32).copy(), (p.edge_tangent[first] * length[:, None] / 2).T.astype(f32).copy(),
-                      np.array(keys).T.astype(f32).copy(), length.astype(f32), p.edge_normal.T.astype(f32).copy(),
-                      expand, incidence, p.face_area.astype(f32), p.face_offset.astype(f32))
+                      np.array(keys).T.astype(f32).copy(), length.astype(f32),
+                      normal_sum.transpose(1, 0, 2).reshape(-1, len(p.normals)).astype(f32),
+                      p.face_area.astype(f32), p.face_offset.astype(f32))

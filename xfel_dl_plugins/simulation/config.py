@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import XfelDLError
+from ..physics.constants import MATERIALS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,6 +124,7 @@ class SimulationConfig:
     multiple_count: tuple = (2, 4)
     touching_fraction: float = 0.5  # multiples: fraction of particles stuck to a neighbour (else apart in the focus)
     map_oversampling: int = 2
+    map_interpolation: str = "cubic"  # 3D-map path: cubic | quadratic (2x faster, ~1% less accurate) | linear
     name: str = "simulation"
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -185,6 +187,10 @@ def _species_list(data: Any, where: str) -> list:
             raise ConfigError(f"{where}[{i}].shape: {sp.shape!r} is not one of {', '.join(SHAPES)}")
         if sp.shape == "map" and (not sp.map_file or not sp.map_voxel_nm):
             raise ConfigError(f"{where}[{i}]: shape 'map' needs map_file and map_voxel_nm")
+        for key in ("material", "core_material"):
+            value = getattr(sp, key)
+            if isinstance(value, str) and value not in MATERIALS and not (key == "material" and sp.electron_density):
+                raise ConfigError(f"{where}[{i}].{key}: unknown material {value!r}; known: {', '.join(sorted(MATERIALS))}")
         if sp.method not in ("analytic", "map"):
             raise ConfigError(f"{where}[{i}].method: must be 'analytic' or 'map', got {sp.method!r}")
         if sp.weight < 0:
@@ -203,8 +209,8 @@ def config_from_dict(data: dict, source: str = "config") -> SimulationConfig:
     if "sample" in data:
         kwargs["sample"] = _species_list(data.pop("sample"), "sample")
     if "contaminants" in data:
-        kwargs["contaminants"] = _species_list(data.pop("contaminants"), "contaminants") if data["contaminants"] else []
-        data.pop("contaminants", None)
+        items = data.pop("contaminants")
+        kwargs["contaminants"] = _species_list(items, "contaminants") if items else []
     cfg = _build(SimulationConfig, data, source) if data else SimulationConfig()
     cfg = dataclasses.replace(cfg, **kwargs)
     validate(cfg)
@@ -254,6 +260,8 @@ def validate(cfg: SimulationConfig) -> None:
     o = cfg.output
     if o.n_patterns < 1 or not 1 <= o.frames_per_train <= 352 or o.first_train_id < 1 or o.run_number < 0:
         raise ConfigError("output: need n_patterns >= 1, 1 <= frames_per_train <= 352, first_train_id >= 1, run_number >= 0")
+    if cfg.map_interpolation not in ("cubic", "quadratic", "linear"):
+        raise ConfigError(f"map_interpolation: must be cubic, quadratic or linear, got {cfg.map_interpolation!r}")
     if not (isinstance(cfg.map_oversampling, int) and 2 <= cfg.map_oversampling <= 8):
         raise ConfigError(f"map_oversampling: must be an integer 2..8, got {cfg.map_oversampling!r}")
     for group in ("sample", "contaminants"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 
-#: Frames with more pixels than this are sampled as a Poisson process (faster for sparse megapixel frames).
-PLACEMENT_MIN_PIXELS = 1 << 18
+#: Frames with more pixels than this are sampled as a Poisson process (faster for sparse frames).
+PLACEMENT_MIN_PIXELS = 1 << 12
 
 
 def poisson_counts(rng: np.random.Generator, expected: np.ndarray, bright: float = 0.5) -> np.ndarray:

@@ -24,6 +24,7 @@ from .samples import SHAPE_CODES, SHAPE_NAMES, Particle, SpeciesSampler, streak_
 
 FWHM_TO_SIGMA = 1 / (2 * np.sqrt(2 * np.log(2)))
 HIT_CODES = {name: i for i, name in enumerate(HIT_CLASSES)}
+MAX_SUPERSAMPLING = 4  # sub-pixels per pixel axis for speckles finer than a pixel
 
 
 @dataclass
@@ -60,7 +61,9 @@ class SimulatedPatterns:
 class Simulator:
     """Everything that does not change from pattern to pattern, computed once."""
 
-    def __init__(self, config: SimulationConfig, detector: Detector | None = None):
+    def __init__(self, config: SimulationConfig, detector: Detector | None = None, device: str = "cpu"):
+        """``device``: "cpu" (NumPy), or a PyTorch device ("cuda", "cuda:1", "torch-cpu" for PyTorch on
+        the CPU), or "auto" (CUDA through PyTorch when available, else NumPy)."""
         self.config = config
         self.detector = detector or make_detector(config.detector)
         beam = config.beam
@@ -73,7 +76,7 @@ class Simulator:
         self.scale_e30 = (self.scale * 1e30).astype(np.float32)
         self.valid = self.detector.valid
         q_reach = float(geom.q_abs.max())  # any orientation: a body axis can point along q
-        self.samplers = {id(sp): SpeciesSampler(sp, q_reach, config.map_oversampling)
+        self.samplers = {id(sp): SpeciesSampler(sp, q_reach, config.map_oversampling, config.map_interpolation)
                          for sp in [*config.sample, *config.contaminants]}
         photon_j = beam.photon_energy_eV * ELECTRON_VOLT_J
         sigma = beam.focus_fwhm_um * 1e-6 * FWHM_TO_SIGMA
@@ -89,12 +92,18 @@ class Simulator:
         stray = np.where(self.valid, np.maximum(self.q_abs, 1.0) ** -config.background.stray_exponent * geom.solid_angle, 0.0)
         self.stray = (stray / stray.sum() * config.background.stray_photons if stray.sum() > 0 else stray).astype(np.float32)
         self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
-        self.invalid_index = np.nonzero(~self.valid)
+        self.invalid_flat = np.flatnonzero(~self.valid)
         self.use_map = False
         self.pixel_dq = geom.k * self.detector.pixel_size_m / self.detector.distance_m
         # amplitudes are evaluated per detector tile (AGIPD: 128 tiles of 64 x 128 pixels)
         self.tile_shape = (128, 64, 128) if self.detector.kind == "agipd1m" else (1, *self.valid.shape)
-        self._coarse_q: dict[int, np.ndarray] = {}
+        self._coarse_q: dict = {}
+        self.backend = None
+        device = resolve_device(device)
+        if device != "cpu":
+            from .torch_backend import TorchBackend
+
+            self.backend = TorchBackend(self, "cpu" if device == "torch-cpu" else device)
 
     def _factor(self, extent_m: float) -> int:
         """Block size f for evaluating F: at least 8 blocks per oscillation 2 pi / extent of F."""
@@ -103,6 +112,27 @@ class Simulator:
             if period_px / f >= 8 and self.tile_shape[1] % f == 0 and self.tile_shape[2] % f == 0:
                 return f
         return 1
+
+    def _supersampling(self, extent_m: float) -> int:
+        """Sub-pixels per pixel axis so that the intensity fringes of an object ``extent_m`` in radius
+        (period pi / extent in q) get at least two samples: pixels integrate finer speckles."""
+        period_px = np.pi / (max(extent_m, 1e-12) * self.pixel_dq)
+        return int(min(MAX_SUPERSAMPLING, max(1, np.ceil(2 / period_px))))
+
+    def _q_sub(self, s: int) -> np.ndarray:
+        """q at the centres of s x s sub-pixels of every pixel, (T, h*s, w*s, 3) per detector tile."""
+        if ("sub", s) not in self._coarse_q:
+            t, h, w = self.tile_shape
+            pos = self.detector.positions_m.reshape(t, h, w, 3)
+            e_row = (pos[:, 1, 0] - pos[:, 0, 0])[:, None, None, None, None, :]
+            e_col = (pos[:, 0, 1] - pos[:, 0, 0])[:, None, None, None, None, :]
+            u = (np.arange(s) + 0.5) / s - 0.5
+            sub = (pos[:, :, None, :, None, :] + u[None, None, :, None, None, None] * e_row
+                   + u[None, None, None, None, :, None] * e_col).reshape(t, h * s, w * s, 3)
+            d = sub / np.linalg.norm(sub, axis=-1, keepdims=True)
+            d[..., 2] -= 1.0
+            self._coarse_q[("sub", s)] = (self.geometry.k * d).astype(np.float32)
+        return self._coarse_q[("sub", s)]
 
     def _q_blocks(self, f: int) -> np.ndarray:
         if f not in self._coarse_q:
@@ -120,13 +150,20 @@ class Simulator:
         q = self._q_blocks(f)
         return upsample(particle.amplitude(q), f).reshape(self.valid.shape)
 
+    def mask_invalid(self, values: np.ndarray) -> np.ndarray:
+        """``values`` with gaps, beam stop and bad pixels set to 0 (in place)."""
+        values.reshape(-1)[self.invalid_flat] = 0.0
+        return values
+
     def exclude(self, pixels: np.ndarray) -> None:
         """Treat ``pixels`` (bool, detector shape) as insensitive from now on (e.g. bad pixels)."""
         self.valid = self.valid & ~pixels
-        self.invalid_index = np.nonzero(~self.valid)
+        self.invalid_flat = np.flatnonzero(~self.valid)
         self.gas = np.where(self.valid, self.gas, 0.0)
         self.stray = np.where(self.valid, self.stray, 0.0)
         self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
+        if self.backend is not None:
+            self.backend._refresh_masks()
 
     # -- one pattern --------------------------------------------------------------------------------
     def _pick(self, rng, species_list):
@@ -187,15 +224,21 @@ class Simulator:
             groups.setdefault(g, []).append((particle, offset))
         j0 = pulse_photons * self.peak_fluence_per_photon
         for members in groups.values():
+            extent = max(np.linalg.norm(p.position_m) + p.extent_m for p, _ in members)
+            sub = self._supersampling(extent)
+            qg = q if sub == 1 else self._q_sub(sub)
             amp = 0
             for particle, offset in members:
                 fluence = j0 * np.exp(-0.5 * np.dot(offset, offset) / self.sigma_focus**2)
-                f = self.particle_amplitude(particle)
+                f = self.particle_amplitude(particle) if sub == 1 else particle.amplitude(qg)
                 pos = particle.position_m
                 if np.any(pos != 0):
-                    f = f * np.exp(-1j * (q @ pos.astype(np.float32)))
+                    f = f * np.exp(-1j * (qg @ pos.astype(np.float32)))
                 amp = amp + np.float32(np.sqrt(fluence * 1e-30)) * f
             power = amp.real**2 + amp.imag**2 if np.iscomplexobj(amp) else amp * amp
+            if sub > 1:  # pixels integrate speckles finer than themselves
+                t, h, w = self.tile_shape
+                power = power.reshape(t, h, sub, w, sub).mean(axis=(2, 4)).reshape(self.valid.shape)
             total = power if total is None else total + power
         total *= self.scale_e30
         return total
@@ -206,22 +249,25 @@ class Simulator:
         jitter = cfg.beam.pulse_energy_jitter
         pulse = self.mean_pulse_photons * (rng.gamma(1 / jitter**2, jitter**2) if jitter > 0 else 1.0)
         cls, scene, streak = self.draw_scene(rng)
-        sample = self.intensity(scene, pulse) if scene else None
+        be = self.backend or self
+        sample = be.intensity(scene, pulse) if scene else None
         if streak:
             photons = 10 ** rng.uniform(2.5, 4.0)
-            streak_i = streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
+            streak_i = be.streak(rng, photons)
             sample = streak_i if sample is None else sample + streak_i
+        photons = 0.0
         if sample is not None:
-            sample[self.invalid_index] = 0.0
-        counts, valid, saturated, background_total = self.measure(rng, sample, pulse)
+            sample = be.mask_invalid(sample)
+            photons = float(sample.sum())
+        counts, valid, saturated, background_total = be.measure(rng, sample, pulse)
         first = scene[0][0] if scene else None
-        det = cfg.detector
         out = dict(
             pattern=counts, valid=valid, hit_class=HIT_CODES[cls],
             n_particles=len(scene), radius_nm=first.radius_m * 1e9 if first else 0.0,
             shape=SHAPE_CODES[first.shape] if first else (SHAPE_CODES["streak"] if streak else 0),
             orientation=first.quaternion if first else np.array([1.0, 0, 0, 0]),
-            photons=float(sample.sum()) if sample is not None else 0.0, background_photons=background_total,
+            photons=photons,
+            background_photons=background_total,
             saturated=0 if saturated is None else int(saturated.sum()),
             fluence_ph_um2=(pulse * self.peak_fluence_per_photon * np.exp(-0.5 * np.dot(scene[0][1], scene[0][1]) / self.sigma_focus**2) * 1e-12) if scene else 0.0,
             pulse_energy_mJ=pulse * cfg.beam.photon_energy_eV * ELECTRON_VOLT_J * 1e3,
@@ -230,23 +276,28 @@ class Simulator:
             out["projected_density"] = self.projected_density(scene)
         return out
 
+    def streak(self, rng: np.random.Generator, photons: float) -> np.ndarray:
+        """Expected photons of a streak of non-particle scatter (see :func:`samples.streak_intensity`)."""
+        return streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
+
     def measure(self, rng: np.random.Generator, sample: np.ndarray | None, pulse_photons: float):
-        """Detector frame for the expected sample photons ``sample`` (or None): background, Poisson
-        counting, readout noise, saturation, gaps. Returns (frame, valid, saturated or None, background)."""
+        """Detector frame for the expected sample photons ``sample`` (or None; overwritten): background,
+        Poisson counting, readout noise, saturation, gaps. Returns (frame, valid, saturated or None, background)."""
         bg_cfg, det = self.config.background, self.config.detector
         stray_level = max(0.0, 1 + bg_cfg.jitter * rng.standard_normal())
         pulse_ratio = pulse_photons / self.mean_pulse_photons
-        expected = self.gas * pulse_ratio
-        expected += self.stray * stray_level
         background_total = self.gas_total * pulse_ratio + self.stray_total * stray_level
+        expected = np.multiply(self.gas, np.float32(pulse_ratio), out=sample if sample is None else None)
         if sample is not None:
-            expected += sample
+            sample += expected
+            expected = sample
+        expected += self.stray * np.float32(stray_level)
         counts = poisson_counts(rng, expected)
         native = self.detector.native_pixels
         add_readout_noise(rng, counts, det.readout_noise_photons * np.sqrt(native))
         saturated = saturate(counts, det.saturation_photons * native)
         valid = self.valid if saturated is None else self.valid & ~saturated
-        counts[self.invalid_index] = 0.0
+        counts.reshape(-1)[self.invalid_flat] = 0.0
         return counts, valid, saturated, background_total
 
     def projected_density(self, scene) -> np.ndarray:
@@ -276,42 +327,68 @@ class Simulator:
         return (rho * 1e-18).astype(np.float32)
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when PyTorch sees a GPU, else "cpu"; other names pass through."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
 def generate(config, n: int, seed: int = 0, *, detector: Detector | None = None, start: int = 0,
              projected_density: bool = False, use_map: bool = False, workers: int = 1,
-             progress: bool = False) -> SimulatedPatterns:
+             device: str = "cpu", progress: bool = False) -> SimulatedPatterns:
     """Simulate patterns ``start .. start+n-1`` of the dataset defined by ``config`` and ``seed``.
 
     ``config``: a :class:`SimulationConfig`, or a path to a TOML file / packaged config name.
     ``detector``: overrides the configured detector (e.g. :func:`detector.grid_detector`).
     ``use_map``: polyhedra through the 3D-map path instead of their exact analytic amplitude.
     ``workers``: processes to use (0: one per available core, at most 4); results do not depend on it.
+    ``device``: "cpu" (NumPy), "auto", "cuda" or another PyTorch device (see :class:`Simulator`);
+    device runs use one process.
     """
     if not isinstance(config, SimulationConfig):
         config = load_config(config)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     workers = default_workers() if workers == 0 else workers
+    device = resolve_device(device)
+    if device != "cpu":
+        workers = 1
     chunk = max(1, min(256, -(-n // max(1, 4 * workers))))
     tasks = [(i, min(chunk, start + n - i), seed, projected_density) for i in range(start, start + n, chunk)]
-    parts = map_tasks(_make_simulator, (config, detector, use_map), _simulate_chunk, tasks, workers)
+    parts = map_tasks(_make_simulator, (config, detector, use_map, device), _simulate_chunk, tasks, workers)
+    rows: list[dict] = []
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        parts = tqdm(parts, total=len(tasks), desc="simulating", unit="chunk")
-    rows = [r for part in parts for r in part]
-    sim_meta = _make_simulator(config, detector, use_map, light=True)
-    return _collect(rows, sim_meta, seed, start, projected_density)
+        bar = tqdm(total=n, desc="simulating", unit="pattern")
+    for part in parts:
+        rows.extend(part)
+        if bar is not None:
+            bar.update(len(part))
+    if bar is not None:
+        bar.close()
+    return _collect(rows, _dataset_meta(config, detector), seed, start, projected_density)
 
 
-def _make_simulator(config, detector, use_map, light: bool = False):
-    if light:  # geometry-only facts for the metadata
-        det = detector or make_detector(config.detector)
-        return dict(photon_energy_eV=config.beam.photon_energy_eV, distance_m=det.distance_m,
-                    pixel_size_m=det.pixel_size_m, detector=det.kind, centre_px=det.centre_px, shape=det.valid.shape,
-                    wavelength_m=HC_EV_M / config.beam.photon_energy_eV)
-    sim = Simulator(config, detector)
+def _make_simulator(config, detector, use_map, device="cpu") -> Simulator:
+    sim = Simulator(config, detector, device)
     sim.use_map = use_map
     return sim
+
+
+def _dataset_meta(config: SimulationConfig, detector: Detector | None) -> dict:
+    """Geometry facts stored with a dataset (and the pattern shape)."""
+    det = detector or make_detector(config.detector)
+    return dict(photon_energy_eV=config.beam.photon_energy_eV, distance_m=det.distance_m,
+                pixel_size_m=det.pixel_size_m, detector=det.kind, centre_px=det.centre_px, shape=det.valid.shape,
+                wavelength_m=HC_EV_M / config.beam.photon_energy_eV)
 
 
 def _simulate_chunk(sim: Simulator, task) -> list[dict]:

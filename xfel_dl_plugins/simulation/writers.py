@@ -28,7 +28,7 @@ from ..io.cxi import write_cxi
 from ..io.exdf import ExdfWriter
 from .config import SimulationConfig, load_config
 from .detector import AGIPD_MODULE_SHAPE
-from .generate import SimulatedPatterns, Simulator, generate
+from .generate import SimulatedPatterns, Simulator, generate, resolve_device
 from .parallel import default_workers, map_tasks
 from .samples import SHAPE_NAMES
 
@@ -64,11 +64,12 @@ def write_dataset(path, patterns: SimulatedPatterns) -> Path:
 
 def write_agipd_run(run_dir, config, n_trains: int, frames_per_train: int, seed: int = 0, *,
                     first_train_id: int = 10000, run_number: int = 1, proposal: int = 700000,
-                    overwrite: bool = False, progress: bool = True, workers: int | None = None) -> Path:
+                    overwrite: bool = False, progress: bool = True, workers: int | None = None,
+                    device: str = "cpu") -> Path:
     """Simulate ``n_trains`` x ``frames_per_train`` AGIPD-1M frames into ``run_dir`` (see module doc).
 
     ``workers`` processes simulate trains in parallel (default: the available cores, at most 4);
-    the result does not depend on it.
+    the result does not depend on it. ``device`` as in :func:`generate` (a GPU run uses one process).
     """
     cfg = _config(config)
     cfg = dataclasses.replace(cfg, detector=dataclasses.replace(cfg.detector, kind="agipd1m"))
@@ -81,6 +82,7 @@ def write_agipd_run(run_dir, config, n_trains: int, frames_per_train: int, seed:
     existing = [p for p in [*names, truth_name] if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{existing[0]} exists (pass overwrite to replace the run)")
+    device = resolve_device(device)
     sim = _run_simulator(cfg, seed)
     static_mask = _static_mask(sim, seed)
     train_ids = first_train_id + np.arange(n_trains, dtype=np.uint64)
@@ -90,9 +92,9 @@ def write_agipd_run(run_dir, config, n_trains: int, frames_per_train: int, seed:
     units = cfg.detector.data_units
     cells = np.arange(frames_per_train, dtype=np.uint16)
     pulses = np.arange(frames_per_train, dtype=np.uint64)
-    workers = default_workers() if workers is None else workers
+    workers = 1 if device != "cpu" else default_workers() if workers is None else workers
     tasks = [(t * frames_per_train, frames_per_train, seed) for t in range(n_trains)]
-    results = map_tasks(_run_simulator, (cfg, seed), _simulate_train, tasks, workers)
+    results = map_tasks(_run_simulator, (cfg, seed, device), _simulate_train, tasks, workers)
     if progress:
         from tqdm import tqdm
 
@@ -134,9 +136,9 @@ def write_agipd_run(run_dir, config, n_trains: int, frames_per_train: int, seed:
     return run_dir
 
 
-def _run_simulator(cfg: SimulationConfig, seed: int) -> Simulator:
+def _run_simulator(cfg: SimulationConfig, seed: int, device: str = "cpu") -> Simulator:
     """The AGIPD-1M simulator of a run: the static bad pixels are excluded like gaps."""
-    sim = Simulator(cfg)
+    sim = Simulator(cfg, device=device)
     sim.exclude(_static_mask(sim, seed) != 0)
     return sim
 
@@ -178,7 +180,7 @@ def _truth_rows(rows: list[dict], pulses: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def simulate_main(config_path, output_path, progress: bool = True, *, n: int | None = None, seed: int | None = None,
-                  overwrite: bool = False) -> Path:
+                  overwrite: bool = False, device: str = "cpu", workers: int | None = None) -> Path:
     """``xfel-dl simulate CONFIG.toml --output PATH``: a CXI dataset (grid detector) or, for an
     ``agipd1m`` detector, a run directory. Sizes and seed come from the config's ``[output]`` table."""
     cfg = load_config(config_path)
@@ -189,8 +191,9 @@ def simulate_main(config_path, output_path, progress: bool = True, *, n: int | N
         per_train = cfg.output.frames_per_train
         return write_agipd_run(output_path, cfg, -(-n // per_train), per_train, seed,
                                first_train_id=cfg.output.first_train_id, run_number=cfg.output.run_number,
-                               overwrite=overwrite, progress=progress)
+                               overwrite=overwrite, progress=progress, device=device, workers=workers)
     if output_path.exists() and not overwrite:
         raise OutputExistsError(f"{output_path} exists (use --overwrite)")
-    patterns = generate(cfg, n, seed, projected_density=cfg.output.projected_density, progress=progress)
+    patterns = generate(cfg, n, seed, projected_density=cfg.output.projected_density, progress=progress,
+                        device=device, workers=0 if workers is None else workers)
     return write_dataset(output_path, patterns)
