@@ -36,6 +36,7 @@ from xfel_dl_plugins.phasing.backend import NumpyBackend, cuda_available, get_ba
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
 RECIPE = "(SW*HIO**50)**12 * (SW*RAAR**50)**8 * ER**100"
+CONVERGED_MAX = 0.3  # a start with a larger error did not solve the pattern, whatever the others did
 HERE = Path(__file__).resolve().parent
 
 
@@ -172,7 +173,7 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         best_err = min(min(e) for e in err.values())
         for label in err:
             e, ll = np.array(err[label]), np.array(llk[label])
-            row[label + "_converged"] = float(np.mean(e <= max(1.5 * best_err, best_err + 0.02)))
+            row[label + "_converged"] = float(np.mean(e <= min(CONVERGED_MAX, max(1.5 * best_err, best_err + 0.02))))
             row[label + "_floor"] = float(np.mean(ll <= 2.0 * truth_llk))
             row[label + "_best_err"] = float(e.min())
             row[label + "_llk_pick_err"] = float(e[np.argmin(ll)])
@@ -291,7 +292,7 @@ def markdown(args, timing, batch, quality, gpu, figs) -> str:
               "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5) and with ours (max 0.15, sigma 2->1). "
               "Errors: ||truth - c T rec|| / ||truth|| minimised over translation (sub-pixel), global complex factor "
               "and twin. *Converged*: start error <= max(1.5 x, +0.02) the best error any start of any code reached "
-              "on that pattern. *Floor*: Poisson LLK (best scale) <= 2 x the LLK of the true object. *Selected*: our "
+              f"on that pattern, and <= {CONVERGED_MAX}. *Floor*: Poisson LLK (best scale) <= 2 x the LLK of the true object. *Selected*: our "
               "automatic output (best starts by free LLK, aligned, averaged). PyNX *best*: its lowest-error start "
               "(an oracle choice); *LLK pick*: its lowest-LLK start.", "",
               "| object | photons | converged ours | conv. PyNX | conv. PyNX(our SW) | floor ours | floor PyNX | "

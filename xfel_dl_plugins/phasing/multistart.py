@@ -83,7 +83,7 @@ def _roll_to_centre(obj: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, n
 
 def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndarray, iobs: np.ndarray,
                    constrained: np.ndarray, free: np.ndarray, n_keep: int,
-                   max_difference: float = 0.15) -> PatternResult:
+                   max_difference: float = 0.1) -> PatternResult:
     """Keep up to ``n_keep`` starts of lowest LLK, align them on the best (translation, twin, global
     phase), average them, and compute the figures of merit and the PRTF of the average.
 
@@ -124,7 +124,7 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 
 
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
-          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, device: str = "auto",
+          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.1, device: str = "auto",
           keep_starts: bool = False, **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 
