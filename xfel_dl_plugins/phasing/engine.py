@@ -15,7 +15,7 @@ from ..errors import InputDataError
 from . import kernels
 from .backend import ArrayBackend, FourierConstraint, Support, get_backend
 from .metrics import poisson_deviance
-from .support import autocorrelation_support, free_pixel_mask, gaussian_transfer
+from .support import autocorrelation_amplitude, autocorrelation_support, free_pixel_mask, gaussian_transfer
 
 
 class PhasingState:
@@ -124,9 +124,8 @@ class PhasingState:
             return autocorrelation_support(self.iobs_host, self.valid_host, float(threshold), sigma, ndim)
         low, high = threshold
         draws = self.rng.uniform(low, high, (self.n_patterns, self.n_starts) + (1,) * ndim)
-        iobs = np.broadcast_to(self.iobs_host[:, None], self.batch_shape)
-        valid = np.broadcast_to(self.valid_host[:, None], self.batch_shape)
-        return autocorrelation_support(iobs, valid, draws, sigma, ndim)
+        amplitude = autocorrelation_amplitude(self.iobs_host, self.valid_host, sigma, ndim)[:, None]
+        return amplitude > draws * amplitude.max(axis=tuple(range(2, 2 + ndim)), keepdims=True)
 
     def _random_starts(self):
         """Measured amplitudes with uniformly random phases, back-transformed, inside the support."""
