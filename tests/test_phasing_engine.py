@@ -140,6 +140,8 @@ def test_bad_inputs_raise_clear_errors():
         PhasingState(np.ones((1, 16, 16)), n_starts=0)
     with pytest.raises(InputDataError, match="does not match"):
         PhasingState(np.ones((1, 16, 16)), initial_support=np.ones((1, 8, 8), bool))
+    with pytest.raises(InputDataError, match="valid mask"):
+        PhasingState(np.ones((2, 16, 16)), np.ones((4, 8, 16), bool))
 
 
 @pytest.mark.gpu

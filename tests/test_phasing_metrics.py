@@ -88,12 +88,18 @@ def test_prtf_cutoff_where_phases_become_random(obj):
     for _ in range(40):
         noise = np.where(radius > 0.25, np.exp(2j * np.pi * rng.random(obj.shape)), 1)
         runs.append(f * noise)
-    curve = metrics.prtf(np.stack(runs), iobs, np.ones(obj.shape, bool))
-    low = curve.value[(curve.frequency > 0.02) & (curve.frequency < 0.24)]
-    np.testing.assert_allclose(low, 1.0, atol=1e-6)
-    assert np.nanmax(curve.value[curve.frequency > 0.27]) < 0.4
-    assert 0.24 <= curve.cutoff_frequency <= 0.27
-    assert curve.resolution_px == pytest.approx(1 / (2 * curve.cutoff_frequency))
+    for normalise in ("model", "data"):
+        curve = metrics.prtf(np.stack(runs), iobs, np.ones(obj.shape, bool), normalise=normalise)
+        low = curve.value[(curve.frequency > 0.02) & (curve.frequency < 0.24)]
+        np.testing.assert_allclose(low, 1.0, atol=1e-6)
+        assert np.nanmax(curve.value[curve.frequency > 0.27]) < 0.4
+        assert 0.24 <= curve.cutoff_frequency <= 0.27
+        assert curve.resolution_px == pytest.approx(1 / (2 * curve.cutoff_frequency))
+    # Runs that agree but are scaled differently from the data: only the model normalisation stays at 1.
+    scaled = metrics.prtf(np.stack([f * 2, f * 2]), iobs, np.ones(obj.shape, bool))
+    assert np.allclose(scaled.value[1:20], 1.0)
+    with pytest.raises(InputDataError):
+        metrics.prtf(np.stack(runs), iobs, np.ones(obj.shape, bool), normalise="median")
 
 
 def test_frc_identical_noisy_and_threshold(obj):

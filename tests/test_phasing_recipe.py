@@ -20,8 +20,8 @@ class RecordingState:
         self.calls.append(("dm", beta))
         self.iteration += 1
 
-    def shrink_wrap(self, threshold, sigma, method, force_shrink):
-        self.calls.append(("sw", threshold, round(sigma, 6), method))
+    def shrink_wrap(self, threshold, threshold_rms, sigma, method, force_shrink):
+        self.calls.append(("sw", threshold if method == "max" else threshold_rms, round(sigma, 6), method))
 
 
 def test_issue_example_parses_and_runs_left_to_right():
@@ -36,7 +36,7 @@ def test_issue_example_parses_and_runs_left_to_right():
 
 
 def test_parameters_case_and_commas():
-    op = parse_recipe("raar(beta=0.75)**3, hio(beta=.5)**2 * Sw(threshold=0.3, method=rms, force_shrink=true) * er")
+    op = parse_recipe("raar(beta=0.75)**3, hio(beta=.5)**2 * Sw(threshold_rms=0.3, method=rms, force_shrink=true) * er")
     state = RecordingState()
     op.apply(state)
     assert state.calls[:3] == [("raar", 0.75)] * 3
@@ -74,7 +74,8 @@ def test_python_operator_algebra_matches_recipe():
     ("HIO**5 @ ER", "'@' at column 8"),
     ("HIO(beta=2)**5", "beta must be in (0, 1]"),
     ("HIO(gamma=0.5)", "bad parameters for HIO"),
-    ("SW(method=median)*ER", "method must be 'rms' or 'max'"),
+    ("SW(method=median)*ER", "method must be 'rms', 'max' or 'both'"),
+    ("SW(threshold=1.5)*ER", "threshold (relative to the maximum) must be in (0, 1)"),
     ("HIO ER", "token 'ER' at column 5"),
     ("SW**3", "performs no iteration"),
     ("", "recipe is empty"),

@@ -11,6 +11,8 @@ expressions the CPU backend is tested against).
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -77,6 +79,11 @@ class ArrayBackend:
         """Factor the modulus projection may pre-apply to y for the update ``rule`` (1: none)."""
         return 1.0
 
+    def map_chunks(self, func, n_chunks: int) -> None:
+        """Call ``func(k)`` for every chunk index."""
+        for k in range(n_chunks):
+            func(k)
+
     def chunk_length(self, n_pixels: int) -> int:
         """How many arrays of ``n_pixels`` to iterate together (the GPU takes the whole batch)."""
         return 1 << 30
@@ -116,18 +123,35 @@ class NumpyBackend(ArrayBackend):
         import scipy.fft
         self._fft = scipy.fft
         self.workers = workers or len(os.sched_getaffinity(0))
-        self._scratch: dict[tuple, np.ndarray] = {}
+        self._local = threading.local()  # per thread: scratch buffers and FFT worker count
+        self._pool: ThreadPoolExecutor | None = None
+
+    def map_chunks(self, func, n_chunks: int) -> None:
+        """Call ``func(k)`` for every chunk: chunks in parallel threads (one FFT thread each) when
+        there are several, else one chunk with multi-threaded FFTs. NumPy and pocketfft release the
+        GIL, so the elementwise passes run in parallel too."""
+        if n_chunks == 1 or self.workers == 1:
+            for k in range(n_chunks):
+                func(k)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, initializer=lambda: setattr(self._local, "fft_workers", 1))
+        for _ in self._pool.map(func, range(n_chunks)):
+            pass
 
     def _buffer(self, name: str, shape, dtype=np.float32) -> np.ndarray:
+        scratch = self._local.__dict__.setdefault("scratch", {})
         key = (name, tuple(shape), np.dtype(dtype).str)
-        buf = self._scratch.get(key)
+        buf = scratch.get(key)
         if buf is None:
-            self._scratch = {k: v for k, v in self._scratch.items() if k[0] != name}
-            buf = self._scratch[key] = np.empty(shape, dtype)
+            for k in [k for k in scratch if k[0] == name]:
+                del scratch[k]
+            buf = scratch[key] = np.empty(shape, dtype)
         return buf
 
     def _inplace(self, func, a: np.ndarray) -> np.ndarray:
-        out = func(a, axes=self.spatial_axes(a.ndim), overwrite_x=True, workers=self.workers)
+        workers = getattr(self._local, "fft_workers", self.workers)
+        out = func(a, axes=self.spatial_axes(a.ndim), overwrite_x=True, workers=workers)
         if out.ctypes.data != a.ctypes.data:  # pocketfft could not work in place: keep the caller's buffer
             a[...] = out
         return a

@@ -1,9 +1,10 @@
 """The phasing state: many patterns x many random starts iterated as one batched array.
 
-Arrays on the device have shape ``(patterns, starts, *spatial)`` (2D or 3D spatial); measured
-data have ``(patterns, 1, *spatial)`` and broadcast over the starts. Diffraction arrays are
-FFT-centred (zero frequency at index 0); the model intensity is ``|fftn(x)|**2`` (unnormalised
-forward FFT), so an object's scale is that of the photon counts.
+Iterates have shape ``(patterns, starts, *spatial)`` (2D or 3D spatial) and are updated chunk by
+chunk along the flattened (patterns x starts) axis (cache-sized chunks on the CPU, the whole
+batch on the GPU). Diffraction arrays are FFT-centred (zero frequency at index 0); the model
+intensity is ``|fftn(x)|**2`` (unnormalised forward FFT), so an object's scale is that of the
+photon counts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..errors import InputDataError
 from . import kernels
 from .backend import ArrayBackend, FourierConstraint, Support, get_backend
 from .metrics import poisson_deviance
-from .support import autocorrelation_support, free_pixel_mask, gaussian_transfer
+from .support import autocorrelation_amplitude, autocorrelation_support, free_pixel_mask, gaussian_transfer
 
 
 class PhasingState:
@@ -22,13 +23,17 @@ class PhasingState:
 
     Parameters
     ----------
-    iobs, valid : (patterns, *spatial) photon counts (FFT-centred) and measured-pixel mask.
+    iobs, valid : (patterns, *spatial) photon counts (FFT-centred) and measured-pixel mask; a 3D
+        array is a stack of 2D patterns unless ``ndim=3`` (then it is one volume).
     n_starts : random starts per pattern.
     free_fraction : fraction of valid pixels held out for the free LLK (0 disables).
     positivity, reality : object constraints inside the support.
     calc_llk : compute LLK every this many iterations (0: only at the end).
     support_threshold, support_sigma : autocorrelation support: threshold relative to its maximum, or a
         (low, high) range drawn per start for diversity; Gaussian smoothing in px (0: none).
+    support_jitter : each start multiplies every shrink-wrap threshold by its own factor drawn
+        uniformly in [1 - jitter, 1 + jitter] (0: all starts alike). Different objects need different
+        thresholds; the (free) LLK then selects among the starts.
     initial_support, initial_object : optional (patterns[, starts], *spatial) starting points
         (e.g. from a learned phase retriever); they replace the autocorrelation support / random starts.
     """
@@ -36,7 +41,8 @@ class PhasingState:
     def __init__(self, iobs: np.ndarray, valid: np.ndarray | None = None, *, n_starts: int = 8,
                  backend: ArrayBackend | str = "auto", ndim: int | None = None, free_fraction: float = 0.05,
                  positivity: bool = False, reality: bool = False, calc_llk: int = 50,
-                 support_threshold: float | tuple = (0.08, 0.2), support_sigma: float = 0.0, seed: int = 0,
+                 support_threshold: float | tuple = (0.08, 0.2), support_sigma: float = 0.0,
+                 support_jitter: float = 0.2, seed: int = 0,
                  initial_support: np.ndarray | None = None, initial_object: np.ndarray | None = None):
         iobs = np.asarray(iobs, np.float32)
         ndim = ndim or (iobs.ndim - 1 if iobs.ndim in (3, 4) else iobs.ndim)
@@ -44,7 +50,11 @@ class PhasingState:
             iobs = iobs[None]
         if iobs.ndim != ndim + 1 or ndim not in (2, 3):
             raise InputDataError(f"patterns must be (n, ny, nx) or (n, nz, ny, nx), got shape {iobs.shape}")
-        valid = np.ones(iobs.shape, bool) if valid is None else np.asarray(valid, bool).reshape(iobs.shape)
+        if valid is None:
+            valid = np.ones(iobs.shape, bool)
+        elif np.shape(valid) not in (iobs.shape, iobs.shape[1:]):
+            raise InputDataError(f"valid mask of shape {np.shape(valid)} does not match patterns {iobs.shape}")
+        valid = np.broadcast_to(np.asarray(valid, bool), iobs.shape)
         valid = valid & np.isfinite(iobs) & (iobs >= 0)
         if not valid.any(axis=tuple(range(1, iobs.ndim))).all():
             raise InputDataError("a pattern has no valid pixel: cannot phase it")
@@ -82,6 +92,11 @@ class PhasingState:
         self.constraints = [FourierConstraint(self.backend, amp[self.pattern_of[c]], fixed[self.pattern_of[c]])
                             for c in self.chunks]
 
+        if not 0 <= support_jitter < 1:
+            raise InputDataError(f"support_jitter must be in [0, 1), got {support_jitter}")
+        jitter = self.rng.uniform(1 - support_jitter, 1 + support_jitter, (self.n_patterns, self.n_starts))
+        self.threshold_factor = xp.asarray(jitter.reshape(jitter.shape + (1,) * ndim).astype(np.float32))
+        self.odd_starts = xp.asarray((np.arange(self.n_starts) % 2 == 1).reshape((1, -1) + (1,) * ndim))
         if initial_support is None:
             initial_support = self._autocorrelation_supports(support_threshold, support_sigma, ndim)
         self.set_support(xp.asarray(self._per_start(initial_support, bool)))
@@ -109,9 +124,8 @@ class PhasingState:
             return autocorrelation_support(self.iobs_host, self.valid_host, float(threshold), sigma, ndim)
         low, high = threshold
         draws = self.rng.uniform(low, high, (self.n_patterns, self.n_starts) + (1,) * ndim)
-        iobs = np.broadcast_to(self.iobs_host[:, None], self.batch_shape)
-        valid = np.broadcast_to(self.valid_host[:, None], self.batch_shape)
-        return autocorrelation_support(iobs, valid, draws, sigma, ndim)
+        amplitude = autocorrelation_amplitude(self.iobs_host, self.valid_host, sigma, ndim)[:, None]
+        return amplitude > draws * amplitude.max(axis=tuple(range(2, 2 + ndim)), keepdims=True)
 
     def _random_starts(self):
         """Measured amplitudes with uniformly random phases, back-transformed, inside the support."""
@@ -159,7 +173,9 @@ class PhasingState:
         record = self._llk_due()
         x_f, y_f = self._flat(self.x), self._flat(self.y)
         scale = 1.0 if self.reality else self.backend.feedback_scale(rule, beta)
-        for k, c in enumerate(self.chunks):
+
+        def chunk_iteration(k: int) -> None:
+            c = self.chunks[k]
             x, support = x_f[c], self.chunk_supports[k]
             y = self._project_chunk(k, self.backend.copy_(y_f[c], x), scale, record)
             if self.reality:
@@ -172,6 +188,8 @@ class PhasingState:
                 self.x = new.reshape(self.batch_shape)
             elif new is not x:
                 x[...] = new
+
+        self.backend.map_chunks(chunk_iteration, len(self.chunks))
         self.iteration += 1
 
     def iterate_dm(self, beta: float) -> None:
@@ -187,19 +205,21 @@ class PhasingState:
         self.x = kernels.dm_combine(self.x, ps_fm, pm_fs, np.float32(beta)).astype(np.complex64)
         self.iteration += 1
 
-    def shrink_wrap(self, threshold: float, sigma: float, method: str, force_shrink: bool) -> None:
-        """New support where the Gaussian-smoothed |x| exceeds threshold x (max | rms in support)."""
+    def shrink_wrap(self, threshold: float, threshold_rms: float, sigma: float, method: str,
+                    force_shrink: bool) -> None:
+        """New support where the Gaussian-smoothed |x| exceeds threshold x max (or threshold_rms x rms
+        in the current support); ``method='both'``: the rms rule for every other start."""
         xp = self.xp
         y = self.backend.fft_(abs(self.x).astype(np.complex64))
         y *= gaussian_transfer(self.spatial, sigma, xp)
         smooth = self.backend.ifft_(y).real
-        if method == "max":
-            ref = smooth.max(axis=self.axes, keepdims=True)
-        else:
+        level = np.float32(threshold) * smooth.max(axis=self.axes, keepdims=True)
+        if method != "max":
             inside = self.support_mask
             n_in = xp.maximum(inside.sum(axis=self.axes, keepdims=True), 1)
-            ref = xp.sqrt((smooth * smooth * inside).sum(axis=self.axes, keepdims=True) / n_in)
-        new = smooth > np.float32(threshold) * ref
+            rms_level = np.float32(threshold_rms) * xp.sqrt((smooth * smooth * inside).sum(axis=self.axes, keepdims=True) / n_in)
+            level = rms_level if method == "rms" else xp.where(self.odd_starts, rms_level, level)
+        new = smooth > level * self.threshold_factor
         if force_shrink:
             new &= self.support_mask
         empty = ~new.any(axis=self.axes, keepdims=True)  # keep the old support rather than none
@@ -210,12 +230,13 @@ class PhasingState:
         """Poisson LLK (constrained pixels, per degree of freedom) and free LLK of the arrays F of a chunk."""
         xp = self.xp
         patterns = self.pattern_of[chunk]
-        dev = poisson_deviance(self.iobs[patterns], self.backend.intensity(f), xp)
+        rows = xp.asarray(patterns)
+        dev = poisson_deviance(self.iobs[rows], self.backend.intensity(f), xp)
         axes = tuple(range(1, dev.ndim))
         n_sup = self.support_size.reshape(-1)[chunk]
         dof = np.maximum(self.n_constrained[patterns] - n_sup, 1)
-        self.llk.reshape(-1)[chunk] = self.backend.to_numpy((dev * self.w_constrained[patterns]).sum(axis=axes)) / dof
-        free = self.backend.to_numpy((dev * self.w_free[patterns]).sum(axis=axes))
+        self.llk.reshape(-1)[chunk] = self.backend.to_numpy((dev * self.w_constrained[rows]).sum(axis=axes)) / dof
+        free = self.backend.to_numpy((dev * self.w_free[rows]).sum(axis=axes))
         self.llk_free.reshape(-1)[chunk] = free / np.maximum(self.n_free[patterns], 1) if self.n_free.any() else np.nan
 
     def update_llk(self) -> None:

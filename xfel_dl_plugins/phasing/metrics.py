@@ -200,21 +200,28 @@ def _cutoff(freq: np.ndarray, value: np.ndarray, threshold: np.ndarray) -> float
     return float(f[i - 1] + (f[i] - f[i - 1]) * d0 / (d0 - d1))
 
 
-def prtf(aligned_fts: np.ndarray, iobs: np.ndarray, valid: np.ndarray) -> ResolutionCurve:
+def prtf(aligned_fts: np.ndarray, iobs: np.ndarray, valid: np.ndarray, normalise: str = "model") -> ResolutionCurve:
     """Phase-retrieval transfer function of independent reconstructions.
 
     ``aligned_fts`` (n_runs, *shape): Fourier transforms of the runs after alignment (translation,
-    twin, global phase removed). PRTF(q) = sum_shell |<F_j>_j| / sum_shell sqrt(I_o) over valid pixels.
+    twin, global phase removed). PRTF(q) = sum_shell |<F_j>_j| / sum_shell <|F_j|>_j over valid
+    pixels (``normalise='model'``, the default), or / sum_shell sqrt(I_o) (``normalise='data'``, the
+    textbook form). With few photons per pixel, sum sqrt(I_o) underestimates the amplitude (Poisson
+    zeros), which pushes the textbook PRTF above 1 at high q; the model normalisation measures the
+    phase reproducibility alone and is 1 where all runs agree.
     """
     aligned_fts = np.asarray(aligned_fts)
     if aligned_fts.shape[1:] != iobs.shape:
         raise InputDataError(f"PRTF: reconstructions {aligned_fts.shape[1:]} and data {iobs.shape} differ")
+    if normalise not in ("model", "data"):
+        raise InputDataError(f"PRTF: normalise must be 'model' or 'data', got {normalise!r}")
     mean_amp = np.abs(aligned_fts.mean(axis=0))
     shell, freq = radial_shells(iobs.shape)
     w = np.asarray(valid, bool).ravel()
     idx = shell.ravel()[w]
     num = np.bincount(idx, mean_amp.ravel()[w], minlength=len(freq))
-    den = np.bincount(idx, np.sqrt(np.clip(iobs.ravel()[w], 0, None)), minlength=len(freq))
+    reference = np.abs(aligned_fts).mean(axis=0) if normalise == "model" else np.sqrt(np.clip(iobs, 0, None))
+    den = np.bincount(idx, reference.ravel()[w], minlength=len(freq))
     with np.errstate(invalid="ignore", divide="ignore"):
         value = np.where(den > 0, num / den, np.nan)
     threshold = np.full_like(value, PRTF_THRESHOLD)

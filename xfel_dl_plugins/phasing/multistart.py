@@ -33,8 +33,8 @@ class PatternResult:
     llk: float  # Poisson LLK of the reconstruction (constrained pixels, per degree of freedom)
     llk_free: float  # Poisson LLK over the held-out free pixels (NaN without free pixels)
     r_factor: float
-    prtf: ResolutionCurve  # over the kept starts
-    kept: np.ndarray  # indices of the kept starts, best first
+    prtf: ResolutionCurve  # over the n_keep best starts
+    kept: np.ndarray  # indices of the averaged starts, best first
 
     @property
     def resolution_px(self) -> float:
@@ -83,30 +83,25 @@ def _roll_to_centre(obj: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, n
 
 def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndarray, iobs: np.ndarray,
                    constrained: np.ndarray, free: np.ndarray, n_keep: int,
-                   max_difference: float = 0.15) -> PatternResult:
-    """Keep up to ``n_keep`` starts of lowest LLK, align them on the best (translation, twin, global
-    phase), average them, and compute the figures of merit and the PRTF of the average.
-
-    A start joins the average only if, after alignment, it differs from the best by at most
-    ``max_difference`` (relative norm): starts stuck in another solution would blur the average.
+                   max_difference: float = 0.1) -> PatternResult:
+    """Align the ``n_keep`` starts of lowest LLK on the best (translation, twin, global phase),
+    compute their PRTF, and average those that, after alignment, differ from the best by at most
+    ``max_difference`` (relative norm: starts stuck in another solution would blur the average);
+    figures of merit are those of the average.
 
     ``start_llk`` ranks the starts: pass the free LLK where free pixels exist (it penalises
     over-fitting supports, which the LLK over constrained pixels rewards).
     """
     order = np.argsort(np.where(np.isfinite(start_llk), start_llk, np.inf), kind="stable")
-    f_ref = sfft.fftn(objects[order[0]].astype(np.complex128))
-    kept, fts = [order[0]], [f_ref]
-    for k in order[1:]:
-        if len(kept) >= n_keep:
-            break
-        alignment = align_fourier(f_ref, sfft.fftn(objects[k].astype(np.complex128)))
-        if alignment.error <= max_difference:
-            kept.append(k)
-            fts.append(alignment.aligned_ft)
-    kept, fts = np.array(kept), np.stack(fts)
-    mean_ft = fts.mean(axis=0)
+    top = order[:max(1, min(n_keep, len(order)))]
+    f_ref = sfft.fftn(objects[top[0]].astype(np.complex128))
+    alignments = [align_fourier(f_ref, sfft.fftn(objects[k].astype(np.complex128))) for k in top[1:]]
+    fts = np.stack([f_ref] + [a.aligned_ft for a in alignments])
+    agree = np.array([True] + [a.error <= max_difference for a in alignments])
+    kept = top[agree]
+    mean_ft = fts[agree].mean(axis=0)
     valid = constrained | free
-    curve = prtf(fts, iobs, valid) if len(kept) > 1 else _undetermined_prtf(iobs.shape)
+    curve = prtf(fts, iobs, valid) if len(top) > 1 else _undetermined_prtf(iobs.shape)
     icalc = np.abs(mean_ft) ** 2
     icalc *= best_intensity_scale(iobs, icalc, constrained)
     support = supports[kept[0]]
@@ -124,7 +119,7 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 
 
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
-          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, device: str = "auto",
+          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.1, device: str = "auto",
           keep_starts: bool = False, **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 

@@ -162,23 +162,28 @@ class SW(Operator):
 
     The amplitude |x| is smoothed by a Gaussian whose width (pixels) decays geometrically from
     ``sigma`` to ``sigma_end`` over the first ``decay`` iterations of the run; the new support is
-    where the smoothed amplitude exceeds ``threshold`` times its maximum (``method='max'``) or its
-    root-mean-square inside the current support (``method='rms'``). ``force_shrink`` only removes
-    pixels.
+    where the smoothed amplitude exceeds ``threshold`` times its maximum (``method='max'``) or
+    ``threshold_rms`` times its root-mean-square inside the current support (``method='rms'``).
+    ``method='both'`` (default) gives every other start the rms rule: compact uniform particles
+    favour the max rule, textured ones with weak parts the rms rule, and the (free) LLK selects
+    among the starts. ``force_shrink`` only removes pixels.
     """
 
     threshold: float = 0.15
+    threshold_rms: float = 0.25
     sigma: float = 2.0
     sigma_end: float = 1.0
     decay: int = 500
-    method: str = "max"
+    method: str = "both"
     force_shrink: bool = False
 
     def __post_init__(self):
-        if self.method not in ("rms", "max"):
-            raise StageError(f"SW: method must be 'rms' or 'max', got {self.method!r}")
-        if not 0.0 < self.threshold < (1.0 if self.method == "max" else 10.0):
-            raise StageError(f"SW: threshold out of range for method '{self.method}': {self.threshold}")
+        if self.method not in ("rms", "max", "both"):
+            raise StageError(f"SW: method must be 'rms', 'max' or 'both', got {self.method!r}")
+        if not 0.0 < self.threshold < 1.0:
+            raise StageError(f"SW: threshold (relative to the maximum) must be in (0, 1), got {self.threshold}")
+        if not 0.0 < self.threshold_rms < 10.0:
+            raise StageError(f"SW: threshold_rms must be in (0, 10), got {self.threshold_rms}")
         if self.sigma < 0 or self.sigma_end < 0:
             raise StageError("SW: sigma and sigma_end must be >= 0")
         if int(self.decay) < 1:
@@ -193,8 +198,9 @@ class SW(Operator):
         return float(self.sigma * (self.sigma_end / self.sigma) ** frac)
 
     def apply(self, state) -> None:
-        state.shrink_wrap(self.threshold, self.current_sigma(state.iteration), self.method, self.force_shrink)
+        state.shrink_wrap(self.threshold, self.threshold_rms, self.current_sigma(state.iteration), self.method,
+                          self.force_shrink)
 
     def __repr__(self) -> str:
-        return (f"SW(threshold={self.threshold:g}, sigma={self.sigma:g}, sigma_end={self.sigma_end:g}, "
-                f"decay={self.decay}, method={self.method})")
+        return (f"SW(threshold={self.threshold:g}, threshold_rms={self.threshold_rms:g}, sigma={self.sigma:g}, "
+                f"sigma_end={self.sigma_end:g}, decay={self.decay}, method={self.method})")

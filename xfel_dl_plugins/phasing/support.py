@@ -22,24 +22,30 @@ def gaussian_transfer(shape: tuple[int, ...], sigma: float, xp=np):
     return xp.exp(np.float32(-2 * np.pi ** 2 * sigma ** 2) * frequency_squared(shape, xp))
 
 
-def autocorrelation_support(iobs: np.ndarray, valid: np.ndarray, threshold=0.1,
-                            sigma: float = 0.0, ndim: int | None = None) -> np.ndarray:
-    """Initial support from the object's autocorrelation (the inverse FFT of the intensity).
-
-    Unmeasured pixels count as zero intensity; |autocorrelation| is smoothed by a Gaussian of
-    ``sigma`` pixels (0: not smoothed) and thresholded at ``threshold`` times its maximum
-    (a scalar or an array broadcasting against the stack). The autocorrelation
-    support is about twice the object in each direction; shrink-wrap reduces it. Works on a stack
-    (leading axes) of patterns whose last ``ndim`` axes are the diffraction array.
-    """
+def autocorrelation_amplitude(iobs: np.ndarray, valid: np.ndarray, sigma: float = 0.0,
+                              ndim: int | None = None) -> np.ndarray:
+    """|autocorrelation| of the object (inverse FFT of the intensity, unmeasured pixels as zero),
+    optionally smoothed by a Gaussian of ``sigma`` pixels; for a stack (leading axes) of patterns."""
     ndim = ndim or iobs.ndim
     axes = tuple(range(iobs.ndim - ndim, iobs.ndim))
     data = np.where(valid, np.clip(iobs, 0, None), 0).astype(np.float32)
-    smooth = np.abs(sfft.ifftn(data, axes=axes))
+    amplitude = np.abs(sfft.ifftn(data, axes=axes))
     if sigma > 0:
-        smooth = sfft.ifftn(sfft.fftn(smooth, axes=axes) * gaussian_transfer(iobs.shape[-ndim:], sigma), axes=axes).real
-    peak = smooth.max(axis=axes, keepdims=True)
-    return smooth > threshold * peak
+        amplitude = sfft.ifftn(sfft.fftn(amplitude, axes=axes) * gaussian_transfer(iobs.shape[-ndim:], sigma),
+                               axes=axes).real
+    return amplitude
+
+
+def autocorrelation_support(iobs: np.ndarray, valid: np.ndarray, threshold=0.1,
+                            sigma: float = 0.0, ndim: int | None = None) -> np.ndarray:
+    """Initial support from the object's autocorrelation: |autocorrelation| (see
+    :func:`autocorrelation_amplitude`) above ``threshold`` times its maximum (a scalar or an array
+    broadcasting against the stack). It is about twice the object in each direction; shrink-wrap
+    reduces it."""
+    ndim = ndim or iobs.ndim
+    amplitude = autocorrelation_amplitude(iobs, valid, sigma, ndim)
+    axes = tuple(range(iobs.ndim - ndim, iobs.ndim))
+    return amplitude > threshold * amplitude.max(axis=axes, keepdims=True)
 
 
 def free_pixel_mask(valid: np.ndarray, fraction: float = 0.05, island_radius: int = 2,

@@ -28,8 +28,12 @@ class PhaseRetriever(Stage):
                         "'**n' repeat, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
         "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
         "n_keep": Param(4, int, "best starts (by free LLK) aligned and averaged", min=1, max=1024),
-        "support_threshold": Param(0.15, float, "shrink-wrap threshold for SW steps that do not set one", min=0.0),
-        "support_method": Param("max", str, "shrink-wrap threshold relative to", choices=("max", "rms")),
+        "support_threshold": Param(0.15, float, "shrink-wrap threshold relative to the maximum (SW steps that "
+                                   "do not set one)", min=0.0, max=1.0),
+        "support_threshold_rms": Param(0.25, float, "shrink-wrap threshold relative to the rms in the support",
+                                       min=0.0, max=10.0),
+        "support_method": Param("both", str, "shrink-wrap rule: max, rms, or both (alternating over starts)",
+                                choices=("max", "rms", "both")),
         "support_sigma": Param(2.0, float, "shrink-wrap smoothing width at the start", "px", min=0.0),
         "support_sigma_end": Param(1.0, float, "shrink-wrap smoothing width after the decay", "px", min=0.0),
         "support_init": Param([0.08, 0.2], list, "autocorrelation support threshold range (relative to its "
@@ -61,7 +65,8 @@ class PhaseRetriever(Stage):
         init = self.p.support_init
         if len(init) != 2 or not all(isinstance(v, (int, float)) for v in init) or not 0 < init[0] <= init[1] < 1:
             raise StageError(f"parameter 'support_init' must be [low, high] with 0 < low <= high < 1, got {init!r}")
-        sw_defaults = dict(threshold=self.p.support_threshold, method=self.p.support_method,
+        sw_defaults = dict(threshold=self.p.support_threshold, threshold_rms=self.p.support_threshold_rms,
+                           method=self.p.support_method,
                            sigma=self.p.support_sigma, sigma_end=self.p.support_sigma_end)
         self.schedule = parse_recipe(self.p.recipe, sw_defaults=sw_defaults)
         self.backend = get_backend(self.context.device, ndim=2)
