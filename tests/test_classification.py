@@ -216,3 +216,20 @@ def test_batchnorm_folding_preserves_the_network():
     x = torch.from_numpy(network_input(patterns, valid))
     with torch.inference_mode():
         np.testing.assert_allclose(fused.eval()(x).numpy(), trained.eval()(x).numpy(), atol=1e-5)
+
+
+def test_labelled_cxi_as_written_by_the_simulator(tmp_path):
+    from xfel_dl_plugins.classification.fewshot import read_labelled_dataset
+    from xfel_dl_plugins.io.cxi import write_cxi
+
+    patterns, valid, labels = synthetic_frames(6, 4)
+    path = write_cxi(tmp_path / "s.cxi", patterns, mask=(~valid[0]).astype(np.uint8), distance_m=0.705,
+                     pixel_size_m=0.8e-3, photon_energy_eV=6000.0,
+                     extra={"hit_class": labels.astype(np.int8), "class_names": np.array([c.encode() for c in CLASS_NAMES])})
+    support = read_labelled_dataset(path)
+    assert list(support.labels) == [CLASS_NAMES[i] for i in labels]
+    np.testing.assert_array_equal(support.valid[0], valid[0])
+    empty = tmp_path / "e.npz"
+    np.savez(empty, patterns=patterns)
+    with pytest.raises(InputDataError, match="no labels"):
+        read_labelled_dataset(empty)
