@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 GRID = {"size": 64, "binning": 4, "pixel_size_m": 200e-6, "distance_m": 0.705, "photon_energy_eV": 6000.0}
 LAYERS = [[8, 2], [16, 2], [16, 2]]
+RINGS = 8
 
 
 def _save(tmp_path, arch, extra, name):
@@ -34,14 +35,14 @@ def _save(tmp_path, arch, extra, name):
 
 @pytest.fixture
 def classifier_weights(tmp_path):
-    arch = {"type": "classifier", "in_channels": 2, "layers": LAYERS, "hidden": 8, "n_classes": 4}
+    arch = {"type": "classifier", "in_channels": 2, "layers": LAYERS, "hidden": 8, "n_classes": 4, "input_size": 64, "rings": RINGS}
     cal = {"calibration": {"temperature": 1.5, "energy_quantiles": list(np.linspace(-3, 0, 11))}}
     return _save(tmp_path, arch, cal, "clf")
 
 
 @pytest.fixture
 def encoder_weights(tmp_path):
-    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8}
+    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8, "input_size": 64, "rings": RINGS}
     return _save(tmp_path, arch, {}, "enc")
 
 
@@ -202,7 +203,7 @@ def test_batchnorm_folding_preserves_the_network():
     from xfel_dl_plugins.classification.inputs import network_input
     from xfel_dl_plugins.classification.models import build_model, fused_state
 
-    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8}
+    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8, "input_size": 64, "rings": RINGS}
     torch.manual_seed(1)
     trained = build_model(arch)
     for module in trained.modules():  # non-trivial running statistics

@@ -78,7 +78,8 @@ def _augment_config(cfg: dict) -> AugmentConfig:
 
 def _arch(cfg: dict) -> dict:
     m = cfg["model"]
-    arch = {"type": m["type"], "in_channels": 2, "layers": [list(map(int, layer)) for layer in m["layers"]], "hidden": int(m["hidden"])}
+    arch = {"type": m["type"], "in_channels": 2, "layers": [list(map(int, layer)) for layer in m["layers"]],
+            "hidden": int(m["hidden"]), "input_size": int(cfg["grid"]["size"]), "rings": int(m.get("rings", 0))}
     if m["type"] == "classifier":
         arch.update(n_classes=len(CLASS_NAMES), dropout=float(m.get("dropout", 0.2)))
     else:
