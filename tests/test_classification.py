@@ -234,3 +234,23 @@ def test_labelled_cxi_as_written_by_the_simulator(tmp_path):
     np.savez(empty, patterns=patterns)
     with pytest.raises(InputDataError, match="no labels"):
         read_labelled_dataset(empty)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch)")
+def test_classifier_on_cuda_matches_cpu(classifier_weights):
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    patterns, valid, _ = synthetic_frames(8, 6)
+    cpu = ClassifierModel(path=classifier_weights).predict(patterns, valid)
+    gpu = ClassifierModel(path=classifier_weights, device="cuda").predict(patterns, valid)
+    np.testing.assert_allclose(gpu["probabilities"], cpu["probabilities"], atol=1e-4)
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(classifier_weights):
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(StageError, match="cuda"):
+        ClassifierModel(path=classifier_weights, device="cuda")
