@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
+from scipy import ndimage
 from scipy.spatial import ConvexHull, HalfspaceIntersection
 
 from ..errors import XfelDLError
@@ -143,7 +144,7 @@ def polyhedron_map(shape: str, radius_m: float, density_e_m3: float, voxel_m: fl
     """Regular polyhedron of volume-equivalent radius ``radius_m``, a face normal set as in :func:`polyhedron`."""
     normals, inradius = polyhedron(shape)
     h = inradius * radius_m
-    circumradius = h * _circum_over_in(shape)
+    circumradius = h * circumradius_over_inradius(shape)
     n = n or grid_size_for(circumradius, voxel_m)
     x, y, z = _grid(n, voxel_m)
     sd = np.full((n, n, n), -np.inf)
@@ -153,7 +154,7 @@ def polyhedron_map(shape: str, radius_m: float, density_e_m3: float, voxel_m: fl
 
 
 @lru_cache(maxsize=None)
-def _circum_over_in(shape: str) -> float:
+def circumradius_over_inradius(shape: str) -> float:
     normals, _ = polyhedron(shape)
     hs = HalfspaceIntersection(np.hstack([normals, -np.ones((len(normals), 1))]), np.zeros(3))
     return float(np.linalg.norm(hs.intersections, axis=1).max())
@@ -178,11 +179,15 @@ class FourierMap:
     """The continuous Fourier transform F(q) (electrons) of a density map, sampled at any q.
 
     The map is zero-padded ``oversampling`` times, transformed once, and divided by the transfer
-    function of the cell average (sinc per axis); F at arbitrary q (any orientation, any particle
-    scale) is then a trilinear interpolation of the oversampled grid. Valid up to |q_i| < pi/voxel.
+    function of the cell average (sinc per axis). F at arbitrary q (any orientation, any particle
+    scale) is then interpolated from the oversampled grid: by default with cubic B-splines (the grid
+    is prefiltered once; amplitude errors ~1% at oversampling 2), or trilinearly (``"linear"``,
+    faster, needs oversampling >= 4 for ~5% errors). Valid up to |q| < pi / voxel.
     """
 
-    def __init__(self, density: DensityMap, oversampling: int = 4):
+    def __init__(self, density: DensityMap, oversampling: int = 2, interpolation: str = "cubic"):
+        if interpolation not in ("cubic", "linear"):
+            raise XfelDLError(f"interpolation must be 'cubic' or 'linear', got {interpolation!r}")
         n = density.values.shape[0]
         m = scipy.fft.next_fast_len(int(np.ceil(oversampling * n)))
         m += m % 2
@@ -190,17 +195,22 @@ class FourierMap:
         start = m // 2 - n // 2
         padded[start:start + n, start:start + n, start:start + n] = density.values
         spectrum = scipy.fft.fftshift(scipy.fft.fftn(scipy.fft.ifftshift(padded), workers=-1))
+        del padded
         spectrum *= density.voxel_m**3
         dq = 2 * np.pi / (m * density.voxel_m)
         k = (np.arange(m) - m // 2) * dq * density.voxel_m / 2
         transfer = np.sinc(k / np.pi)  # FT of a cell average: sin(q d/2)/(q d/2) per axis
         spectrum /= transfer[:, None, None] * transfer[None, :, None] * transfer[None, None, :]
         self.is_real = bool(np.abs(spectrum.imag).max() <= 1e-5 * np.abs(spectrum.real).max())
-        self.grid = np.ascontiguousarray(spectrum.real if self.is_real else spectrum).astype(
-            np.float32 if self.is_real else np.complex64)
+        parts = [spectrum.real] if self.is_real else [spectrum.real, spectrum.imag]
+        del spectrum
+        if interpolation == "cubic":
+            parts = [ndimage.spline_filter(p.astype(np.float32), order=3, output=np.float32, mode="mirror") for p in parts]
+        self.parts = [np.ascontiguousarray(p, dtype=np.float32) for p in parts]
+        self.interpolation = interpolation
         self.size = m
         self.dq = dq
-        self.q_max = np.pi / density.voxel_m * (m // 2 - 1) / (m // 2)
+        self.q_max = dq * (m // 2 - 2)
         self.voxel_m = density.voxel_m
         self.electrons = density.electrons
 
@@ -215,7 +225,17 @@ class FourierMap:
             raise XfelDLError(
                 f"density map voxel ({self.voxel_m * scale * 1e9:.2f} nm at this size) is too coarse for "
                 f"the detector's q range: need voxels below {np.pi / reach * scale * 1e9:.2f} nm")
-        return trilinear(self.grid, qb / self.dq + self.size // 2) * scale**3
+        coords = (qb / self.dq + self.size // 2).astype(np.float32)
+        interp = tricubic if self.interpolation == "cubic" else trilinear
+        values = [interp(p, coords) for p in self.parts]
+        out = values[0] if self.is_real else values[0] + 1j * values[1]
+        return out * np.float32(scale**3)
+
+
+def tricubic(coeffs: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Cubic B-spline interpolation of prefiltered ``coeffs`` (3D) at fractional indices ``coords`` (..., 3)."""
+    c = coords.reshape(-1, 3).T
+    return ndimage.map_coordinates(coeffs, c, order=3, prefilter=False, output=np.float32).reshape(coords.shape[:-1])
 
 
 def trilinear(grid: np.ndarray, coords: np.ndarray) -> np.ndarray:

@@ -8,13 +8,24 @@ from .rotation import to_body_frame
 
 
 def sphere_shape_factor(x):
-    """3 (sin x - x cos x) / x^3, the normalised amplitude of a sphere at x = qR (1 at x = 0)."""
+    """3 (sin x - x cos x) / x^3, the normalised amplitude of a sphere at x = qR (1 at x = 0).
+
+    Computed in the precision of ``x`` (float32 input stays float32); below |x| = 0.05, where the
+    closed form cancels, the Taylor series 1 - x^2/10 + x^4/280 is used.
+    """
     x = np.asarray(x)
-    small = np.abs(x) < 1e-2
-    xs = np.where(small, 1.0, x)
-    exact = 3 * (np.sin(xs) - xs * np.cos(xs)) / xs**3
-    x2 = x * x
-    return np.where(small, 1 - x2 / 10 + x2 * x2 / 280, exact)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    xs = np.where(np.abs(x) < 0.05, np.asarray(1.0, x.dtype), x)
+    out = np.sin(xs)
+    out -= xs * np.cos(xs)
+    out *= 3
+    out /= xs * xs * xs
+    small = np.abs(x) < 0.05
+    if small.any():
+        x2 = x[small] * x[small]
+        out[small] = 1 - x2 / 10 + x2 * x2 / 280
+    return out
 
 
 def sphere_amplitude(q_abs, radius_m: float, density_e_m3: float):

@@ -30,6 +30,7 @@ class PolyhedronEdges:
     edge_tangent: np.ndarray  # (K, 3)
     edge_length: np.ndarray  # (K,)
     edge_mid: np.ndarray  # (K, 3)
+    rg2: float  # squared radius of gyration
 
 
 @lru_cache(maxsize=None)
@@ -37,7 +38,8 @@ def polyhedron_edges(shape: str) -> PolyhedronEdges:
     normals, inradius = polyhedron(shape)
     hs = HalfspaceIntersection(np.hstack([normals, -inradius * np.ones((len(normals), 1))]), np.zeros(3))
     verts = np.unique(np.round(hs.intersections, 12), axis=0)
-    faces, areas, ef, en, et, el, em = [], [], [], [], [], [], []
+    areas, ef, en, et, el, em = [], [], [], [], [], []
+    second_moment = 0.0
     for f, n in enumerate(normals):
         on = verts[np.abs(verts @ n - inradius) < 1e-9]
         centre = on.mean(axis=0)
@@ -61,33 +63,58 @@ def polyhedron_edges(shape: str) -> PolyhedronEdges:
             em.append((a + b) / 2)
             area += 0.5 * np.linalg.norm(np.cross(a - centre, b - centre))
         areas.append(area)
-    return PolyhedronEdges(normals, np.array(areas), np.full(len(normals), inradius), 4 / 3 * np.pi,
-                           np.array(ef), np.array(en), np.array(et), np.array(el), np.array(em))
+        for a, b in zip(ring, np.roll(ring, -1, axis=0)):  # tetrahedra (origin, centre, a, b)
+            vol = abs(np.dot(centre, np.cross(a, b))) / 6
+            second_moment += vol / 20 * (centre @ centre + a @ a + b @ b + (centre + a + b) @ (centre + a + b))
+    volume = 4 / 3 * np.pi
+    return PolyhedronEdges(normals, np.array(areas), np.full(len(normals), inradius), volume,
+                           np.array(ef), np.array(en), np.array(et), np.array(el), np.array(em),
+                           second_moment / volume)
 
 
 def polyhedron_amplitude(q_body: np.ndarray, shape: str, radius_m: float, density_e_m3: float) -> np.ndarray:
     """Amplitude (electrons, real: the regular polyhedra are centrosymmetric) of a regular polyhedron
     of volume-equivalent radius ``radius_m`` at body-frame ``q_body`` (..., 3). Float32 arithmetic."""
-    p = polyhedron_edges(shape)
-    u = _edge_pairs(shape)
     shp = q_body.shape[:-1]
     q = (np.asarray(q_body).reshape(-1, 3) * radius_m).astype(np.float32)  # unit-radius body
+    out = np.empty(len(q), np.float32)
+    for start in range(0, len(q), _CHUNK):  # chunks that stay in cache
+        out[start:start + _CHUNK] = _unit_amplitude(q[start:start + _CHUNK], shape)
+    return (density_e_m3 * radius_m**3) * out.reshape(shp)
+
+
+_CHUNK = 4096
+
+
+def _unit_amplitude(q: np.ndarray, shape: str) -> np.ndarray:
+    p = polyhedron_edges(shape)
+    u = _edge_pairs(shape)
     q2 = np.einsum("pi,pi->p", q, q)
     qn = q @ u.normals_t  # (P, F)
     qf2 = q2[:, None] - qn * qn  # in-plane |q|^2 per face
     # opposite edges (c, -c) share sinc and cos: one trigonometric term per pair
     half = q @ u.half_tangent_t  # (P, U): q.t L/2
-    small_h = np.abs(half) < 1e-4
-    sinc = np.where(small_h, 1.0, np.sin(half) / np.where(small_h, 1.0, half))
-    trig = sinc * np.cos(q @ u.mid_t) * u.length  # (P, U)
-    terms = (q @ u.edge_normal_t) * (trig @ u.expand)  # (P, K)
-    face_sum = terms @ u.incidence  # (P, F)
-    small_f = qf2 < 1e-8 * np.maximum(q2[:, None], 1e-30)
-    face_int = np.where(small_f, u.face_area * np.cos(qn * u.face_offset),  # real part of the face integral
-                        -face_sum / np.where(small_f, 1.0, qf2))
-    small = q2 < 1e-8
-    amp = np.where(small, p.volume * (1 - q2 / 10), np.einsum("pf,pf->p", qn, face_int) / np.where(small, 1.0, q2))
-    return (density_e_m3 * radius_m**3) * amp.reshape(shp)
+    half[np.abs(half) < 1e-4] = 1e-4  # sinc(1e-4) = 1 in float32
+    trig = np.sin(half)
+    trig /= half
+    trig *= np.cos(q @ u.mid_t)
+    trig *= u.length  # (P, U)
+    terms = q @ u.edge_normal_t
+    terms *= trig @ u.expand  # (P, K)
+    face_int = terms @ u.incidence  # (P, F): sum over the edges of each face
+    small_f = qf2 < 1e-6 * np.maximum(q2[:, None], 1e-12)
+    qf2[small_f] = 1.0
+    face_int /= qf2
+    face_int *= -1.0
+    if small_f.any():  # q along a face normal: the face integral is its area times the phase
+        rows, faces = np.nonzero(small_f)
+        face_int[rows, faces] = u.face_area[faces] * np.cos(qn[rows, faces] * u.face_offset[faces])
+    num = np.einsum("pf,pf->p", qn, face_int)
+    small = q2 < 2.5e-3  # |qR| < 0.05: the edge sums cancel in float32; use the Guinier series
+    amp = num / np.where(small, 1.0, q2)
+    if small.any():
+        amp[small] = p.volume * (1 - q2[small] * p.rg2 / 6)
+    return amp
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,18 @@ class SpeciesConfig:
     members: tuple = (3, 12)  # cluster: number of spheres
     map_file: str | None = None  # map: .npy (N,N,N) electrons/A^3
     map_voxel_nm: float | None = None
+    method: str = "analytic"  # polyhedra: "analytic" (exact edge sums) or "map" (3D-map path)
     weight: float = 1.0
+
+
+@dataclass
+class OutputConfig:
+    n_patterns: int = 1000  # patterns (agipd1m: frames; rounded up to whole trains)
+    seed: int = 0
+    projected_density: bool = True  # grid detectors: store the projected electron density per pattern
+    frames_per_train: int = 32  # agipd1m
+    first_train_id: int = 10000  # agipd1m
+    run_number: int = 1  # agipd1m
 
 
 @dataclass
@@ -111,11 +122,12 @@ class SimulationConfig:
     hit_fractions: dict = field(default_factory=lambda: {"blank": 0.5, "single": 0.3, "multiple": 0.1, "other": 0.1})
     multiple_count: tuple = (2, 4)
     touching_fraction: float = 0.5  # multiples: fraction of particles stuck to a neighbour (else apart in the focus)
-    map_oversampling: int = 4
+    map_oversampling: int = 2
     name: str = "simulation"
+    output: OutputConfig = field(default_factory=OutputConfig)
 
 
-_NESTED = {"beam": BeamConfig, "detector": DetectorConfig, "background": BackgroundConfig}
+_NESTED = {"beam": BeamConfig, "detector": DetectorConfig, "background": BackgroundConfig, "output": OutputConfig}
 
 
 def _build(cls, data: Any, where: str):
@@ -145,6 +157,10 @@ def _convert(f: dataclasses.Field, value: Any, where: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
     if t == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -169,6 +185,8 @@ def _species_list(data: Any, where: str) -> list:
             raise ConfigError(f"{where}[{i}].shape: {sp.shape!r} is not one of {', '.join(SHAPES)}")
         if sp.shape == "map" and (not sp.map_file or not sp.map_voxel_nm):
             raise ConfigError(f"{where}[{i}]: shape 'map' needs map_file and map_voxel_nm")
+        if sp.method not in ("analytic", "map"):
+            raise ConfigError(f"{where}[{i}].method: must be 'analytic' or 'map', got {sp.method!r}")
         if sp.weight < 0:
             raise ConfigError(f"{where}[{i}].weight: must be >= 0")
         out.append(sp)
@@ -233,6 +251,9 @@ def validate(cfg: SimulationConfig) -> None:
         raise ConfigError(f"multiple_count: must be [min, max] with 2 <= min <= max, got {list(cfg.multiple_count)}")
     if not 0 <= cfg.touching_fraction <= 1:
         raise ConfigError(f"touching_fraction: must be in [0, 1], got {cfg.touching_fraction!r}")
+    o = cfg.output
+    if o.n_patterns < 1 or not 1 <= o.frames_per_train <= 352 or o.first_train_id < 1 or o.run_number < 0:
+        raise ConfigError("output: need n_patterns >= 1, 1 <= frames_per_train <= 352, first_train_id >= 1, run_number >= 0")
     if not (isinstance(cfg.map_oversampling, int) and 2 <= cfg.map_oversampling <= 8):
         raise ConfigError(f"map_oversampling: must be an integer 2..8, got {cfg.map_oversampling!r}")
     for group in ("sample", "contaminants"):

@@ -14,13 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..physics.constants import CLASSICAL_ELECTRON_RADIUS_M, ELECTRON_VOLT_J
+from ..physics.constants import CLASSICAL_ELECTRON_RADIUS_M, ELECTRON_VOLT_J, HC_EV_M
 from .config import HIT_CLASSES, SimulationConfig, load_config
 from .detector import Detector, make_detector
+from .parallel import default_workers, map_tasks
+from .effects import add_readout_noise, poisson_counts, saturate
+from .upsample import block_centres, upsample
 from .samples import SHAPE_CODES, SHAPE_NAMES, Particle, SpeciesSampler, streak_intensity
 
 FWHM_TO_SIGMA = 1 / (2 * np.sqrt(2 * np.log(2)))
 HIT_CODES = {name: i for i, name in enumerate(HIT_CLASSES)}
+MAX_SUPERSAMPLING = 4  # sub-pixels per pixel axis for speckles finer than a pixel
 
 
 @dataclass
@@ -57,7 +61,9 @@ class SimulatedPatterns:
 class Simulator:
     """Everything that does not change from pattern to pattern, computed once."""
 
-    def __init__(self, config: SimulationConfig, detector: Detector | None = None):
+    def __init__(self, config: SimulationConfig, detector: Detector | None = None, device: str = "cpu"):
+        """``device``: "cpu" (NumPy), or a PyTorch device ("cuda", "cuda:1", "torch-cpu" for PyTorch on
+        the CPU), or "auto" (CUDA through PyTorch when available, else NumPy)."""
         self.config = config
         self.detector = detector or make_detector(config.detector)
         beam = config.beam
@@ -67,8 +73,9 @@ class Simulator:
         self.q_abs = geom.q_abs.astype(np.float32)
         # photons per pixel = J [1/m^2] * scale * |F|^2
         self.scale = (CLASSICAL_ELECTRON_RADIUS_M**2 * geom.polarisation * geom.solid_angle).astype(np.float64)
+        self.scale_e30 = (self.scale * 1e30).astype(np.float32)
         self.valid = self.detector.valid
-        q_reach = float(np.abs(geom.q).max())
+        q_reach = float(geom.q_abs.max())  # any orientation: a body axis can point along q
         self.samplers = {id(sp): SpeciesSampler(sp, q_reach, config.map_oversampling)
                          for sp in [*config.sample, *config.contaminants]}
         photon_j = beam.photon_energy_eV * ELECTRON_VOLT_J
@@ -81,12 +88,82 @@ class Simulator:
         # coherent sums only below the separation whose fringes a pixel still resolves (lambda L / 2p)
         self.coherence_length = geom.wavelength_m * self.detector.distance_m / (2 * self.detector.pixel_size_m)
         gas = geom.solid_angle * config.background.gas_photons_per_sr
-        self.gas = np.where(self.valid, gas, 0.0)
+        self.gas = np.where(self.valid, gas, 0.0).astype(np.float32)
         stray = np.where(self.valid, np.maximum(self.q_abs, 1.0) ** -config.background.stray_exponent * geom.solid_angle, 0.0)
-        self.stray = stray / stray.sum() * config.background.stray_photons if stray.sum() > 0 else stray
+        self.stray = (stray / stray.sum() * config.background.stray_photons if stray.sum() > 0 else stray).astype(np.float32)
+        self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
+        self.invalid_index = np.nonzero(~self.valid)
         self.use_map = False
-        dq = 2 * np.pi / geom.wavelength_m * self.detector.pixel_size_m / self.detector.distance_m
-        self.pixel_dq = dq
+        self.pixel_dq = geom.k * self.detector.pixel_size_m / self.detector.distance_m
+        # amplitudes are evaluated per detector tile (AGIPD: 128 tiles of 64 x 128 pixels)
+        self.tile_shape = (128, 64, 128) if self.detector.kind == "agipd1m" else (1, *self.valid.shape)
+        self._coarse_q: dict = {}
+        self.backend = None
+        device = resolve_device(device)
+        if device != "cpu":
+            from .torch_backend import TorchBackend
+
+            self.backend = TorchBackend(self, "cpu" if device == "torch-cpu" else device)
+
+    def _factor(self, extent_m: float) -> int:
+        """Block size f for evaluating F: at least 8 blocks per oscillation 2 pi / extent of F."""
+        period_px = 2 * np.pi / (max(extent_m, 1e-12) * self.pixel_dq)
+        for f in (4, 2):
+            if period_px / f >= 8 and self.tile_shape[1] % f == 0 and self.tile_shape[2] % f == 0:
+                return f
+        return 1
+
+    def _supersampling(self, extent_m: float) -> int:
+        """Sub-pixels per pixel axis so that the intensity fringes of an object ``extent_m`` in radius
+        (period pi / extent in q) get at least two samples: pixels integrate finer speckles."""
+        period_px = np.pi / (max(extent_m, 1e-12) * self.pixel_dq)
+        return int(min(MAX_SUPERSAMPLING, max(1, np.ceil(2 / period_px))))
+
+    def _q_sub(self, s: int) -> np.ndarray:
+        """q at the centres of s x s sub-pixels of every pixel, (T, h*s, w*s, 3) per detector tile."""
+        if ("sub", s) not in self._coarse_q:
+            t, h, w = self.tile_shape
+            pos = self.detector.positions_m.reshape(t, h, w, 3)
+            e_row = (pos[:, 1, 0] - pos[:, 0, 0])[:, None, None, None, None, :]
+            e_col = (pos[:, 0, 1] - pos[:, 0, 0])[:, None, None, None, None, :]
+            u = (np.arange(s) + 0.5) / s - 0.5
+            sub = (pos[:, :, None, :, None, :] + u[None, None, :, None, None, None] * e_row
+                   + u[None, None, None, None, :, None] * e_col).reshape(t, h * s, w * s, 3)
+            d = sub / np.linalg.norm(sub, axis=-1, keepdims=True)
+            d[..., 2] -= 1.0
+            self._coarse_q[("sub", s)] = (self.geometry.k * d).astype(np.float32)
+        return self._coarse_q[("sub", s)]
+
+    def _q_blocks(self, f: int) -> np.ndarray:
+        if f not in self._coarse_q:
+            pos = block_centres(self.detector.positions_m.reshape(*self.tile_shape, 3), f)
+            d = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
+            d[..., 2] -= 1.0
+            self._coarse_q[f] = (self.geometry.k * d).astype(np.float32)
+        return self._coarse_q[f]
+
+    def particle_amplitude(self, particle: Particle) -> np.ndarray:
+        """F of a particle centred at the origin at every pixel, via block evaluation + cubic upsampling."""
+        f = self._factor(particle.extent_m)
+        if f == 1:
+            return particle.amplitude(self.q, self.q_abs)
+        q = self._q_blocks(f)
+        return upsample(particle.amplitude(q), f).reshape(self.valid.shape)
+
+    def mask_invalid(self, values: np.ndarray) -> np.ndarray:
+        """``values`` with gaps, beam stop and bad pixels set to 0 (in place)."""
+        values[self.invalid_index] = 0.0
+        return values
+
+    def exclude(self, pixels: np.ndarray) -> None:
+        """Treat ``pixels`` (bool, detector shape) as insensitive from now on (e.g. bad pixels)."""
+        self.valid = self.valid & ~pixels
+        self.invalid_index = np.nonzero(~self.valid)
+        self.gas = np.where(self.valid, self.gas, 0.0)
+        self.stray = np.where(self.valid, self.stray, 0.0)
+        self.gas_total, self.stray_total = float(self.gas.sum()), float(self.stray.sum())
+        if self.backend is not None:
+            self.backend._refresh_masks()
 
     # -- one pattern --------------------------------------------------------------------------------
     def _pick(self, rng, species_list):
@@ -133,25 +210,37 @@ class Simulator:
                 scene.append((self.samplers[id(sp)].draw(rng, self.use_map), self._offset_in_focus(rng), 0))
         return cls, scene, streak
 
-    def intensity(self, scene, pulse_photons: float, q=None, scale=None) -> np.ndarray:
-        """Expected photons per pixel scattered by the particles of a scene (no background)."""
-        q = self.q if q is None else q
-        scale = self.scale if scale is None else scale
-        total = np.zeros(q.shape[:-1], dtype=np.float64)
+    def intensity(self, scene, pulse_photons: float) -> np.ndarray:
+        """Expected photons per pixel scattered by the particles of a scene (no background).
+
+        Particles of one group (closer than the coherence length) add as amplitudes, each with the
+        fluence at its place in the focus and the phase of its position; groups add as intensities.
+        Float32 arithmetic with the fluence scaled by 1e-30 (amplitudes squared reach ~1e16).
+        """
+        q = self.q
+        total = None
         groups: dict[int, list] = {}
         for particle, offset, g in scene:
             groups.setdefault(g, []).append((particle, offset))
         j0 = pulse_photons * self.peak_fluence_per_photon
         for members in groups.values():
+            extent = max(np.linalg.norm(p.position_m) + p.extent_m for p, _ in members)
+            sub = self._supersampling(extent)
+            qg = q if sub == 1 else self._q_sub(sub)
             amp = 0
             for particle, offset in members:
                 fluence = j0 * np.exp(-0.5 * np.dot(offset, offset) / self.sigma_focus**2)
-                f = particle.amplitude(q)
+                f = self.particle_amplitude(particle) if sub == 1 else particle.amplitude(qg)
                 pos = particle.position_m
                 if np.any(pos != 0):
-                    f = f * np.exp(-1j * (q @ pos.astype(np.float32)))
-                amp = amp + np.sqrt(fluence) * f
-            total += scale * (amp.real**2 + amp.imag**2 if np.iscomplexobj(amp) else amp * amp)
+                    f = f * np.exp(-1j * (qg @ pos.astype(np.float32)))
+                amp = amp + np.float32(np.sqrt(fluence * 1e-30)) * f
+            power = amp.real**2 + amp.imag**2 if np.iscomplexobj(amp) else amp * amp
+            if sub > 1:  # pixels integrate speckles finer than themselves
+                t, h, w = self.tile_shape
+                power = power.reshape(t, h, sub, w, sub).mean(axis=(2, 4)).reshape(self.valid.shape)
+            total = power if total is None else total + power
+        total *= self.scale_e30
         return total
 
     def simulate(self, index: int, seed: int, want_projection: bool = False) -> dict:
@@ -160,37 +249,53 @@ class Simulator:
         jitter = cfg.beam.pulse_energy_jitter
         pulse = self.mean_pulse_photons * (rng.gamma(1 / jitter**2, jitter**2) if jitter > 0 else 1.0)
         cls, scene, streak = self.draw_scene(rng)
-        sample = self.intensity(scene, pulse) if scene else np.zeros(self.valid.shape)
+        be = self.backend or self
+        sample = be.intensity(scene, pulse) if scene else None
         if streak:
             photons = 10 ** rng.uniform(2.5, 4.0)
-            sample = sample + streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
-        sample = np.where(self.valid, sample, 0.0)
-        bg_cfg = cfg.background
-        stray_level = max(0.0, 1 + bg_cfg.jitter * rng.standard_normal())
-        background = self.gas * (pulse / self.mean_pulse_photons) + self.stray * stray_level
-        expected = sample + background
-        counts = rng.poisson(expected).astype(np.float32)
-        det = cfg.detector
-        native = self.detector.native_pixels
-        if det.readout_noise_photons > 0:
-            counts += rng.standard_normal(counts.shape, dtype=np.float32) * np.float32(det.readout_noise_photons * np.sqrt(native))
-        saturated = counts >= det.saturation_photons * native
-        np.minimum(counts, det.saturation_photons * native, out=counts)
-        valid = self.valid & ~saturated
-        counts[~self.valid] = 0.0
+            streak_i = be.streak(rng, photons)
+            sample = streak_i if sample is None else sample + streak_i
+        if sample is not None:
+            sample = be.mask_invalid(sample)
+        counts, valid, saturated, background_total = be.measure(rng, sample, pulse)
         first = scene[0][0] if scene else None
         out = dict(
             pattern=counts, valid=valid, hit_class=HIT_CODES[cls],
             n_particles=len(scene), radius_nm=first.radius_m * 1e9 if first else 0.0,
             shape=SHAPE_CODES[first.shape] if first else (SHAPE_CODES["streak"] if streak else 0),
             orientation=first.quaternion if first else np.array([1.0, 0, 0, 0]),
-            photons=float(sample.sum()), background_photons=float(background.sum()),
+            photons=float(sample.sum()) if sample is not None else 0.0,
+            background_photons=background_total,
+            saturated=0 if saturated is None else int(saturated.sum()),
             fluence_ph_um2=(pulse * self.peak_fluence_per_photon * np.exp(-0.5 * np.dot(scene[0][1], scene[0][1]) / self.sigma_focus**2) * 1e-12) if scene else 0.0,
             pulse_energy_mJ=pulse * cfg.beam.photon_energy_eV * ELECTRON_VOLT_J * 1e3,
         )
         if want_projection:
             out["projected_density"] = self.projected_density(scene)
         return out
+
+    def streak(self, rng: np.random.Generator, photons: float) -> np.ndarray:
+        """Expected photons of a streak of non-particle scatter (see :func:`samples.streak_intensity`)."""
+        return streak_intensity(rng, self.q, self.valid, photons, 1.5 * self.pixel_dq)
+
+    def measure(self, rng: np.random.Generator, sample: np.ndarray | None, pulse_photons: float):
+        """Detector frame for the expected sample photons ``sample`` (or None): background, Poisson
+        counting, readout noise, saturation, gaps. Returns (frame, valid, saturated or None, background)."""
+        bg_cfg, det = self.config.background, self.config.detector
+        stray_level = max(0.0, 1 + bg_cfg.jitter * rng.standard_normal())
+        pulse_ratio = pulse_photons / self.mean_pulse_photons
+        expected = self.gas * pulse_ratio
+        expected += self.stray * stray_level
+        background_total = self.gas_total * pulse_ratio + self.stray_total * stray_level
+        if sample is not None:
+            expected += sample
+        counts = poisson_counts(rng, expected)
+        native = self.detector.native_pixels
+        add_readout_noise(rng, counts, det.readout_noise_photons * np.sqrt(native))
+        saturated = saturate(counts, det.saturation_photons * native)
+        valid = self.valid if saturated is None else self.valid & ~saturated
+        counts[self.invalid_index] = 0.0
+        return counts, valid, saturated, background_total
 
     def projected_density(self, scene) -> np.ndarray:
         """Electron density projected along the beam (electrons/nm^2) on the real-space grid conjugate
@@ -212,53 +317,90 @@ class Simulator:
         for particle, _, g in scene:
             if g != main_group:
                 continue
-            f = particle.amplitude(q) * np.exp(-1j * (q @ particle.position_m.astype(np.float32)))
+            f = particle.amplitude(q, None) * np.exp(-1j * (q @ particle.position_m.astype(np.float32)))
             amp += f
         # rho(x) = 1/(2 pi)^2 sum F(q) exp(i q x) dq^2 -> electrons/m^2
         rho = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(amp))).real * (h * w) * dq * dq / (2 * np.pi) ** 2
         return (rho * 1e-18).astype(np.float32)
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when PyTorch sees a GPU, else "cpu"; other names pass through."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
 def generate(config, n: int, seed: int = 0, *, detector: Detector | None = None, start: int = 0,
-             projected_density: bool = False, use_map: bool = False, progress: bool = False) -> SimulatedPatterns:
+             projected_density: bool = False, use_map: bool = False, workers: int = 1,
+             device: str = "cpu", progress: bool = False) -> SimulatedPatterns:
     """Simulate patterns ``start .. start+n-1`` of the dataset defined by ``config`` and ``seed``.
 
     ``config``: a :class:`SimulationConfig`, or a path to a TOML file / packaged config name.
     ``detector``: overrides the configured detector (e.g. :func:`detector.grid_detector`).
     ``use_map``: polyhedra through the 3D-map path instead of their exact analytic amplitude.
+    ``workers``: processes to use (0: one per available core, at most 4); results do not depend on it.
+    ``device``: "cpu" (NumPy), "auto", "cuda" or another PyTorch device (see :class:`Simulator`);
+    device runs use one process.
     """
     if not isinstance(config, SimulationConfig):
         config = load_config(config)
-    sim = Simulator(config, detector)
-    sim.use_map = use_map
-    return run_simulator(sim, n, seed, start=start, projected_density=projected_density, progress=progress)
-
-
-def run_simulator(sim: Simulator, n: int, seed: int, *, start: int = 0, projected_density: bool = False,
-                  progress: bool = False) -> SimulatedPatterns:
-    shape = sim.valid.shape
-    patterns = np.empty((n, *shape), np.float32)
-    valid = np.empty((n, *shape), bool)
-    proj = np.empty((n, *shape), np.float32) if projected_density else None
-    scalars = {k: np.empty(n, t) for k, t in (("hit_class", np.int8), ("n_particles", np.int16), ("radius_nm", np.float32),
-                                              ("shape", np.int8), ("photons", np.float32), ("background_photons", np.float32),
-                                              ("fluence_ph_um2", np.float32), ("pulse_energy_mJ", np.float32))}
-    orientation = np.empty((n, 4), np.float32)
-    indices = range(start, start + n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    workers = default_workers() if workers == 0 else workers
+    device = resolve_device(device)
+    if device != "cpu":
+        workers = 1
+    chunk = max(1, min(256, -(-n // max(1, 4 * workers))))
+    tasks = [(i, min(chunk, start + n - i), seed, projected_density) for i in range(start, start + n, chunk)]
+    parts = map_tasks(_make_simulator, (config, detector, use_map, device), _simulate_chunk, tasks, workers)
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc="simulating", unit="pattern")
-    for row, i in enumerate(indices):
-        r = sim.simulate(i, seed, projected_density)
+        parts = tqdm(parts, total=len(tasks), desc="simulating", unit="chunk")
+    rows = [r for part in parts for r in part]
+    sim_meta = _make_simulator(config, detector, use_map, device, light=True)
+    return _collect(rows, sim_meta, seed, start, projected_density)
+
+
+def _make_simulator(config, detector, use_map, device="cpu", light: bool = False):
+    if light:  # geometry-only facts for the metadata
+        det = detector or make_detector(config.detector)
+        return dict(photon_energy_eV=config.beam.photon_energy_eV, distance_m=det.distance_m,
+                    pixel_size_m=det.pixel_size_m, detector=det.kind, centre_px=det.centre_px, shape=det.valid.shape,
+                    wavelength_m=HC_EV_M / config.beam.photon_energy_eV)
+    sim = Simulator(config, detector, device)
+    sim.use_map = use_map
+    return sim
+
+
+def _simulate_chunk(sim: Simulator, task) -> list[dict]:
+    first, count, seed, projection = task
+    return [sim.simulate(i, seed, projection) for i in range(first, first + count)]
+
+
+_SCALARS = (("hit_class", np.int8), ("n_particles", np.int16), ("radius_nm", np.float32), ("shape", np.int8),
+            ("photons", np.float32), ("background_photons", np.float32), ("fluence_ph_um2", np.float32),
+            ("pulse_energy_mJ", np.float32))
+
+
+def _collect(rows: list[dict], meta: dict, seed: int, start: int, projection: bool) -> SimulatedPatterns:
+    shape = meta.pop("shape")
+    n = len(rows)
+    patterns = np.empty((n, *shape), np.float32)
+    valid = np.empty((n, *shape), bool)
+    proj = np.empty((n, *shape), np.float32) if projection else None
+    for row, r in enumerate(rows):
         patterns[row], valid[row] = r["pattern"], r["valid"]
-        orientation[row] = r["orientation"]
-        for k in scalars:
-            scalars[k][row] = r[k]
         if proj is not None:
             proj[row] = r["projected_density"]
-    det = sim.detector
-    meta = dict(photon_energy_eV=sim.config.beam.photon_energy_eV, distance_m=det.distance_m,
-                pixel_size_m=det.pixel_size_m, wavelength_m=sim.geometry.wavelength_m, seed=seed, start=start,
-                detector=det.kind, centre_px=det.centre_px, shape_names=SHAPE_NAMES, class_names=HIT_CLASSES)
-    return SimulatedPatterns(patterns=patterns, valid=valid, orientation=orientation, projected_density=proj, meta=meta, **scalars)
+    scalars = {k: np.array([r[k] for r in rows], dtype=t).reshape(n) for k, t in _SCALARS}
+    orientation = np.array([r["orientation"] for r in rows], dtype=np.float32).reshape(n, 4)
+    meta.update(seed=seed, start=start, shape_names=SHAPE_NAMES, class_names=HIT_CLASSES)
+    return SimulatedPatterns(patterns=patterns, valid=valid, orientation=orientation, projected_density=proj,
+                             meta=meta, **scalars)

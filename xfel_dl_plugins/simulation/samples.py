@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -29,8 +29,33 @@ class Particle:
     shape: str
     radius_m: float  # volume-equivalent radius
     quaternion: np.ndarray  # (4,) body -> lab
-    amplitude: Callable[[np.ndarray], np.ndarray]  # lab-frame q (..., 3) -> F
+    spec: dict  # what the amplitude needs: kind ("sphere", "spheroid", "polyhedron", ...) and parameters
+    extent_m: float  # largest distance of the particle's matter from its centre
     position_m: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def amplitude(self, q: np.ndarray, q_abs: np.ndarray | None = None) -> np.ndarray:
+        """F(q) (electrons) at lab-frame ``q`` (..., 3) for the particle centred at the origin."""
+        return amplitude(self.spec, q, q_abs)
+
+
+def amplitude(spec: dict, q: np.ndarray, q_abs: np.ndarray | None = None) -> np.ndarray:
+    """Scattering amplitude of a particle description (see :class:`Particle`), NumPy arrays."""
+    kind = spec["kind"]
+    if kind == "sphere":
+        return sphere_amplitude(_norm(q, q_abs), spec["radius"], spec["rho"])
+    if kind == "spheroid":
+        return spheroid_amplitude(q, spec["a"], spec["c"], spec["rot"], spec["rho"])
+    if kind == "polyhedron":
+        return polyhedron_amplitude(to_body_frame(q, spec["rot"]), spec["shape"], spec["radius"], spec["rho"])
+    if kind == "core_shell":
+        qa = _norm(q, q_abs)
+        return (sphere_amplitude(qa, spec["radius"], spec["rho"])
+                + sphere_amplitude(qa, spec["core"], spec["rho_core"] - spec["rho"]))
+    if kind == "cluster":
+        return _cluster_amplitude(q, _norm(q, q_abs), spec["centres"].T, spec["radii"], spec["rho"])
+    if kind == "map":
+        return spec["map"].amplitude(q, spec["rot"], spec["scale"])
+    raise XfelDLError(f"unknown particle kind {kind!r}")
 
 
 def _density(sp: SpeciesConfig) -> float:
@@ -40,9 +65,9 @@ def _density(sp: SpeciesConfig) -> float:
 class SpeciesSampler:
     """Draws particles of one species; keeps what is expensive to rebuild (3D-map transforms)."""
 
-    def __init__(self, species: SpeciesConfig, q_reach: float, oversampling: int = 4):
+    def __init__(self, species: SpeciesConfig, q_reach: float, oversampling: int = 2):
         self.species = species
-        self.q_reach = q_reach  # largest |q_i| (any lab axis, per component) the detector needs, 1/m
+        self.q_reach = q_reach  # largest |q| the detector needs, 1/m
         self.oversampling = oversampling
         self.rho = _density(species) if species.shape != "streak" else 0.0
         self._map: dens.FourierMap | None = None
@@ -59,6 +84,8 @@ class SpeciesSampler:
         dm = dens.DensityMap(values.astype(np.float32), sp.map_voxel_nm * 1e-9)
         self._map = dens.FourierMap(dm, self.oversampling)
         self._map_radius = (3 * dm.electrons / (4 * np.pi * float(values.max()))) ** (1 / 3)
+        occupied = np.argwhere(values > 0.01 * values.max()) - values.shape[0] // 2
+        self._map_extent = float(np.linalg.norm(occupied, axis=1).max() + 1) * dm.voxel_m
 
     def fourier_map(self) -> dens.FourierMap:
         """The 3D-map path for polyhedra (built once, at the largest radius, reused at any size)."""
@@ -66,7 +93,7 @@ class SpeciesSampler:
             sp = self.species
             r_ref = float(min(sp.radius_nm.max, sp.radius_nm.mean + 5 * sp.radius_nm.sigma)) * 1e-9
             voxel = 0.9 * np.pi / self.q_reach
-            self._map = dens.FourierMap(dens.polyhedron_map(sp.shape, r_ref, self.rho, voxel), self.oversampling)
+            self._map = _polyhedron_fourier_map(sp.shape, r_ref, self.rho, voxel, self.oversampling)
             self._map_radius = r_ref
         return self._map
 
@@ -76,36 +103,42 @@ class SpeciesSampler:
         rot = quaternion_to_matrix(quat)
         radius = float(sp.radius_nm.draw(rng)) * 1e-9
         rho, shape = self.rho, sp.shape
+        extent = radius
         if shape == "sphere":
-            amp = lambda q: sphere_amplitude(np.linalg.norm(q, axis=-1), radius, rho)  # noqa: E731
+            spec = dict(kind="sphere", radius=radius, rho=rho)
         elif shape == "spheroid":
             aspect = float(sp.aspect.draw(rng))
             a = radius / aspect ** (1 / 3)
-            amp = lambda q: spheroid_amplitude(q, a, a * aspect, rot, rho)  # noqa: E731
+            spec = dict(kind="spheroid", a=a, c=a * aspect, rot=rot, rho=rho)
+            extent = max(a, a * aspect)
         elif shape in dens.POLYHEDRA:
-            if use_map:
-                fm, scale = self.fourier_map(), radius / self._map_radius
-                amp = lambda q: fm.amplitude(q, rot, scale)  # noqa: E731
+            extent = radius * dens.polyhedron(shape)[1] * dens.circumradius_over_inradius(shape)
+            if use_map or sp.method == "map":
+                spec = dict(kind="map", map=self.fourier_map(), rot=rot, scale=radius / self._map_radius)
             else:
-                amp = lambda q: polyhedron_amplitude(to_body_frame(q, rot), shape, radius, rho)  # noqa: E731
+                spec = dict(kind="polyhedron", shape=shape, radius=radius, rot=rot, rho=rho)
         elif shape == "core_shell":
-            core = radius * sp.core_fraction
-            rho_core = electron_density(sp.core_material)
-            amp = lambda q: (sphere_amplitude(np.linalg.norm(q, axis=-1), radius, rho)  # noqa: E731
-                             + sphere_amplitude(np.linalg.norm(q, axis=-1), core, rho_core - rho))
+            spec = dict(kind="core_shell", radius=radius, core=radius * sp.core_fraction, rho=rho,
+                        rho_core=electron_density(sp.core_material))
         elif shape == "cluster":
             centres, radii = _aggregate(rng, radius, sp)
             radius = float(np.cbrt(np.sum(radii**3)))
-            amp = lambda q: _cluster_amplitude(q, rot @ centres.T, radii, rho)  # noqa: E731
+            extent = float(np.max(np.linalg.norm(centres, axis=1) + radii))
+            spec = dict(kind="cluster", centres=(rot @ centres.T).T, radii=radii, rho=rho)
         elif shape == "map":
-            fm = self._map
-            amp = lambda q: fm.amplitude(q, rot)  # noqa: E731
-            radius = self._map_radius
+            spec = dict(kind="map", map=self._map, rot=rot, scale=1.0)
+            radius, extent = self._map_radius, self._map_extent
         elif shape == "streak":
-            raise XfelDLError("streaks are not particles; use draw_streak")
+            raise XfelDLError("streaks are not particles")
         else:  # pragma: no cover - validated in config
             raise XfelDLError(f"unknown shape {shape!r}")
-        return Particle(sp.name, shape, radius, quat, amp)
+        return Particle(sp.name, shape, radius, quat, spec, extent)
+
+
+@lru_cache(maxsize=2)
+def _polyhedron_fourier_map(shape: str, radius: float, rho: float, voxel: float, oversampling: int) -> dens.FourierMap:
+    """3D-map path of a polyhedron (kept for reuse: building it is one large 3D FFT + spline prefilter)."""
+    return dens.FourierMap(dens.polyhedron_map(shape, radius, rho, voxel), oversampling)
 
 
 def _aggregate(rng, member_radius_mean: float, sp: SpeciesConfig):
@@ -126,13 +159,20 @@ def _aggregate(rng, member_radius_mean: float, sp: SpeciesConfig):
     return centres, radii
 
 
-def _cluster_amplitude(q, centres_lab, radii, rho):
-    qa = np.linalg.norm(q, axis=-1)
-    phase = q @ centres_lab  # (..., n)
-    out = np.zeros(qa.shape, dtype=np.complex64)
+def _norm(q: np.ndarray, q_abs: np.ndarray | None) -> np.ndarray:
+    return np.sqrt(np.einsum("...i,...i->...", q, q)) if q_abs is None else q_abs
+
+
+def _cluster_amplitude(q, qa, centres_lab, radii, rho):
+    """Coherent sum of touching spheres: sum_j F_sphere(q; r_j) exp(-i q.c_j), in float32."""
+    real = np.zeros(qa.shape, dtype=np.float32)
+    imag = np.zeros(qa.shape, dtype=np.float32)
     for i, r in enumerate(radii):
-        out += sphere_amplitude(qa, r, rho) * np.exp(-1j * phase[..., i])
-    return out
+        f = sphere_amplitude(qa, r, rho).astype(np.float32, copy=False)
+        phase = q @ centres_lab[:, i].astype(np.float32)
+        real += f * np.cos(phase)
+        imag -= f * np.sin(phase)
+    return real + 1j * imag
 
 
 def streak_intensity(rng, q: np.ndarray, valid: np.ndarray, photons: float, width_q: float) -> np.ndarray:
