@@ -37,6 +37,8 @@ def cmd_run(args) -> int:
     from .pipeline.runner import run_chain
 
     manifest = apply_overrides(parse_manifest(args.manifest), input_path=args.input, output=args.output)
+    if args.parts:
+        return _run_parts(manifest, args)
     result = run_chain(manifest, overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {result.output}: {result.n_frames} frames in {result.n_trains} trains, "
           f"{result.frames_per_s:.1f} frames/s")
@@ -45,6 +47,20 @@ def cmd_run(args) -> int:
         extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
                           if isinstance(v, (int, float)))
         print(f"  {label}: {rows} frames -> {result.output_sources[label]}" + (f" ({extra})" if extra else ""))
+    return 0
+
+
+def _run_parts(manifest, args) -> int:
+    from pathlib import Path
+
+    from .pipeline.parallel import run_in_parts
+
+    out_dir = Path(manifest.output or manifest.name).with_suffix("")
+    results = run_in_parts(manifest, args.parts, out_dir=out_dir, overwrite=args.overwrite,
+                           scheduler=args.scheduler)
+    frames = sum(r.n_frames for r in results)
+    print(f"wrote {len(results)} files to {out_dir}/ ({frames} frames); open them together with "
+          f"extra_data.RunDirectory('{out_dir}')")
     return 0
 
 
@@ -81,10 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a processing chain (manifest TOML)")
     p.add_argument("manifest", help="manifest file, e.g. manifests/spi-hitfinding.toml")
-    p.add_argument("--input", help="run directory or CXI file (overrides [input])")
+    p.add_argument("--input", help="run directory, CXI file, or karabo-bridge endpoint tcp://host:port (overrides [input])")
     p.add_argument("--output", help="results file (overrides [output] file)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--parts", type=int, default=0,
+                   help="split the run's trains into N parts run in parallel through Dask; results go to "
+                        "a folder named after --output, one file per part")
+    p.add_argument("--scheduler", help="Dask scheduler address (e.g. of a SLURMCluster); default: local processes")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="simulate a small AGIPD-1M run, run spi-hitfinding on it, write a report")
@@ -115,7 +135,7 @@ def main(argv=None) -> int:
     except XfelDLError as exc:
         if args.debug:
             raise
-        print(f"xfel-dl: error: {exc}", file=sys.stderr)
+        print(f"xfel-dl: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("xfel-dl: interrupted; no results file was completed", file=sys.stderr)
@@ -123,7 +143,8 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line unless --debug
         if args.debug:
             raise
-        print(f"xfel-dl: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+        print(f"xfel-dl: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
 

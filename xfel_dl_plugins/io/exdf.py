@@ -44,31 +44,41 @@ class ExdfWriter:
     ):
         self.path = Path(path)
         self.part_path = self.path.with_name(self.path.name + ".part")
-        self.train_ids = np.asarray(train_ids, dtype=np.uint64)
-        if self.train_ids.ndim != 1 or np.any(np.diff(self.train_ids.astype(np.int64)) <= 0):
-            raise ValueError("train_ids must be a strictly increasing 1D sequence")
         self._meta = dict(proposal=proposal, run=run, sequence=sequence, run_type=run_type, sample=sample)
         self._instrument_rows: dict[tuple[str, str], list[np.ndarray]] = {}
         self._control_sources: set[str] = set()
         self._run_only_sources: set[str] = set()
+        self._seen_trains: list[np.ndarray] = []  # for streams: trains are known only at the end
+        self.train_ids = self._timestamps = None
+        if train_ids is not None:
+            self._set_trains(np.asarray(train_ids, dtype=np.uint64), timestamps)
         self._file = h5py.File(self.part_path, "w")
         self._closed = False
-        ntr = len(self.train_ids)
+
+    def _set_trains(self, train_ids: np.ndarray, timestamps=None) -> None:
+        if train_ids.ndim != 1 or np.any(np.diff(train_ids.astype(np.int64)) <= 0):
+            raise ValueError("train_ids must be a strictly increasing 1D sequence")
         if timestamps is None:
             now_ns = int(datetime.now(timezone.utc).timestamp() * 1e9)
-            timestamps = now_ns + np.arange(ntr, dtype=np.uint64) * 100_000_000  # 10 Hz trains
-        f = self._file
-        f.create_dataset("INDEX/trainId", data=self.train_ids, dtype="u8")
-        f.create_dataset("INDEX/timestamp", data=np.asarray(timestamps, dtype=np.uint64))
-        f.create_dataset("INDEX/flag", data=np.ones(ntr, dtype=np.int32))
-        self._timestamps = np.asarray(timestamps, dtype=np.uint64)
+            timestamps = now_ns + np.arange(len(train_ids), dtype=np.uint64) * 100_000_000  # 10 Hz trains
+        self.train_ids, self._timestamps = train_ids, np.asarray(timestamps, dtype=np.uint64)
+
+    def declare_trains(self, train_ids) -> None:
+        """For a writer made with ``train_ids=None`` (a stream): trains received, with or without rows."""
+        self._seen_trains.append(np.asarray(train_ids, dtype=np.uint64))
+
+    def _run_timestamp(self) -> np.ndarray:
+        if self._timestamps is not None:
+            return self._timestamps[:1]
+        return np.array([int(datetime.now(timezone.utc).timestamp() * 1e9)], dtype=np.uint64)
 
     # -- writing -------------------------------------------------------------------------------
-    def append_instrument(self, source: str, data: dict[str, Any], train_ids) -> None:
+    def append_instrument(self, source: str, data: dict[str, Any], train_ids, *, compress=()) -> None:
         """Append rows (e.g. one per frame) to ``INSTRUMENT/source``.
 
         ``data`` maps ``group.key`` (e.g. ``image.data``) to arrays whose first axis matches
-        ``train_ids``; rows must come in non-decreasing train order across calls.
+        ``train_ids``; rows must come in non-decreasing train order across calls. Keys named in
+        ``compress`` are stored gzip-compressed (as calibrated files store ``image.mask``/``gain``).
         """
         tids = np.asarray(train_ids, dtype=np.uint64)
         groups: dict[str, int] = {}
@@ -80,11 +90,13 @@ class ExdfWriter:
             if not name:
                 raise ValueError(f"key {key!r} must be 'group.name'")
             groups[group] = len(tids)
-            self._append_rows(f"INSTRUMENT/{source}/{group}/{name.replace('.', '/')}", value)
+            self._append_rows(f"INSTRUMENT/{source}/{group}/{name.replace('.', '/')}", value, key in compress)
         for group in groups:
             self._instrument_rows.setdefault((source, group), []).append(tids)
+        if self.train_ids is None:
+            self._seen_trains.append(tids)
 
-    def _append_rows(self, h5path: str, value: np.ndarray) -> None:
+    def _append_rows(self, h5path: str, value: np.ndarray, compress: bool = False) -> None:
         f = self._file
         if value.dtype.kind in "UO":
             value = value.astype(h5py.string_dtype())
@@ -93,7 +105,8 @@ class ExdfWriter:
             if np.prod(chunks) * value.dtype.itemsize > (8 << 20):  # big frames: one row per chunk
                 chunks = (1,) + value.shape[1:]
             f.create_dataset(h5path, shape=(0,) + value.shape[1:], maxshape=(None,) + value.shape[1:],
-                             dtype=value.dtype, chunks=chunks)
+                             dtype=value.dtype, chunks=chunks, **(dict(compression="gzip", compression_opts=1)
+                                                                  if compress else {}))
         ds = f[h5path]
         if ds.shape[1:] != value.shape[1:]:
             raise ValueError(f"{h5path}: rows of shape {value.shape[1:]} appended to {ds.shape[1:]}")
@@ -103,6 +116,8 @@ class ExdfWriter:
 
     def write_control(self, source: str, data: dict[str, Any]) -> None:
         """Write slow data, one value per train, to ``CONTROL/source`` (and its first value to RUN)."""
+        if self.train_ids is None:
+            raise ValueError("CONTROL data needs the train IDs up front")
         for key, value in data.items():
             value = np.asarray(value)
             if len(value) != len(self.train_ids):
@@ -121,12 +136,18 @@ class ExdfWriter:
             arr = np.array([value.encode("utf-8")], dtype=object) if isinstance(value, str) else np.atleast_1d(value)
             dtype = h5py.string_dtype() if isinstance(value, str) else None
             self._file.create_dataset(f"RUN/{source}/{path}/value", data=arr, dtype=dtype)
-            self._file.create_dataset(f"RUN/{source}/{path}/timestamp", data=self._timestamps[:1])
+            self._file.create_dataset(f"RUN/{source}/{path}/timestamp", data=self._run_timestamp())
         self._run_only_sources.add(source)
 
     # -- finishing -----------------------------------------------------------------------------
     def _write_index(self) -> None:
         f = self._file
+        if self.train_ids is None:
+            seen = np.concatenate(self._seen_trains) if self._seen_trains else np.zeros(0, np.uint64)
+            self._set_trains(np.unique(seen))
+        f.create_dataset("INDEX/trainId", data=self.train_ids, dtype="u8")
+        f.create_dataset("INDEX/timestamp", data=self._timestamps)
+        f.create_dataset("INDEX/flag", data=np.ones(len(self.train_ids), dtype=np.int32))
         for (source, group), chunks in self._instrument_rows.items():
             tids = np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
             if np.any(np.diff(tids.astype(np.int64)) < 0):

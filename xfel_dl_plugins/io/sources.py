@@ -6,7 +6,10 @@ Each source yields dicts of per-frame arrays (``data``, ``valid``, ``train_id``,
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -16,9 +19,10 @@ import numpy as np
 from ..errors import InputDataError
 from .cxi import read_cxi
 
-#: CONTROL sources/keys where a run may record the photon energy (eV) and detector distance (m).
-RECORDED_ENERGY = [("*/MDL/EXPERIMENT", "photonEnergy"), ("*_SIM/*/EXPERIMENT", "photonEnergy")]
-RECORDED_DISTANCE = [("*/MDL/EXPERIMENT", "detectorDistance"), ("*_SIM/*/EXPERIMENT", "detectorDistance")]
+#: CONTROL sources/keys where a run may record the photon energy (eV) and detector distance (m)
+#: (the simulator writes SPB_XFELDL_SIM/MDL/SETTINGS); the manifest's [geometry] overrides them.
+RECORDED_ENERGY = [("*/MDL/SETTINGS", "photonEnergy"), ("*/MDL/EXPERIMENT", "photonEnergy")]
+RECORDED_DISTANCE = [("*/MDL/SETTINGS", "detectorDistance"), ("*/MDL/EXPERIMENT", "detectorDistance")]
 
 
 @dataclass
@@ -37,42 +41,57 @@ class SourceInfo:
 
 
 def _first_recorded(run, candidates) -> float | None:
+    """The run-start value of the first matching CONTROL source/key, if the run records one."""
     for pattern, key in candidates:
         for src in sorted(fnmatch.filter(run.control_sources, pattern)):
-            if key in run[src].keys():
-                try:
-                    return float(run.get_run_value(src, key))
-                except Exception:
-                    return float(run[src, key].ndarray()[0])
+            if f"{key}.value" in run[src].keys():
+                return float(run.get_run_value(src, key))
     return None
 
 
-class RunSource:
-    """AGIPD-1M frames of a European XFEL run, raw or calibrated, opened through EXtra-data."""
+def open_run_data(path=None, *, proposal=None, run_number=None, data="proc"):
+    """Open a run with EXtra-data (directory, single file, or proposal + run); return (run, label).
 
-    def __init__(self, path=None, *, proposal=None, run_number=None, data="proc", detector="AGIPD1M",
-                 source=None, trains=None, raw=None, photons_per_adu=1.0):
+    A file EXtra-data cannot read is an error here, not a silently skipped part of the run."""
+    import extra_data
+
+    if path is not None and not Path(path).exists():
+        raise InputDataError(f"run directory not found: {path}")
+    label = str(path) if path is not None else f"proposal {proposal} run {run_number} ({data})"
+    skipped = io.StringIO()  # EXtra-data reports unreadable files on stderr and skips them
+    try:
+        with contextlib.redirect_stderr(skipped):
+            if path is None:
+                run = extra_data.open_run(proposal, run_number, data=data)
+            elif Path(path).is_file():
+                run = extra_data.H5File(str(path))
+            else:
+                run = extra_data.RunDirectory(str(path))
+    except Exception as exc:  # EXtra-data raises OSError, FileNotFoundError, ValueError...
+        raise InputDataError(f"cannot open run {label}: {type(exc).__name__}: {exc}") from None
+    bad = re.search(r"Skipping file (\S+)\s+\(error was: (.*)\)", skipped.getvalue())
+    if bad:  # losing a file silently would lose data: refuse instead
+        raise InputDataError(f"{label}: file {bad.group(1)} cannot be read (truncated or corrupt?): {bad.group(2)}")
+    return run, label
+
+
+class RunSource:
+    """AGIPD-1M frames of a European XFEL run, raw or calibrated, opened through EXtra-data.
+
+    Give a path, a proposal + run number, or an already open ``DataCollection`` (``collection``,
+    as DAMNIT passes to its variables)."""
+
+    def __init__(self, path=None, *, collection=None, proposal=None, run_number=None, data="proc",
+                 detector="AGIPD1M", source=None, trains=None, raw=None, photons_per_adu=1.0):
         import extra_data
         from extra_data.components import AGIPD1M
 
         if detector != "AGIPD1M":
             raise InputDataError(f"detector {detector!r} is not supported for runs yet (supported: AGIPD1M)")
-        try:
-            if path is not None:
-                if not Path(path).exists():
-                    raise InputDataError(f"run directory not found: {path}")
-                if Path(path).is_file():
-                    run = extra_data.H5File(str(path))
-                else:
-                    run = extra_data.RunDirectory(str(path))
-                label = str(path)
-            else:
-                run = extra_data.open_run(proposal, run_number, data=data)
-                label = f"proposal {proposal} run {run_number} ({data})"
-        except InputDataError:
-            raise
-        except Exception as exc:  # EXtra-data raises OSError, FileNotFoundError, ValueError...
-            raise InputDataError(f"cannot open run {path or label}: {type(exc).__name__}: {exc}") from None
+        if collection is not None:
+            run, label = collection, "DataCollection " + ",".join(map(str, collection.train_ids[:1])) + "..."
+        else:
+            run, label = open_run_data(path, proposal=proposal, run_number=run_number, data=data)
         if trains is not None:
             first, last = trains
             run = run.select_trains(extra_data.by_id[first : last + 1])
@@ -115,31 +134,53 @@ class RunSource:
             if self.raw:
                 frames, valid = self._correct_raw(data, kd.cell_id_coordinates())
             else:
-                mask = part["image.mask"].ndarray(module_gaps=True, fill_value=0xFFFFFFFF)
-                frames = np.moveaxis(data, 0, 1).astype(np.float32, copy=False)
-                valid = np.moveaxis(mask == 0, 0, 1) & np.isfinite(frames)
+                valid = part["image.mask"].ndarray(module_gaps=True, fill_value=0xFFFFFFFF) == 0
+                valid &= np.isfinite(data)
+                # (module, frame, ...) as read -> (frame, module, ...) views, no copy of 4 MiB/frame
+                frames, valid = np.moveaxis(data.astype(np.float32, copy=False), 0, 1), np.moveaxis(valid, 0, 1)
             yield {
-                "data": np.ascontiguousarray(frames),
-                "valid": np.ascontiguousarray(valid),
+                "data": frames,
+                "valid": valid,
                 "train_id": kd.train_id_coordinates().astype(np.uint64),
                 "pulse_id": kd.pulse_id_coordinates().astype(np.uint64),
                 "cell_id": kd.cell_id_coordinates().astype(np.uint16),
             }
 
-    def _correct_raw(self, data: np.ndarray, cell_ids: np.ndarray):
-        """Quick-look correction of raw AGIPD data: analog ADU minus a per-cell dark, in photons.
+    def _estimate_dark(self, n_trains: int = 9) -> np.ndarray:
+        """Per-memory-cell, per-pixel analog offset: the median over the first ``n_trains`` trains.
 
-        The dark is the per-pixel, per-memory-cell median of the first batch of the run (most SPI
-        frames are blanks). No gain switching is handled: use calibrated data for quantitative work.
+        In single-particle runs almost every frame is a blank, so the median is the dark level.
+        Read module by module to keep memory bounded; returns ``(16, n_cells, 512, 128)`` float32.
         """
-        analog = np.moveaxis(data[:, :, 0] if data.ndim == 5 else data, 0, 1).astype(np.float32)
+        import extra_data
+
+        first = self.det.select_trains(extra_data.by_index[:n_trains])
+        cells = first["image.data"].cell_id_coordinates()
+        self._cell_index = {int(c): i for i, c in enumerate(np.unique(cells))}
+        dark = np.zeros((16, len(self._cell_index), 512, 128), np.float32)
+        for m in range(16):
+            one = extra_data.components.AGIPD1M(first.data, raw=True, modules=[m], min_modules=1) \
+                if m in first.source_to_modno.values() else None
+            if one is None:
+                continue
+            analog = one["image.data"].ndarray()[0][:, 0]
+            for c, i in self._cell_index.items():
+                dark[m, i] = np.median(analog[cells == c], axis=0)
+        return dark
+
+    def _correct_raw(self, data: np.ndarray, cell_ids: np.ndarray):
+        """Quick-look correction of raw AGIPD data: analog ADU minus the per-cell dark, in photons.
+
+        Gain switching is not handled (high-gain frames only): use calibrated data for quantitative
+        work. Cells absent from the dark trains are marked invalid.
+        """
         if self._dark is None:
-            cells = np.unique(cell_ids)
-            self._dark = {int(c): np.median(analog[cell_ids == c], axis=0) for c in cells}
-        fallback = np.median(np.stack(list(self._dark.values())), axis=0)
-        dark = np.stack([self._dark.get(int(c), fallback) for c in cell_ids])
-        frames = (analog - dark) * np.float32(self.photons_per_adu)
-        return frames, np.isfinite(frames)
+            self._dark = self._estimate_dark()
+        index = np.array([self._cell_index.get(int(c), -1) for c in cell_ids])
+        analog = np.moveaxis(data[:, :, 0] if data.ndim == 5 else data, 0, 1).astype(np.float32)
+        frames = (analog - self._dark[:, np.maximum(index, 0)].swapaxes(0, 1)) * np.float32(self.photons_per_adu)
+        valid = np.isfinite(frames) & (index >= 0)[:, None, None, None]
+        return frames, valid
 
     def close(self) -> None:
         pass

@@ -31,6 +31,9 @@ class InputSpec:
     trains: tuple[int, int] | None = None
     raw: bool | None = None
     photons_per_adu: float = 1.0
+    bridge: str | None = None  # karabo-bridge endpoint, e.g. tcp://exflong:45000
+    max_trains: int | None = None  # stop a stream after this many trains
+    timeout_s: float = 30.0  # stop a stream after this long without data
 
 
 @dataclass
@@ -152,6 +155,9 @@ def parse_manifest(path: str | Path) -> Manifest:
             trains=inp.pair("trains", int),
             raw=inp.get("raw", bool),
             photons_per_adu=inp.get("photons_per_adu", (float,), 1.0),
+            bridge=inp.get("bridge", str),
+            max_trains=inp.get("max_trains", int),
+            timeout_s=inp.get("timeout_s", (float,), 30.0),
         ),
         geometry=GeometrySpec(
             file=geo.get("file", str),
@@ -194,10 +200,13 @@ def parse_manifest(path: str | Path) -> Manifest:
 
 
 def apply_overrides(manifest: Manifest, *, input_path: str | None = None, output: str | None = None) -> Manifest:
-    """Command-line ``--input``/``--output`` replace the manifest's; a .cxi/.h5 file with CXI content is a CXI input."""
+    """Command-line ``--input``/``--output`` replace the manifest's: a ``.cxi`` file is a CXI input,
+    ``tcp://host:port`` a karabo-bridge stream, anything else a run directory or file."""
     if input_path is not None:
         is_cxi = Path(input_path).suffix.lower() == ".cxi"
-        manifest.input.run, manifest.input.cxi = (None, input_path) if is_cxi else (input_path, None)
+        is_stream = input_path.startswith("tcp://")
+        manifest.input.run, manifest.input.cxi, manifest.input.bridge = (
+            (None, None, input_path) if is_stream else (None, input_path, None) if is_cxi else (input_path, None, None))
         manifest.input.proposal = manifest.input.run_number = None
         if is_cxi:
             manifest.input.detector = "flat"

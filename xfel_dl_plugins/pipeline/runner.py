@@ -36,18 +36,25 @@ class ChainResult:
     stage_summaries: dict[str, dict] = field(default_factory=dict)
     output_sources: dict[str, str] = field(default_factory=dict)
     skipped_frames: int = 0
+    filter_passed: dict[str, int] = field(default_factory=dict)  # frames kept by each filtering stage
+    geometry: ExperimentGeometry | None = None
 
     @property
     def frames_per_s(self) -> float:
         return self.n_frames / self.elapsed_s if self.elapsed_s else 0.0
 
 
-def open_source(spec: InputSpec):
-    if spec.cxi:
+def open_source(spec: InputSpec, collection=None):
+    """The manifest's input, or ``collection`` (an open EXtra-data DataCollection) when given."""
+    if spec.cxi and collection is None:
         return CXISource(spec.cxi)
-    if spec.run is None and (spec.proposal is None or spec.run_number is None):
+    if spec.bridge and collection is None:
+        from ..io.bridge import BridgeSource
+
+        return BridgeSource(spec.bridge, source=spec.source, max_trains=spec.max_trains, timeout_s=spec.timeout_s)
+    if collection is None and spec.run is None and (spec.proposal is None or spec.run_number is None):
         raise ManifestError("no input: set [input] run, cxi or proposal + run_number, or pass --input")
-    return RunSource(spec.run, proposal=spec.proposal, run_number=spec.run_number, data=spec.data,
+    return RunSource(spec.run, collection=collection, proposal=spec.proposal, run_number=spec.run_number, data=spec.data,
                      detector=spec.detector, source=spec.source, trains=spec.trains, raw=spec.raw,
                      photons_per_adu=spec.photons_per_adu)
 
@@ -147,7 +154,7 @@ def _check_outputs(spec, stage: Stage, out: dict, n: int) -> dict[str, np.ndarra
 def _drop_invalid_frames(batch: FrameBatch, policy: str) -> tuple[FrameBatch, int]:
     """Frames without a single usable pixel (all NaN, all masked) are an error, or skipped if asked."""
     valid = batch["valid"]
-    usable = valid.reshape(len(batch), -1).any(axis=1)
+    usable = valid.any(axis=tuple(range(1, valid.ndim)))
     if usable.all():
         return batch, 0
     bad = np.flatnonzero(~usable)
@@ -164,8 +171,9 @@ def _run_values(summary: dict[str, Any]) -> dict[str, Any]:
                 else json.dumps(v, default=str)) for k, v in summary.items()}
 
 
-def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = True) -> ChainResult:
-    """Run ``manifest`` end to end. The results file appears only when complete."""
+def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = True, collection=None) -> ChainResult:
+    """Run ``manifest`` end to end (on ``collection`` if given, e.g. the run DAMNIT passes).
+    The results file appears only when complete."""
     from tqdm import tqdm
 
     if manifest.output is None:
@@ -177,7 +185,7 @@ def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = T
         raise XfelDLError(f"output directory does not exist: {output.parent}")
 
     t0 = time.perf_counter()
-    source = open_source(manifest.input)
+    source = open_source(manifest.input, collection)
     try:
         info = source.info
         geometry = resolve_geometry(manifest.geometry, info)
@@ -185,23 +193,26 @@ def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = T
         chain.setup()
         prefix = info.detector_source or "XFELDL"
         sources = {spec.label: f"{prefix}/XFELDL/{spec.label.upper()}:output" for spec, _ in chain.steps}
-        result = ChainResult(output, 0, len(info.train_ids), 0.0, output_sources=sources)
+        result = ChainResult(output, 0, 0, 0.0, output_sources=sources, geometry=geometry)
         with ExdfWriter(output, info.train_ids, proposal=info.proposal, run=info.run) as writer:
             bar = tqdm(total=info.n_frames, unit="frame", disable=not progress, desc=manifest.name, smoothing=0.1)
             for fields in source.batches(manifest.batch_size):
+                if info.train_ids is None:  # a stream: the file's trains are those received
+                    writer.declare_trains(fields["train_id"])
                 batch = FrameBatch(fields, geometry)
                 batch, skipped = _drop_invalid_frames(batch, manifest.on_invalid_frame)
                 result.skipped_frames += skipped
                 _process_batch(chain, batch, writer, sources, result)
                 result.n_frames += len(fields["train_id"])
                 bar.update(len(fields["train_id"]))
-                bar.set_postfix({label: rows for label, rows in list(result.stage_rows.items())[-1:]})
+                bar.set_postfix(result.filter_passed)
             bar.close()
             for spec, stage in chain.steps:
                 result.stage_summaries[spec.label] = summary = stage.finish()
                 if summary:
                     writer.write_run_values(sources[spec.label].split(":")[0], _run_values(summary))
             writer.write_run_values(PROVENANCE_SOURCE, _provenance(manifest, info, geometry, chain, result))
+        result.n_trains = len(writer.train_ids)
     finally:
         source.close()
     result.elapsed_s = time.perf_counter() - t0
@@ -229,7 +240,9 @@ def _process_batch(chain: Chain, batch: FrameBatch, writer: ExdfWriter, sources:
         writer.append_instrument(sources[spec.label], saved, current["train_id"])
         result.stage_rows[spec.label] = result.stage_rows.get(spec.label, 0) + len(current)
         if spec.filter:
-            current = current.subset(out[stage.filter_field].astype(bool))
+            keep = out[stage.filter_field].astype(bool)
+            result.filter_passed[f"{spec.label} kept"] = result.filter_passed.get(f"{spec.label} kept", 0) + int(keep.sum())
+            current = current.subset(keep)
 
 
 def _provenance(manifest: Manifest, info, geometry: ExperimentGeometry, chain: Chain, result: ChainResult) -> dict:

@@ -112,7 +112,8 @@ def write_agipd_run(run_dir, config, n_trains: int, frames_per_train: int, seed:
             for m, w in enumerate(writers):
                 w.append_instrument(AGIPD_SOURCE.format(m=m), {
                     "image.data": data[:, m], "image.mask": mask[:, m], "image.gain": gain[:, m],
-                    "image.pulseId": pulses, "image.cellId": cells, "image.trainId": tid}, tid)
+                    "image.pulseId": pulses, "image.cellId": cells, "image.trainId": tid}, tid,
+                    compress=("image.mask", "image.gain"))  # as the calibration pipeline writes them
             truth.append_instrument(TRUTH_SOURCE, _truth_rows(rows, pulses), tid)
             xgm[t, :frames_per_train] = [r["pulse_energy_mJ"] * 1e3 for r in rows]  # XGM sits upstream of the optics
         truth.append_instrument(XGM_SOURCE, {"data.intensityTD": xgm}, train_ids)

@@ -62,11 +62,10 @@ class LitPixelHitFinder(Stage):
             if data.ndim != 4:
                 raise ValueError("'modules' can only be selected for multi-module detector data")
             data, valid = data[:, self.p.modules], valid[:, self.p.modules]
-        n = data.shape[0]
-        data, valid = data.reshape(n, -1), valid.reshape(n, -1)
-        lit = np.count_nonzero((data > self.p.photon_threshold) & valid, axis=1).astype(np.int32)
-        total = np.where(valid, data, 0).sum(axis=1, dtype=np.float64).astype(np.float32)
-        return lit, np.count_nonzero(valid, axis=1).astype(np.int32), total
+        pixel_axes = tuple(range(1, data.ndim))  # reduce without reshaping (frames may be strided views)
+        lit = np.count_nonzero((data > self.p.photon_threshold) & valid, axis=pixel_axes).astype(np.int32)
+        total = np.sum(data, axis=pixel_axes, where=valid, dtype=np.float64).astype(np.float32)
+        return lit, np.count_nonzero(valid, axis=pixel_axes).astype(np.int32), total
 
     def _threshold(self, lit: np.ndarray) -> tuple[float, float, float]:
         """Centre, sigma and threshold from the window of recent scores (including this batch)."""

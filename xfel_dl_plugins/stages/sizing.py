@@ -15,6 +15,8 @@ import numpy as np
 from ..io.geometry import HC_EV_M, q_from_radius
 from .base import Field, FrameBatch, Param, Stage
 
+SUB_BINS = 4  # sub-bins per radial bin for the mask-aware model
+
 
 def sphere_form_factor(x: np.ndarray) -> np.ndarray:
     """Normalised sphere intensity [3 (sin x - x cos x) / x^3]^2 (1 at x = 0)."""
@@ -61,30 +63,48 @@ class SphereSizeFit(Stage):
         self._grid_key = None
 
     def _prepare(self, grid) -> None:
-        """Radial bins of the grid and, for every trial radius, the model averaged exactly as the
-        data are: over 2x2 sub-pixels of each grid pixel, then over the pixels of each radial bin."""
+        """Radial bins of the grid, split into quarter-pixel sub-bins, and for every trial radius the
+        model averaged over the q values met in each sub-bin (2x2 sub-pixels per grid pixel)."""
         size = grid.q.shape[0]
         yy, xx = np.indices(grid.q.shape, dtype=np.float64)
         yy -= size // 2
         xx -= size // 2
-        self.radius_bin = np.rint(np.hypot(yy, xx)).astype(np.int64).ravel()
+        radius = np.hypot(yy, xx).ravel()
+        self.radius_bin = np.rint(radius).astype(np.int64)
         self.n_bins = size // 2
-        inside = self.radius_bin < self.n_bins
-        bins, counts = self.radius_bin[inside], np.bincount(self.radius_bin[inside], minlength=self.n_bins)
+        sub = np.clip(np.floor((radius - self.radius_bin + 0.5) * SUB_BINS), 0, SUB_BINS - 1).astype(np.int64)
+        self.fine_bin = self.radius_bin * SUB_BINS + sub
+        n_fine = self.n_bins * SUB_BINS
+        inside = self.fine_bin < n_fine
         q_sub = np.stack([q_from_radius(np.hypot(yy + dy, xx + dx).ravel()[inside] * grid.pixel_size_m,
                                         grid.distance_m, HC_EV_M / grid.wavelength_m)
-                          for dy in (-0.25, 0.25) for dx in (-0.25, 0.25)])
+                          for dy in (-0.25, 0.25) for dx in (-0.25, 0.25)]).ravel()
+        fine = np.broadcast_to(self.fine_bin[inside], (4, int(inside.sum()))).ravel()
         # Radii whose fringes (period pi/R in q) are finer than two grid pixels cannot be told apart.
         nyquist = np.pi / (2 * grid.q_per_pixel)
         self.radii = self.radii_m[self.radii_m <= nyquist] if np.any(self.radii_m <= nyquist) else self.radii_m[:2]
-        # The q values met in each radial bin, summarised by 32 quantiles (exact enough, and fast).
-        levels = np.linspace(0, 1, 32)
-        q_bins = np.zeros((self.n_bins, len(levels)))
-        sub_bins = np.broadcast_to(bins, q_sub.shape).ravel()
-        for b in np.flatnonzero(counts):
-            q_bins[b] = np.quantile(q_sub.ravel()[sub_bins == b], levels)
-        self.models = sphere_form_factor(self.radii[:, None, None] * q_bins[None]).mean(axis=2)
+        # The q values met in each sub-bin, summarised by 8 quantiles (exact enough, and fast).
+        order = np.argsort(fine, kind="stable")
+        fine_sorted, q_sorted = fine[order], q_sub[order]
+        bounds = np.searchsorted(fine_sorted, np.arange(n_fine + 1))
+        levels = np.linspace(0, 1, 8)
+        q_fine = np.zeros((n_fine, len(levels)))
+        for b in range(n_fine):
+            if bounds[b + 1] > bounds[b]:
+                q_fine[b] = np.quantile(q_sorted[bounds[b] : bounds[b + 1]], levels)
+        models = sphere_form_factor(self.radii[:, None, None] * q_fine[None]).mean(axis=2)
+        self.fine_models = models.reshape(len(self.radii), self.n_bins, SUB_BINS)
         self._grid_key = id(grid)
+
+    def _frame_models(self, valid: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per-frame model (n, n_radii, n_bins): sub-bin models weighted by that frame's valid pixels,
+        so a beam stop or gap covering part of a radial bin biases model and data alike."""
+        n, n_fine = valid.shape[0], self.n_bins * SUB_BINS
+        inside = self.fine_bin < n_fine
+        index = (np.arange(n)[:, None] * n_fine + self.fine_bin[inside][None, :]).ravel()
+        hist = np.bincount(index, weights=valid[:, inside].ravel(), minlength=n * n_fine)
+        hist = hist.reshape(n, self.n_bins, SUB_BINS)
+        return np.einsum("rbk,nbk->nrb", self.fine_models, hist) / np.maximum(counts, 1)[:, None, :]
 
     def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
         grid = batch.meta["grid"]
@@ -94,12 +114,13 @@ class SphereSizeFit(Stage):
         patterns = batch["pattern"].reshape(n, -1).astype(np.float64)
         valid = batch["pattern_valid"].reshape(n, -1)
         profile, counts = radial_profiles(patterns, valid, self.radius_bin, self.n_bins)
+        m = self._frame_models(valid, counts)  # (n, n_radii, n_bins)
         counts[:, : self.p.min_radius_px] = 0
         w = counts / (profile + 0.5)  # Poisson: var(mean of c pixels) = mean / c
-        m = self.models.T  # (n_bins, n_radii)
-        s_mm, s_m1 = w @ m**2, w @ m
+        s_mm, s_m1 = np.einsum("nb,nrb->nr", w, m**2), np.einsum("nb,nrb->nr", w, m)
+        s_pm = np.einsum("nb,nrb->nr", w * profile, m)
+        s_p1 = (w * profile).sum(axis=1, keepdims=True)
         s_11 = w.sum(axis=1, keepdims=True)
-        s_pm, s_p1 = (w * profile) @ m, (w * profile).sum(axis=1, keepdims=True)
         s_pp = (w * profile**2).sum(axis=1, keepdims=True)
         det = s_mm * s_11 - s_m1**2
         with np.errstate(divide="ignore", invalid="ignore"):

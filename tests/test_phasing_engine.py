@@ -1,0 +1,162 @@
+"""The batched phasing engine: kernels, backends, supports, free pixels and reconstructions."""
+
+import numpy as np
+import pytest
+
+from xfel_dl_plugins.errors import InputDataError, StageError
+from xfel_dl_plugins.phasing import DM, ER, HIO, RAAR, PhasingState, get_backend, kernels, metrics, phase
+from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
+from xfel_dl_plugins.phasing.support import autocorrelation_support, free_pixel_mask
+from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
+
+
+def _random_complex(rng, shape):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+
+
+def test_cpu_in_place_updates_equal_the_shared_kernel_expressions():
+    rng = np.random.default_rng(0)
+    backend = NumpyBackend(ndim=2)
+    shape = (2, 3, 16, 16)
+    x, y = _random_complex(rng, shape), _random_complex(rng, shape)
+    support = Support(backend, rng.random(shape) < 0.3)
+    s = support.mask.astype(np.float32)
+    for rule, beta in [("er", 0.0), ("hio", 0.9), ("raar", 0.75), ("raar", 0.5)]:
+        expected = kernels.er_update(y, s) if rule == "er" else getattr(kernels, rule + "_update")(x, y, s, beta)
+        args = (x.copy(), y.copy(), support) + (() if rule == "er" else (beta,))
+        got = getattr(backend, rule + "_")(*args)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=rule)
+    amp = rng.uniform(0, 3, (2, 1, 16, 16)).astype(np.float32)
+    fixed = rng.random((2, 1, 16, 16)) < 0.2
+    constraint = FourierConstraint(backend, np.broadcast_to(amp, shape), np.broadcast_to(fixed, shape))
+    expected = kernels.fourier_projection(y, np.where(fixed, 0, amp), fixed.astype(np.float32))
+    got = backend.fourier_project_(y.copy(), constraint)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.abs(got)[np.broadcast_to(~fixed, shape)],
+                               np.broadcast_to(amp, shape)[np.broadcast_to(~fixed, shape)], rtol=1e-5)
+    np.testing.assert_array_equal(got[np.broadcast_to(fixed, shape)], y[np.broadcast_to(fixed, shape)])
+
+
+def test_backend_fft_is_in_place_and_matches_numpy():
+    rng = np.random.default_rng(1)
+    a = _random_complex(rng, (3, 2, 8, 12))
+    backend = get_backend("cpu", ndim=2)
+    expected = np.fft.fftn(a, axes=(-2, -1))
+    out = backend.fft_(a)
+    assert out is a
+    np.testing.assert_allclose(a, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(backend.ifft_(a), np.fft.ifftn(expected, axes=(-2, -1)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(StageError):
+        get_backend("tpu")
+
+
+def test_free_pixels_islands_symmetric_and_valid():
+    valid = beam_stop_mask((128, 128), radius=5, gap_width=4)
+    free = free_pixel_mask(valid, 0.05, rng=np.random.default_rng(0))
+    assert 0.035 < free.sum() / valid.sum() < 0.075
+    assert not (free & ~valid).any()
+    mirrored = np.roll(free[::-1, ::-1], 1, axis=(0, 1))  # q -> -q on the FFT grid
+    assert (free == (mirrored & valid)).all()
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128), indexing="ij"))
+    assert not free[radius <= 0.05].any()
+    assert not free_pixel_mask(valid, 0.0).any()
+
+
+def test_autocorrelation_support_contains_the_object_extent():
+    obj = make_object((64, 64), "polygon", rng=np.random.default_rng(2))
+    iobs, valid, _ = diffraction(obj, 1e9, beam_stop_mask((64, 64), 1), np.random.default_rng(0))
+    support = autocorrelation_support(iobs, valid, threshold=0.1)
+    n_obj = (np.abs(obj) > 0.05 * np.abs(obj).max()).sum()
+    assert n_obj < support.sum() < 8 * n_obj
+    # The autocorrelation is centred on the origin of the (periodic) grid, and symmetric.
+    assert support[0, 0]
+    assert (support == np.roll(support[::-1, ::-1], 1, axis=(0, 1))).all()
+
+
+@pytest.mark.parametrize("algorithm", [HIO(beta=0.9), RAAR(beta=0.8), DM(beta=0.8)])
+def test_algorithms_reach_low_error_with_known_support_and_beam_stop(algorithm):
+    obj = make_object((48, 48), "polygon", oversampling=2.5, rng=np.random.default_rng(3))
+    iobs, valid, truth = diffraction(obj, 1e9, beam_stop_mask((48, 48), 1.0), np.random.default_rng(1))
+    support = np.abs(truth) > 0.02 * np.abs(truth).max()
+    state = PhasingState(iobs, valid, n_starts=3, initial_support=support[None], free_fraction=0, seed=4, calc_llk=0)
+    state.update_llk()
+    before, llk_before = min(metrics.ambiguity_error(truth, o) for o in state.objects()[0]), np.nanmin(state.llk)
+    (algorithm ** 150 * ER() ** 50).apply(state)
+    state.update_llk()
+    errors = [metrics.ambiguity_error(truth, o) for o in state.objects()[0]]
+    assert before > 0.5
+    assert min(errors) < 0.08
+    assert np.nanmin(state.llk) < 1e-3 * llk_before
+
+
+def test_positivity_gives_real_non_negative_objects_inside_the_support():
+    obj = make_object((48, 48), "polygon", rng=np.random.default_rng(5))
+    iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((48, 48), 1.0), np.random.default_rng(2))
+    support = np.abs(truth) > 0.02 * np.abs(truth).max()
+    state = PhasingState(iobs, valid, n_starts=2, initial_support=support[None], positivity=True, seed=0)
+    (HIO() ** 100 * ER() ** 30).apply(state)
+    objects = state.objects()
+    assert np.abs(objects.imag).max() == 0 and objects.real.min() >= 0
+    assert min(metrics.ambiguity_error(truth, o) for o in objects[0]) < 0.05
+
+
+def test_phase_from_random_starts_with_autocorrelation_support_and_shrink_wrap():
+    """The whole chain on a noisy pattern with a beam-stop hole: 2 patterns x 8 starts in one batch."""
+    rng = np.random.default_rng(6)
+    truths, patterns, masks = [], [], []
+    for kind in ("polygon", "polygon"):
+        obj = make_object((64, 64), kind, rng=rng)
+        iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((64, 64), 1.0), rng)
+        truths.append(truth), patterns.append(iobs), masks.append(valid)
+    result = phase(np.stack(patterns), np.stack(masks), n_starts=8, n_keep=4, seed=0, device="cpu")
+    assert result.reconstruction.shape == (2, 64, 64) and result.reconstruction.dtype == np.complex64
+    assert result.start_llk.shape == (2, 8) and result.iterations == 1100
+    for truth, rec, pattern in zip(truths, result.patterns, patterns):
+        assert metrics.ambiguity_error(truth, rec.reconstruction) < 0.12
+        assert rec.support.dtype == bool and 0 < rec.support.sum() < 64 * 64 / 2
+        assert 0 < rec.r_factor < 0.2 and np.isfinite(rec.llk) and np.isfinite(rec.llk_free)
+        assert 0.5 < rec.resolution_px < 4
+        # The reconstruction is centred in the array.
+        ys, xs = np.nonzero(rec.support)
+        assert abs(ys.mean() - 32) < 4 and abs(xs.mean() - 32) < 4
+
+
+def test_3d_volume_phasing():
+    obj = make_object((24, 24, 24), "polygon", oversampling=2.4, rng=np.random.default_rng(7))
+    iobs, valid, truth = diffraction(obj, 1e9, beam_stop_mask((24, 24, 24), 1.0), np.random.default_rng(3))
+    support = np.abs(truth) > 0.02 * np.abs(truth).max()
+    state = PhasingState(iobs[None], valid[None], ndim=3, n_starts=2, initial_support=support[None], seed=1)
+    (HIO() ** 100 * ER() ** 30).apply(state)
+    assert state.objects().shape == (1, 2, 24, 24, 24)
+    assert min(metrics.ambiguity_error(truth, o) for o in state.objects()[0]) < 0.08
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(InputDataError, match="shape"):
+        PhasingState(np.ones(10))
+    with pytest.raises(InputDataError, match="no valid pixel"):
+        PhasingState(np.ones((2, 16, 16)), np.zeros((2, 16, 16), bool))
+    with pytest.raises(InputDataError, match="n_starts"):
+        PhasingState(np.ones((1, 16, 16)), n_starts=0)
+    with pytest.raises(InputDataError, match="does not match"):
+        PhasingState(np.ones((1, 16, 16)), initial_support=np.ones((1, 8, 8), bool))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA device")
+def test_gpu_matches_cpu():
+    obj = make_object((64, 64), "complex_blobs", rng=np.random.default_rng(8))
+    iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((64, 64), 1.0), np.random.default_rng(4))
+    support = np.abs(truth) > 0.02 * np.abs(truth).max()
+    schedule = HIO() ** 20 * RAAR() ** 20 * ER() ** 10
+    results = {}
+    for device in ("cpu", "cuda"):
+        state = PhasingState(iobs, valid, n_starts=2, initial_support=support[None], backend=device, seed=3)
+        schedule.apply(state)
+        state.update_llk()
+        results[device] = (state.objects(), state.llk)
+    x_cpu, x_gpu = results["cpu"][0], results["cuda"][0]
+    assert np.linalg.norm(x_cpu - x_gpu) / np.linalg.norm(x_cpu) < 1e-3
+    np.testing.assert_allclose(results["cpu"][1], results["cuda"][1], rtol=1e-3)
+    full = phase(iobs, valid, n_starts=4, device="cuda", seed=0)
+    assert metrics.ambiguity_error(truth, full.reconstruction[0]) < 0.15

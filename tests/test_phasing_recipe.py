@@ -1,0 +1,87 @@
+"""Recipe strings and the operator algebra of xfel_dl_plugins.phasing."""
+
+import pytest
+
+from xfel_dl_plugins.errors import StageError
+from xfel_dl_plugins.phasing import ER, HIO, RAAR, SW, RecipeError, parse_recipe
+
+
+class RecordingState:
+    """Stands in for a PhasingState and records what the operators ask of it."""
+
+    def __init__(self):
+        self.calls, self.iteration = [], 0
+
+    def iterate(self, rule, beta):
+        self.calls.append((rule, beta))
+        self.iteration += 1
+
+    def iterate_dm(self, beta):
+        self.calls.append(("dm", beta))
+        self.iteration += 1
+
+    def shrink_wrap(self, threshold, sigma, method, force_shrink):
+        self.calls.append(("sw", threshold, round(sigma, 6), method))
+
+
+def test_issue_example_parses_and_runs_left_to_right():
+    op = parse_recipe("(SW*HIO**50)**10 * RAAR**500 * ER**100")
+    assert op.n_iterations == 10 * 50 + 500 + 100
+    state = RecordingState()
+    op.apply(state)
+    kinds = [c[0] for c in state.calls]
+    assert kinds[:2] == ["sw", "hio"] and kinds[51] == "sw"
+    assert kinds.count("sw") == 10 and kinds.count("hio") == 500
+    assert kinds[-101] == "raar" and kinds[-1] == "er" and kinds[-100] == "er"
+
+
+def test_parameters_case_and_commas():
+    op = parse_recipe("raar(beta=0.75)**3, hio(beta=.5)**2 * Sw(threshold=0.3, method=rms, force_shrink=true) * er")
+    state = RecordingState()
+    op.apply(state)
+    assert state.calls[:3] == [("raar", 0.75)] * 3
+    assert state.calls[3:5] == [("hio", 0.5)] * 2
+    assert state.calls[5][:2] == ("sw", 0.3) and state.calls[5][3] == "rms"
+    assert state.calls[6] == ("er", 0.0)
+    # repr is itself a valid recipe describing the same schedule.
+    assert parse_recipe(repr(op)).n_iterations == op.n_iterations == 6
+
+
+def test_sw_defaults_and_sigma_decay():
+    op = parse_recipe("SW * ER * SW(sigma=4)", sw_defaults={"threshold": 0.15, "sigma": 3.0, "sigma_end": 1.0, "decay": 10})
+    sw1, sw2 = op.ops[0], op.ops[2]
+    assert (sw1.threshold, sw1.sigma, sw2.sigma, sw2.threshold) == (0.15, 3.0, 4.0, 0.15)
+    assert sw1.current_sigma(0) == pytest.approx(3.0)
+    assert sw1.current_sigma(5) == pytest.approx(3 ** 0.5)
+    assert sw1.current_sigma(100) == pytest.approx(1.0)
+
+
+def test_python_operator_algebra_matches_recipe():
+    schedule = (SW() * HIO(beta=0.8) ** 3) ** 2 * RAAR() ** 2 * ER() ** 1
+    a, b = RecordingState(), RecordingState()
+    schedule.apply(a)
+    parse_recipe("(SW*HIO(beta=0.8)**3)**2 * RAAR**2 * ER").apply(b)
+    assert a.calls == b.calls
+    with pytest.raises(StageError):
+        HIO() ** -1
+
+
+@pytest.mark.parametrize("recipe, fragment", [
+    ("HIO**50 * FOO**3", "unknown operator 'FOO' at column 11"),
+    ("HIO**x", "column 6"),
+    ("HIO**2.5", "'2.5'"),
+    ("(HIO**5 * ER", "end of recipe"),
+    ("HIO**5 @ ER", "'@' at column 8"),
+    ("HIO(beta=2)**5", "beta must be in (0, 1]"),
+    ("HIO(gamma=0.5)", "bad parameters for HIO"),
+    ("SW(method=median)*ER", "method must be 'rms' or 'max'"),
+    ("HIO ER", "token 'ER' at column 5"),
+    ("SW**3", "performs no iteration"),
+    ("", "recipe is empty"),
+])
+def test_bad_recipes_give_one_line_errors(recipe, fragment):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(recipe)
+    message = str(info.value)
+    assert fragment in message and "\n" not in message
+    assert isinstance(info.value, StageError)

@@ -1,0 +1,110 @@
+"""Contract of the phase_retriever stage."""
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from xfel_dl_plugins.errors import StageError
+from xfel_dl_plugins.phasing import metrics
+from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
+from xfel_dl_plugins.stages.base import FrameBatch, StageContext
+from xfel_dl_plugins.stages.phase_retrieval import PhaseRetriever
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 64
+
+
+def _batch(n=2, seed=0, grid=None):
+    """Patterns as reciprocal_grid delivers them: beam centre at [size//2, size//2]."""
+    rng = np.random.default_rng(seed)
+    truths, patterns, valids = [], [], []
+    for i in range(n):
+        obj = make_object((SIZE, SIZE), "polygon", rng=rng)
+        iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((SIZE, SIZE), 1.0), rng)
+        truths.append(truth)
+        patterns.append(np.fft.fftshift(iobs))
+        valids.append(np.fft.fftshift(valid))
+    fields = {"pattern": np.stack(patterns), "pattern_valid": np.stack(valids),
+              "train_id": np.arange(n), "pulse_id": np.zeros(n), "cell_id": np.zeros(n)}
+    return FrameBatch(fields, meta={"grid": grid} if grid else {}), truths
+
+
+def test_declaration():
+    assert PhaseRetriever.kind == "phase_retriever"
+    assert PhaseRetriever.inputs == ("pattern", "pattern_valid")
+    names = {f.name for f in PhaseRetriever.outputs}
+    assert {"amplitude", "phase", "support", "llk", "llk_free", "r_factor", "resolution_px", "resolution_nm",
+            "prtf"} <= names
+    assert all("complex" not in f.dtype for f in PhaseRetriever.outputs)
+    assert "cpu" in PhaseRetriever.devices and "cuda" in PhaseRetriever.devices
+
+
+def test_process_reconstructs_and_fills_every_output():
+    grid = SimpleNamespace(wavelength_m=2.0e-10, distance_m=0.7, pixel_size_m=2e-4)
+    stage = PhaseRetriever(StageContext(device="cpu", seed=1), size=SIZE, n_starts=6, n_keep=3)
+    stage.setup()
+    batch, truths = _batch(2, grid=grid)
+    out = stage.process(batch)
+    shapes = stage.output_shapes()
+    for f in stage.outputs:
+        assert out[f.name].shape == (2,) + shapes[f.name] and out[f.name].dtype == np.dtype(f.dtype), f.name
+    for i, truth in enumerate(truths):
+        recon = out["amplitude"][i] * np.exp(1j * out["phase"][i])
+        assert metrics.ambiguity_error(truth, recon) < 0.2
+        assert out["support"][i].sum() > 0
+    assert np.isfinite(out["llk"]).all() and np.isfinite(out["llk_free"]).all()
+    assert (out["r_factor"] < 0.3).all()
+    pixel_nm = 2.0e-10 * 0.7 / (SIZE * 2e-4) * 1e9
+    np.testing.assert_allclose(out["resolution_nm"], out["resolution_px"] * pixel_nm, rtol=1e-5)
+    assert np.isfinite(out["prtf"][:, 1:20]).all()
+    summary = stage.finish()
+    assert summary["patterns_phased"] == 2 and summary["device"] == "cpu"
+
+
+def test_bad_parameters_and_inputs():
+    with pytest.raises(StageError, match="n_keep"):
+        PhaseRetriever(size=SIZE, n_starts=2, n_keep=3).setup()
+    with pytest.raises(StageError, match="unknown operator 'HOI'"):
+        PhaseRetriever(size=SIZE, recipe="HOI**50").setup()
+    with pytest.raises(StageError, match="support_init"):
+        PhaseRetriever(size=SIZE, support_init=[0.5, 0.1]).setup()
+    with pytest.raises(StageError, match="n_starts"):
+        PhaseRetriever(size=SIZE, n_starts=0)
+    stage = PhaseRetriever(size=32, n_starts=2, n_keep=1, recipe="HIO**5*ER**5")
+    stage.setup()
+    batch, _ = _batch(1)
+    with pytest.raises(StageError, match=r"\(n, 32, 32\)"):
+        stage.process(batch)
+
+
+def test_frames_without_valid_pixels_get_nan_not_an_error():
+    stage = PhaseRetriever(size=SIZE, n_starts=2, n_keep=1, recipe="HIO**20*ER**10")
+    stage.setup()
+    batch, _ = _batch(2)
+    batch.fields["pattern_valid"][1] = False
+    out = stage.process(batch)
+    assert np.isfinite(out["llk"][0]) and np.isnan(out["llk"][1]) and out["support"][1].sum() == 0
+
+
+def test_module_does_not_import_cupy_or_torch():
+    code = ("import sys, xfel_dl_plugins.stages.phase_retrieval as m; m.PhaseRetriever(size=32).setup(); "
+            "print('cupy' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_manifest_runs_grid_then_phasing():
+    manifest = tomllib.loads((ROOT / "manifests" / "cdi-phasing.toml").read_text())
+    uses = [s["use"] for s in manifest["stages"]]
+    assert uses == ["reciprocal_grid", "phase_retriever"]
+    assert "cxi" in manifest["input"]
+    grid_size = manifest["stages"][0]["params"]["size"]
+    params = manifest["stages"][1]["params"]
+    assert params["size"] == grid_size
+    PhaseRetriever(**params).setup()  # every parameter is valid

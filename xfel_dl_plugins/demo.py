@@ -1,0 +1,81 @@
+"""``xfel-dl demo``: simulate a small calibrated AGIPD-1M run (once), run spi-hitfinding on it, report."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from importlib import resources
+from pathlib import Path
+
+from .errors import XfelDLError
+
+DEMO_CONFIG = "demo-run.toml"
+DEMO_MANIFEST = "spi-hitfinding.toml"
+RUN_NAME = "r0001"
+COMPLETE_MARKER = ".complete"  # written last: a run without it is rebuilt
+
+
+def packaged_manifest(name: str) -> Path:
+    path = Path(str(resources.files("xfel_dl_plugins") / "manifests" / name))
+    if not path.is_file():
+        raise XfelDLError(f"packaged manifest {name} not found (broken installation?)")
+    return path
+
+
+def build_demo_run(run_dir: Path, *, progress: bool = True) -> None:
+    """Simulate the demo run into ``run_dir`` (via a temporary directory, renamed when complete)."""
+    from .simulation.writers import simulate_main
+
+    config = Path(str(resources.files("xfel_dl_plugins.simulation") / "configs" / DEMO_CONFIG))
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    simulate_main(config, partial, progress=progress)
+    (partial / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    partial.rename(run_dir)
+
+
+def read_truth(run_dir: Path):
+    """The per-pulse truth the simulator stores beside the run (None if there is none)."""
+    import extra_data
+
+    from .report import Truth
+
+    run = extra_data.RunDirectory(str(run_dir))
+    source = next((s for s in sorted(run.instrument_sources) if "TRUTH" in s), None)
+    if source is None:
+        return None
+    sd = run[source]
+    tids = sd["data.hitClass"].train_id_coordinates().tolist()
+    pids = sd["data.pulseId"].ndarray().tolist()
+    keys = list(zip(tids, pids))
+    classes = sd["data.hitClass"].ndarray().tolist()
+    radii = sd["data.radiusNm"].ndarray().tolist()
+    return Truth(dict(zip(keys, (int(c) for c in classes))), dict(zip(keys, (float(r) for r in radii))))
+
+
+def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False) -> Path:
+    """Build the demo run if needed, run the hit-finding chain, write the report; return its path."""
+    from .pipeline.manifest import apply_overrides, parse_manifest
+    from .pipeline.runner import run_chain
+    from .report import make_report
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = workdir / RUN_NAME
+    if rebuild or not (run_dir / COMPLETE_MARKER).is_file():
+        print(f"simulating the demo run into {run_dir} (once) ...", flush=True)
+        t0 = time.perf_counter()
+        build_demo_run(run_dir, progress=progress)
+        print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
+    manifest = apply_overrides(parse_manifest(packaged_manifest(DEMO_MANIFEST)), input_path=str(run_dir),
+                               output=str(workdir / "results.h5"))
+    print(f"running {manifest.path.name} on {run_dir} ...", flush=True)
+    result = run_chain(manifest, overwrite=True, progress=progress)
+    truth = read_truth(run_dir)
+    report = make_report(result.output, workdir, run_dir=run_dir, truth=truth, geometry=result.geometry)
+    print()
+    print(f"results: {result.output}  ({result.n_frames} frames, {result.frames_per_s:.1f} frames/s)")
+    print(report.read_text().split("![", 1)[0].strip())
+    print(f"\nreport: {report}  (figures: {report.with_suffix('.png')})")
+    return report
+

@@ -1,0 +1,1 @@
+"""Glue to the facility's automation: DAMNIT context files."""

@@ -1,0 +1,233 @@
+"""The phasing state: many patterns x many random starts iterated as one batched array.
+
+Arrays on the device have shape ``(patterns, starts, *spatial)`` (2D or 3D spatial); measured
+data have ``(patterns, 1, *spatial)`` and broadcast over the starts. Diffraction arrays are
+FFT-centred (zero frequency at index 0); the model intensity is ``|fftn(x)|**2`` (unnormalised
+forward FFT), so an object's scale is that of the photon counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputDataError
+from . import kernels
+from .backend import ArrayBackend, FourierConstraint, Support, get_backend
+from .metrics import poisson_deviance
+from .support import autocorrelation_support, free_pixel_mask, gaussian_transfer
+
+
+class PhasingState:
+    """Iterates, current supports and running figures of merit of a batch of reconstructions.
+
+    Parameters
+    ----------
+    iobs, valid : (patterns, *spatial) photon counts (FFT-centred) and measured-pixel mask.
+    n_starts : random starts per pattern.
+    free_fraction : fraction of valid pixels held out for the free LLK (0 disables).
+    positivity, reality : object constraints inside the support.
+    calc_llk : compute LLK every this many iterations (0: only at the end).
+    support_threshold, support_sigma : autocorrelation support: threshold relative to its maximum, or a
+        (low, high) range drawn per start for diversity; Gaussian smoothing in px (0: none).
+    initial_support, initial_object : optional (patterns[, starts], *spatial) starting points
+        (e.g. from a learned phase retriever); they replace the autocorrelation support / random starts.
+    """
+
+    def __init__(self, iobs: np.ndarray, valid: np.ndarray | None = None, *, n_starts: int = 8,
+                 backend: ArrayBackend | str = "auto", ndim: int | None = None, free_fraction: float = 0.05,
+                 positivity: bool = False, reality: bool = False, calc_llk: int = 50,
+                 support_threshold: float | tuple = (0.08, 0.2), support_sigma: float = 0.0, seed: int = 0,
+                 initial_support: np.ndarray | None = None, initial_object: np.ndarray | None = None):
+        iobs = np.asarray(iobs, np.float32)
+        ndim = ndim or (iobs.ndim - 1 if iobs.ndim in (3, 4) else iobs.ndim)
+        if iobs.ndim == ndim:
+            iobs = iobs[None]
+        if iobs.ndim != ndim + 1 or ndim not in (2, 3):
+            raise InputDataError(f"patterns must be (n, ny, nx) or (n, nz, ny, nx), got shape {iobs.shape}")
+        valid = np.ones(iobs.shape, bool) if valid is None else np.asarray(valid, bool).reshape(iobs.shape)
+        valid = valid & np.isfinite(iobs) & (iobs >= 0)
+        if not valid.any(axis=tuple(range(1, iobs.ndim))).all():
+            raise InputDataError("a pattern has no valid pixel: cannot phase it")
+        if n_starts < 1:
+            raise InputDataError(f"n_starts must be >= 1, got {n_starts}")
+        self.iobs_host = np.where(valid, iobs, 0).astype(np.float32)
+        self.valid_host = valid
+        self.n_patterns, self.n_starts = iobs.shape[0], int(n_starts)
+        self.spatial = iobs.shape[1:]
+        self.batch_shape = (self.n_patterns, self.n_starts) + self.spatial
+        self.backend = backend if isinstance(backend, ArrayBackend) else get_backend(backend, ndim)
+        self.xp = self.backend.xp
+        self.axes = self.backend.spatial_axes(len(self.batch_shape))
+        self.positivity, self.reality = bool(positivity), bool(reality or positivity)
+        self.calc_llk = int(calc_llk)
+        self.rng = np.random.default_rng(seed)
+        self.iteration = 0
+
+        self.free_host = np.stack([free_pixel_mask(v, free_fraction, rng=self.rng) for v in valid])
+        self.constrained_host = valid & ~self.free_host
+        xp = self.xp
+        self.iobs = xp.asarray(self.iobs_host)
+        self.w_constrained = xp.asarray(self.constrained_host.astype(np.float32))
+        self.w_free = xp.asarray(self.free_host.astype(np.float32))
+        self.n_constrained = self.constrained_host.sum(axis=tuple(range(1, iobs.ndim)))
+        self.n_free = self.free_host.sum(axis=tuple(range(1, iobs.ndim)))
+
+        # The batch is iterated in chunks of the flattened (patterns x starts) axis.
+        n_arrays = self.n_patterns * self.n_starts
+        step = self.backend.chunk_length(int(np.prod(self.spatial)))
+        self.chunks = [slice(i, min(i + step, n_arrays)) for i in range(0, n_arrays, step)]
+        self.pattern_of = np.repeat(np.arange(self.n_patterns), self.n_starts)  # flat array -> pattern
+        amp = np.sqrt(self.iobs_host)
+        fixed = ~self.constrained_host
+        self.constraints = [FourierConstraint(self.backend, amp[self.pattern_of[c]], fixed[self.pattern_of[c]])
+                            for c in self.chunks]
+
+        if initial_support is None:
+            initial_support = self._autocorrelation_supports(support_threshold, support_sigma, ndim)
+        self.set_support(xp.asarray(self._per_start(initial_support, bool)))
+        if initial_object is None:
+            self.x = self._random_starts()
+        else:
+            self.x = xp.asarray(self._per_start(initial_object, np.complex64)) * self.support_mask
+        self.y = xp.empty_like(self.x)
+        self.llk = np.full((self.n_patterns, self.n_starts), np.nan)
+        self.llk_free = np.full((self.n_patterns, self.n_starts), np.nan)
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _per_start(self, array, dtype) -> np.ndarray:
+        """Broadcast a (patterns, *spatial) or (patterns, starts, *spatial) array to the batch shape."""
+        array = np.asarray(array)
+        if array.shape == (self.n_patterns,) + self.spatial:
+            array = array[:, None]
+        if array.shape[0] != self.n_patterns or array.shape[2:] != self.spatial or array.shape[1] not in (1, self.n_starts):
+            raise InputDataError(f"initial array of shape {array.shape} does not match the batch {self.batch_shape}")
+        return np.ascontiguousarray(np.broadcast_to(array, self.batch_shape), dtype=dtype)
+
+    def _autocorrelation_supports(self, threshold, sigma: float, ndim: int) -> np.ndarray:
+        """Autocorrelation support per start; a (low, high) threshold is drawn uniformly per start."""
+        if np.ndim(threshold) == 0:
+            return autocorrelation_support(self.iobs_host, self.valid_host, float(threshold), sigma, ndim)
+        low, high = threshold
+        draws = self.rng.uniform(low, high, (self.n_patterns, self.n_starts) + (1,) * ndim)
+        iobs = np.broadcast_to(self.iobs_host[:, None], self.batch_shape)
+        valid = np.broadcast_to(self.valid_host[:, None], self.batch_shape)
+        return autocorrelation_support(iobs, valid, draws, sigma, ndim)
+
+    def _random_starts(self):
+        """Measured amplitudes with uniformly random phases, back-transformed, inside the support."""
+        xp = self.xp
+        phase = self.rng.uniform(0, 2 * np.pi, self.batch_shape).astype(np.float32)
+        f0 = xp.asarray(np.sqrt(self.iobs_host)[:, None] * np.exp(1j * phase).astype(np.complex64))
+        x = self.backend.ifft_(f0.astype(np.complex64))
+        return (x * self.support_mask).astype(np.complex64)
+
+    def set_support(self, mask) -> None:
+        """Install a new support (batch-shaped bool array on the device)."""
+        self.support_mask = mask
+        flat = mask.reshape((-1,) + self.spatial)
+        self.chunk_supports = [Support(self.backend, flat[c]) for c in self.chunks]
+        self.support_size = self.backend.to_numpy(mask.sum(axis=self.axes))
+
+    def _flat(self, a):
+        return a.reshape((-1,) + self.spatial)
+
+    # -- iterations ----------------------------------------------------------------------------
+    def _llk_due(self) -> bool:
+        return bool(self.calc_llk) and self.iteration % self.calc_llk == 0
+
+    def _project_chunk(self, k: int, y, scale: float, record_llk: bool):
+        """scale * P_M of the chunk already copied into ``y`` (in place on the CPU)."""
+        y = self.backend.fft_(y)
+        if record_llk:
+            self._record_llk(y, self.chunks[k])
+        y = self.backend.fourier_project_(y, self.constraints[k], scale)
+        return self.backend.ifft_(y)
+
+    def _project_modulus(self, src):
+        """P_M src for the whole batch (a new array on the GPU, the scratch buffer on the CPU)."""
+        record = self._llk_due()
+        src_f, y_f = self._flat(src), self._flat(self.y)
+        out = []
+        for k, c in enumerate(self.chunks):
+            out.append(self._project_chunk(k, self.backend.copy_(y_f[c], src_f[c]), 1.0, record))
+        if len(out) == 1:
+            return out[0].reshape(self.batch_shape)
+        return self.y
+
+    def iterate(self, rule: str, beta: float) -> None:
+        """One iteration of ER ('er'), HIO ('hio') or RAAR ('raar'), chunk by chunk."""
+        record = self._llk_due()
+        x_f, y_f = self._flat(self.x), self._flat(self.y)
+        scale = 1.0 if self.reality else self.backend.feedback_scale(rule, beta)
+        for k, c in enumerate(self.chunks):
+            x, support = x_f[c], self.chunk_supports[k]
+            y = self._project_chunk(k, self.backend.copy_(y_f[c], x), scale, record)
+            if self.reality:
+                new = self.backend.constrained_update(rule, x, y, support, beta, self.positivity, self.reality)
+            elif rule == "er":
+                new = self.backend.er_(x, y, support)
+            else:
+                new = getattr(self.backend, rule + "_")(x, y, support, beta, y_scale=scale)
+            if len(self.chunks) == 1:
+                self.x = new.reshape(self.batch_shape)
+            elif new is not x:
+                x[...] = new
+        self.iteration += 1
+
+    def iterate_dm(self, beta: float) -> None:
+        """One difference-map iteration (two modulus projections)."""
+        s = self.support_mask.astype(np.float32)
+        y = self._project_modulus(self.x)
+        ps_fm, f_s = kernels.dm_support_step(self.x, y, s, np.float32(beta))
+        if self.reality:
+            ps_fm = ps_fm.real.astype(np.complex64) * s
+        calc_llk, self.calc_llk = self.calc_llk, 0  # the LLK of f_S(x) means nothing
+        pm_fs = self._project_modulus(f_s.astype(np.complex64))
+        self.calc_llk = calc_llk
+        self.x = kernels.dm_combine(self.x, ps_fm, pm_fs, np.float32(beta)).astype(np.complex64)
+        self.iteration += 1
+
+    def shrink_wrap(self, threshold: float, sigma: float, method: str, force_shrink: bool) -> None:
+        """New support where the Gaussian-smoothed |x| exceeds threshold x (max | rms in support)."""
+        xp = self.xp
+        y = self.backend.fft_(abs(self.x).astype(np.complex64))
+        y *= gaussian_transfer(self.spatial, sigma, xp)
+        smooth = self.backend.ifft_(y).real
+        if method == "max":
+            ref = smooth.max(axis=self.axes, keepdims=True)
+        else:
+            inside = self.support_mask
+            n_in = xp.maximum(inside.sum(axis=self.axes, keepdims=True), 1)
+            ref = xp.sqrt((smooth * smooth * inside).sum(axis=self.axes, keepdims=True) / n_in)
+        new = smooth > np.float32(threshold) * ref
+        if force_shrink:
+            new &= self.support_mask
+        empty = ~new.any(axis=self.axes, keepdims=True)  # keep the old support rather than none
+        self.set_support(xp.where(empty, self.support_mask, new))
+
+    # -- figures of merit ----------------------------------------------------------------------
+    def _record_llk(self, f, chunk: slice) -> None:
+        """Poisson LLK (constrained pixels, per degree of freedom) and free LLK of the arrays F of a chunk."""
+        xp = self.xp
+        patterns = self.pattern_of[chunk]
+        dev = poisson_deviance(self.iobs[patterns], self.backend.intensity(f), xp)
+        axes = tuple(range(1, dev.ndim))
+        n_sup = self.support_size.reshape(-1)[chunk]
+        dof = np.maximum(self.n_constrained[patterns] - n_sup, 1)
+        self.llk.reshape(-1)[chunk] = self.backend.to_numpy((dev * self.w_constrained[patterns]).sum(axis=axes)) / dof
+        free = self.backend.to_numpy((dev * self.w_free[patterns]).sum(axis=axes))
+        self.llk_free.reshape(-1)[chunk] = free / np.maximum(self.n_free[patterns], 1) if self.n_free.any() else np.nan
+
+    def update_llk(self) -> None:
+        """Figures of merit of the current iterates themselves (no projection)."""
+        x_f, y_f = self._flat(self.x), self._flat(self.y)
+        for c in self.chunks:
+            self._record_llk(self.backend.fft_(self.backend.copy_(y_f[c], x_f[c])), c)
+
+    # -- results -------------------------------------------------------------------------------
+    def objects(self) -> np.ndarray:
+        """Current iterates (patterns, starts, *spatial) as NumPy complex64."""
+        return self.backend.to_numpy(self.x)
+
+    def supports(self) -> np.ndarray:
+        return self.backend.to_numpy(self.support_mask)

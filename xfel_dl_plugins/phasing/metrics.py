@@ -1,0 +1,249 @@
+"""Figures of merit for phase retrieval, shared by every phase retriever of the package.
+
+Conventions: diffraction arrays are FFT-centred (zero frequency at index 0 of each axis), an
+object ``rho`` models the intensity ``I_c = |fftn(rho)|**2`` (unnormalised forward FFT), and
+``valid`` is True where a pixel was measured. All functions take NumPy arrays (use
+``backend.to_numpy`` first for GPU arrays) and work for 2D and 3D arrays.
+
+- :func:`r_factor`, :func:`poisson_llk`: agreement of a model with the measured intensities.
+- :func:`register_translation`, :func:`align_to_reference`, :func:`ambiguity_error`: the error
+  after removing the trivial ambiguities (translation with sub-pixel precision, global complex
+  factor, twin ``rho(r) -> conj(rho(-r))``).
+- :func:`prtf`, :func:`frc`, :func:`half_bit_threshold`: resolution estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+
+from ..errors import InputDataError
+
+#: PRTF level that defines the resolution (Chapman et al. 2006).
+PRTF_THRESHOLD = 1.0 / np.e
+_TINY = 1e-30
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement with the data
+# --------------------------------------------------------------------------------------------
+def r_factor(iobs: np.ndarray, icalc: np.ndarray, valid: np.ndarray) -> float:
+    """R_F = sum |sqrt(I_o) - k|F_c|| / sum sqrt(I_o) over valid pixels, with the best scale k."""
+    ao = np.sqrt(np.clip(np.asarray(iobs, np.float64)[valid], 0, None))
+    ac = np.sqrt(np.clip(np.asarray(icalc, np.float64)[valid], 0, None))
+    k = (ao * ac).sum() / max((ac * ac).sum(), _TINY)
+    return float(np.abs(ao - k * ac).sum() / max(ao.sum(), _TINY))
+
+
+def poisson_deviance(iobs, icalc, xp=np):
+    """Per-pixel Poisson deviance 2 [I_c - I_o + I_o ln(I_o/I_c)] (0 where both vanish)."""
+    icalc = xp.maximum(icalc, _TINY)
+    iobs = xp.maximum(iobs, 0)
+    log_term = xp.where(iobs > 0, iobs * xp.log(xp.maximum(iobs, _TINY) / icalc), 0)
+    return 2 * (icalc - iobs + log_term)
+
+
+def poisson_llk(iobs: np.ndarray, icalc: np.ndarray, valid: np.ndarray, n_params: int = 0) -> float:
+    """Normalised Poisson log-likelihood: sum of deviances over ``valid`` / (n_valid - n_params).
+
+    ~1 for a model that fits down to the Poisson noise; ``n_params`` is the number of free
+    parameters (the support size) and is 0 for a free LLK.
+    """
+    valid = np.asarray(valid, bool)
+    n = int(valid.sum())
+    if n == 0:
+        return float("nan")
+    dev = poisson_deviance(np.asarray(iobs, np.float64)[valid], np.asarray(icalc, np.float64)[valid])
+    return float(dev.sum() / max(n - n_params, 1))
+
+
+def best_intensity_scale(iobs: np.ndarray, icalc: np.ndarray, valid: np.ndarray) -> float:
+    """Poisson maximum-likelihood scale s of a model intensity: sum I_o / sum I_c over valid pixels."""
+    return float(np.clip(iobs[valid], 0, None).sum() / max(float(icalc[valid].sum()), _TINY))
+
+
+# --------------------------------------------------------------------------------------------
+# Registration and ambiguity-removed error
+# --------------------------------------------------------------------------------------------
+def _signed_freqs(n: int) -> np.ndarray:
+    return np.fft.fftfreq(n) * n  # integer frequency index k in [-n/2, n/2)
+
+
+def _phase_ramp(shape: tuple[int, ...], shift: np.ndarray) -> np.ndarray:
+    """exp(-2 pi i k.shift/N): the Fourier factor that translates an array by ``shift`` pixels."""
+    ramp = np.ones(shape, np.complex128)
+    for axis, (n, s) in enumerate(zip(shape, shift)):
+        view = [1] * len(shape)
+        view[axis] = n
+        ramp = ramp * np.exp(-2j * np.pi * _signed_freqs(n) * s / n).reshape(view)
+    return ramp
+
+
+def _upsampled_cc(product: np.ndarray, centre: np.ndarray, upsample: int, half_width: float) -> np.ndarray:
+    """Cross-correlation sum_k product(k) exp(2 pi i k.t/N) on a fine grid of t around ``centre``."""
+    m = int(np.ceil(half_width * upsample)) * 2 + 1
+    offsets = (np.arange(m) - m // 2) / upsample
+    out = product
+    for axis, n in enumerate(product.shape):
+        t = centre[axis] + offsets
+        kernel = np.exp(2j * np.pi * np.outer(_signed_freqs(n), t) / n)  # (n, m)
+        out = np.moveaxis(np.tensordot(out, kernel, axes=([axis], [0])), -1, axis)
+    return out
+
+
+def register_translation(f_ref: np.ndarray, f_mov: np.ndarray, upsample: int = 20) -> np.ndarray:
+    """Shift (pixels, sub-pixel 1/``upsample``) that moves ``f_mov``'s object onto ``f_ref``'s.
+
+    Both arguments are Fourier transforms. Integer peak of the FFT cross-correlation, then
+    refinement by an upsampled matrix DFT over +-1.5 px (Guizar-Sicairos et al. 2008).
+    """
+    product = f_ref * np.conj(f_mov)
+    cc = np.abs(sfft.ifftn(product))
+    peak = np.array(np.unravel_index(int(np.argmax(cc)), cc.shape), float)
+    shape = np.array(cc.shape)
+    peak = np.where(peak > shape // 2, peak - shape, peak)
+    if upsample > 1:
+        fine = np.abs(_upsampled_cc(product, peak, upsample, 1.5))
+        idx = np.array(np.unravel_index(int(np.argmax(fine)), fine.shape), float)
+        peak = peak + (idx - fine.shape[0] // 2) / upsample
+    return peak
+
+
+@dataclass
+class Alignment:
+    """How a reconstruction was matched to a reference: ``aligned = c * T_shift(twin? conj(rho(-r)))``."""
+
+    error: float  # ||ref - aligned|| / ||ref||
+    shift: np.ndarray  # pixels
+    twin: bool
+    factor: complex  # global complex factor c (phase and scale)
+    aligned_ft: np.ndarray  # Fourier transform of the aligned reconstruction
+
+
+def align_fourier(f_ref: np.ndarray, f_mov: np.ndarray, upsample: int = 20, allow_twin: bool = True) -> Alignment:
+    """Best alignment of ``f_mov`` onto ``f_ref`` (both Fourier transforms) over shift, twin and c."""
+    ref_norm = float(np.vdot(f_ref, f_ref).real)
+    best = None
+    for twin in (False, True) if allow_twin else (False,):
+        cand = np.conj(f_mov) if twin else f_mov
+        shift = register_translation(f_ref, cand, upsample)
+        moved = cand * _phase_ramp(cand.shape, shift)
+        c = complex(np.vdot(moved, f_ref) / max(float(np.vdot(moved, moved).real), _TINY))
+        moved = moved * c
+        err = float(np.sqrt(np.vdot(f_ref - moved, f_ref - moved).real / max(ref_norm, _TINY)))
+        if best is None or err < best.error:
+            best = Alignment(err, shift, twin, c, moved)
+    return best
+
+
+def align_to_reference(reference: np.ndarray, reconstruction: np.ndarray, upsample: int = 20,
+                       allow_twin: bool = True) -> Alignment:
+    """Align a real-space ``reconstruction`` onto ``reference`` (see :func:`align_fourier`)."""
+    if reference.shape != reconstruction.shape:
+        raise InputDataError(f"cannot align arrays of shapes {reference.shape} and {reconstruction.shape}")
+    f_ref = sfft.fftn(np.asarray(reference, np.complex128))
+    f_mov = sfft.fftn(np.asarray(reconstruction, np.complex128))
+    return align_fourier(f_ref, f_mov, upsample, allow_twin)
+
+
+def ambiguity_error(truth: np.ndarray, reconstruction: np.ndarray, upsample: int = 20) -> float:
+    """min over translation (sub-pixel), global complex factor and twin of ||truth - rec|| / ||truth||."""
+    return align_to_reference(truth, reconstruction, upsample).error
+
+
+def aligned_real_space(alignment: Alignment) -> np.ndarray:
+    """The aligned reconstruction back in real space (complex64)."""
+    return sfft.ifftn(alignment.aligned_ft).astype(np.complex64)
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution: PRTF and FRC
+# --------------------------------------------------------------------------------------------
+def radial_shells(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Shell index of every FFT-centred pixel (width 1/max(shape) cycles/px) and shell frequencies."""
+    grids = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
+    freq = np.sqrt(sum(g * g for g in grids))
+    step = 1.0 / max(shape)
+    index = np.rint(freq / step).astype(np.int64)
+    return index, np.arange(index.max() + 1) * step
+
+
+@dataclass
+class ResolutionCurve:
+    """A curve over radial shells with the frequency (cycles/px) where it crosses its threshold."""
+
+    frequency: np.ndarray  # cycles per pixel, per shell
+    value: np.ndarray  # curve value per shell (NaN: no data)
+    threshold: np.ndarray  # threshold per shell
+    cutoff_frequency: float  # first crossing below the threshold (cycles/px); NaN if never resolved
+
+    @property
+    def resolution_px(self) -> float:
+        """Half-period resolution in real-space pixels: 1 / (2 f_cut)."""
+        f = self.cutoff_frequency
+        return float(1.0 / (2.0 * f)) if np.isfinite(f) and f > 0 else float("nan")
+
+
+def _cutoff(freq: np.ndarray, value: np.ndarray, threshold: np.ndarray) -> float:
+    """Frequency of the first fall below threshold (linear interpolation), searching outward."""
+    ok = np.isfinite(value)
+    f, v, t = freq[ok], value[ok], threshold[ok]
+    if len(f) == 0 or v[0] < t[0]:
+        return float("nan") if len(f) == 0 else float(f[0])
+    below = np.nonzero(v < t)[0]
+    if len(below) == 0:
+        return float(f[-1])
+    i = below[0]
+    d0, d1 = v[i - 1] - t[i - 1], v[i] - t[i]
+    return float(f[i - 1] + (f[i] - f[i - 1]) * d0 / (d0 - d1))
+
+
+def prtf(aligned_fts: np.ndarray, iobs: np.ndarray, valid: np.ndarray) -> ResolutionCurve:
+    """Phase-retrieval transfer function of independent reconstructions.
+
+    ``aligned_fts`` (n_runs, *shape): Fourier transforms of the runs after alignment (translation,
+    twin, global phase removed). PRTF(q) = sum_shell |<F_j>_j| / sum_shell sqrt(I_o) over valid pixels.
+    """
+    aligned_fts = np.asarray(aligned_fts)
+    if aligned_fts.shape[1:] != iobs.shape:
+        raise InputDataError(f"PRTF: reconstructions {aligned_fts.shape[1:]} and data {iobs.shape} differ")
+    mean_amp = np.abs(aligned_fts.mean(axis=0))
+    shell, freq = radial_shells(iobs.shape)
+    w = np.asarray(valid, bool).ravel()
+    idx = shell.ravel()[w]
+    num = np.bincount(idx, mean_amp.ravel()[w], minlength=len(freq))
+    den = np.bincount(idx, np.sqrt(np.clip(iobs.ravel()[w], 0, None)), minlength=len(freq))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(den > 0, num / den, np.nan)
+    threshold = np.full_like(value, PRTF_THRESHOLD)
+    return ResolutionCurve(freq, value, threshold, _cutoff(freq, value, threshold))
+
+
+def half_bit_threshold(n_pixels_in_shell: np.ndarray) -> np.ndarray:
+    """Half-bit information threshold (van Heel & Schatz 2005) for shells of n pixels (voxels)."""
+    s = np.sqrt(np.maximum(n_pixels_in_shell, 1))
+    return (0.2071 + 1.9102 / s) / (1.2071 + 0.9102 / s)
+
+
+def frc(image1: np.ndarray, image2: np.ndarray) -> ResolutionCurve:
+    """Fourier ring (2D) / shell (3D) correlation of two real-space images, with the half-bit threshold."""
+    if image1.shape != image2.shape:
+        raise InputDataError(f"FRC: shapes {image1.shape} and {image2.shape} differ")
+    f1 = sfft.fftn(np.asarray(image1, np.complex128))
+    f2 = sfft.fftn(np.asarray(image2, np.complex128))
+    shell, freq = radial_shells(image1.shape)
+    idx = shell.ravel()
+    n = len(freq)
+    cross = np.bincount(idx, (f1 * np.conj(f2)).real.ravel(), minlength=n) + 1j * np.bincount(
+        idx, (f1 * np.conj(f2)).imag.ravel(), minlength=n)
+    p1 = np.bincount(idx, (np.abs(f1) ** 2).ravel(), minlength=n)
+    p2 = np.bincount(idx, (np.abs(f2) ** 2).ravel(), minlength=n)
+    counts = np.bincount(idx, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(p1 * p2 > 0, np.abs(cross) / np.sqrt(p1 * p2), np.nan)
+    # Only shells fully inside the Nyquist sphere are meaningful.
+    value[freq > 0.5] = np.nan
+    threshold = half_bit_threshold(counts)
+    return ResolutionCurve(freq, value, threshold, _cutoff(freq, value, threshold))

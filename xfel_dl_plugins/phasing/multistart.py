@@ -1,0 +1,150 @@
+"""Many random starts per pattern: run a schedule, select the best starts by (free) LLK, align, average.
+
+:func:`phase` is the engine's public entry point::
+
+    result = phase(patterns, valid, recipe="(SW*HIO**50)**10 * RAAR**500 * ER**100", n_starts=8, n_keep=4)
+    result.reconstruction[i], result.llk[i], result.resolution_px[i], result.prtf[i]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.fft as sfft
+
+from ..errors import InputDataError
+from .engine import PhasingState
+from .metrics import (ResolutionCurve, align_fourier, best_intensity_scale, poisson_llk, prtf, r_factor,
+                      radial_shells)
+from .operators import Operator
+from .recipe import parse_recipe
+
+#: Shrink-wrap every 50 iterations through HIO and RAAR, then error reduction on the final support.
+DEFAULT_RECIPE = "(SW*HIO**50)**12 * (SW*RAAR**50)**8 * ER**100"
+
+
+@dataclass
+class PatternResult:
+    """The reconstruction of one pattern from its best starts."""
+
+    reconstruction: np.ndarray  # complex64, centred in the array
+    support: np.ndarray  # bool, same frame as the reconstruction
+    llk: float  # Poisson LLK of the reconstruction (constrained pixels, per degree of freedom)
+    llk_free: float  # Poisson LLK over the held-out free pixels (NaN without free pixels)
+    r_factor: float
+    prtf: ResolutionCurve  # over the kept starts
+    kept: np.ndarray  # indices of the kept starts, best first
+
+    @property
+    def resolution_px(self) -> float:
+        return self.prtf.resolution_px
+
+
+@dataclass
+class PhasingResult:
+    """Per-pattern results of :func:`phase`, stacked over patterns."""
+
+    patterns: list[PatternResult]
+    start_llk: np.ndarray  # (patterns, starts) final LLK of every start
+    start_llk_free: np.ndarray
+    iterations: int
+    recipe: str
+    device: str
+    start_objects: np.ndarray | None = field(default=None, repr=False)  # (patterns, starts, *spatial) if kept
+
+    def __getattr__(self, name):
+        if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "kept"):
+            return np.stack([np.asarray(getattr(p, name)) for p in self.patterns])
+        if name == "prtf":
+            return np.stack([p.prtf.value for p in self.patterns])
+        raise AttributeError(name)
+
+    @property
+    def prtf_frequency(self) -> np.ndarray:
+        return self.patterns[0].prtf.frequency
+
+
+def _circular_centre(mask: np.ndarray) -> np.ndarray:
+    """Centre of mass of a mask on a periodic grid (pixels, per axis)."""
+    centre = []
+    for axis, n in enumerate(mask.shape):
+        profile = mask.sum(axis=tuple(a for a in range(mask.ndim) if a != axis))
+        angle = np.angle(np.sum(profile * np.exp(2j * np.pi * np.arange(n) / n)))
+        centre.append((angle % (2 * np.pi)) * n / (2 * np.pi))
+    return np.array(centre)
+
+
+def _roll_to_centre(obj: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    shift = tuple(int(np.rint(n // 2 - c)) for n, c in zip(support.shape, _circular_centre(support)))
+    axes = tuple(range(support.ndim))
+    return np.roll(obj, shift, axes), np.roll(support, shift, axes)
+
+
+def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndarray, iobs: np.ndarray,
+                   constrained: np.ndarray, free: np.ndarray, n_keep: int,
+                   max_difference: float = 0.15) -> PatternResult:
+    """Keep up to ``n_keep`` starts of lowest LLK, align them on the best (translation, twin, global
+    phase), average them, and compute the figures of merit and the PRTF of the average.
+
+    A start joins the average only if, after alignment, it differs from the best by at most
+    ``max_difference`` (relative norm): starts stuck in another solution would blur the average.
+
+    ``start_llk`` ranks the starts: pass the free LLK where free pixels exist (it penalises
+    over-fitting supports, which the LLK over constrained pixels rewards).
+    """
+    order = np.argsort(np.where(np.isfinite(start_llk), start_llk, np.inf), kind="stable")
+    f_ref = sfft.fftn(objects[order[0]].astype(np.complex128))
+    kept, fts = [order[0]], [f_ref]
+    for k in order[1:]:
+        if len(kept) >= n_keep:
+            break
+        alignment = align_fourier(f_ref, sfft.fftn(objects[k].astype(np.complex128)))
+        if alignment.error <= max_difference:
+            kept.append(k)
+            fts.append(alignment.aligned_ft)
+    kept, fts = np.array(kept), np.stack(fts)
+    mean_ft = fts.mean(axis=0)
+    valid = constrained | free
+    curve = prtf(fts, iobs, valid) if len(kept) > 1 else _undetermined_prtf(iobs.shape)
+    icalc = np.abs(mean_ft) ** 2
+    icalc *= best_intensity_scale(iobs, icalc, constrained)
+    support = supports[kept[0]]
+    llk = poisson_llk(iobs, icalc, constrained, n_params=int(support.sum()))
+    llk_free = poisson_llk(iobs, icalc, free) if free.any() else float("nan")
+    recon, support = _roll_to_centre(sfft.ifftn(mean_ft).astype(np.complex64), support)
+    return PatternResult(recon, support, llk, llk_free, r_factor(iobs, icalc, constrained), curve, kept)
+
+
+def _undetermined_prtf(shape) -> ResolutionCurve:
+    """A single start has no PRTF: NaN curve and resolution."""
+    _, freq = radial_shells(shape)
+    nan = np.full(len(freq), np.nan)
+    return ResolutionCurve(freq, nan, np.full(len(freq), 1 / np.e), float("nan"))
+
+
+def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
+          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, device: str = "auto",
+          keep_starts: bool = False, **state_options) -> PhasingResult:
+    """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
+
+    ``patterns`` (n, ny, nx) or (n, nz, ny, nx); ``valid`` True where measured (masked pixels,
+    gaps and the beam stop are left free by the modulus constraint). ``recipe`` is a recipe string
+    (see :mod:`.recipe`) or an operator. The best ``n_keep`` starts (by free LLK, or LLK without
+    free pixels) that agree with the best within ``max_difference`` are averaged. Other keywords go to :class:`~.engine.PhasingState`
+    (free_fraction, positivity, reality, calc_llk, support_threshold, support_sigma, seed,
+    initial_support, initial_object, ndim, backend).
+    """
+    schedule = parse_recipe(recipe) if isinstance(recipe, str) else recipe
+    if n_keep < 1:
+        raise InputDataError(f"n_keep must be >= 1, got {n_keep}")
+    state_options.setdefault("backend", device)
+    state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
+    schedule.apply(state)
+    state.update_llk()
+    objects, supports = state.objects(), state.supports()
+    ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
+    results = [combine_starts(objects[i], supports[i], ranking[i], state.iobs_host[i], state.constrained_host[i],
+                              state.free_host[i], n_keep, max_difference) for i in range(state.n_patterns)]
+    return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
+                         state.backend.name, objects if keep_starts else None)

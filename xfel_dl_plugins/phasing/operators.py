@@ -1,0 +1,200 @@
+"""Composable phase-retrieval operators.
+
+Operators act on a :class:`~.engine.PhasingState` (a batch of patterns x random starts) and compose
+with ``*`` (sequence, **left to right in time**: ``HIO**50 * ER**10`` runs 50 HIO then 10 ER) and
+``**`` (repetition). This is the reverse of PyNX's operator algebra, where the rightmost operator
+acts first; a recipe therefore reads in the order things happen.
+
+    schedule = (SW() * HIO(beta=0.9) ** 50) ** 10 * RAAR() ** 500 * ER() ** 100
+    schedule.apply(state)
+
+:func:`.recipe.parse_recipe` builds the same objects from a manifest string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import StageError
+
+
+class Operator:
+    """Base class: something applied to a phasing state."""
+
+    def apply(self, state) -> None:
+        raise NotImplementedError
+
+    @property
+    def n_iterations(self) -> int:
+        """Number of Fourier-constraint iterations this operator performs."""
+        return 0
+
+    def __mul__(self, other: "Operator") -> "Sequence":
+        if not isinstance(other, Operator):
+            return NotImplemented
+        left = self.ops if isinstance(self, Sequence) else [self]
+        right = other.ops if isinstance(other, Sequence) else [other]
+        return Sequence(left + right)
+
+    def __pow__(self, n: int) -> "Repeat":
+        if not isinstance(n, int) or n < 0:
+            raise StageError(f"an operator can only be repeated a non-negative integer number of times, got {n!r}")
+        return Repeat(self, n)
+
+
+class Sequence(Operator):
+    def __init__(self, ops: list[Operator]):
+        self.ops = list(ops)
+
+    def apply(self, state) -> None:
+        for op in self.ops:
+            op.apply(state)
+
+    @property
+    def n_iterations(self) -> int:
+        return sum(op.n_iterations for op in self.ops)
+
+    def __repr__(self) -> str:
+        return " * ".join(repr(op) for op in self.ops)
+
+
+class Repeat(Operator):
+    def __init__(self, op: Operator, n: int):
+        self.op, self.n = op, n
+
+    def apply(self, state) -> None:
+        for _ in range(self.n):
+            self.op.apply(state)
+
+    @property
+    def n_iterations(self) -> int:
+        return self.n * self.op.n_iterations
+
+    def __repr__(self) -> str:
+        inner = repr(self.op)
+        return f"({inner})**{self.n}" if isinstance(self.op, Sequence) else f"{inner}**{self.n}"
+
+
+def _check_beta(name: str, beta: float) -> float:
+    if not 0.0 < beta <= 1.0:
+        raise StageError(f"{name}: beta must be in (0, 1], got {beta}")
+    return float(beta)
+
+
+@dataclass(repr=False)
+class ER(Operator):
+    """Error reduction: x <- P_S P_M x."""
+
+    def apply(self, state) -> None:
+        state.iterate("er", 0.0)
+
+    @property
+    def n_iterations(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return "ER"
+
+
+@dataclass(repr=False)
+class HIO(Operator):
+    """Hybrid input-output with feedback ``beta``."""
+
+    beta: float = 0.9
+
+    def __post_init__(self):
+        self.beta = _check_beta("HIO", self.beta)
+
+    def apply(self, state) -> None:
+        state.iterate("hio", self.beta)
+
+    @property
+    def n_iterations(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return f"HIO(beta={self.beta:g})"
+
+
+@dataclass(repr=False)
+class RAAR(Operator):
+    """Relaxed averaged alternating reflections with relaxation ``beta``."""
+
+    beta: float = 0.9
+
+    def __post_init__(self):
+        self.beta = _check_beta("RAAR", self.beta)
+
+    def apply(self, state) -> None:
+        state.iterate("raar", self.beta)
+
+    @property
+    def n_iterations(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return f"RAAR(beta={self.beta:g})"
+
+
+@dataclass(repr=False)
+class DM(Operator):
+    """Elser's difference map (gamma_S = -1/beta, gamma_M = 1/beta): two Fourier projections per iteration."""
+
+    beta: float = 0.8
+
+    def __post_init__(self):
+        self.beta = _check_beta("DM", self.beta)
+
+    def apply(self, state) -> None:
+        state.iterate_dm(self.beta)
+
+    @property
+    def n_iterations(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return f"DM(beta={self.beta:g})"
+
+
+@dataclass(repr=False)
+class SW(Operator):
+    """Shrink-wrap support update.
+
+    The amplitude |x| is smoothed by a Gaussian whose width (pixels) decays geometrically from
+    ``sigma`` to ``sigma_end`` over the first ``decay`` iterations of the run; the new support is
+    where the smoothed amplitude exceeds ``threshold`` times its maximum (``method='max'``) or its
+    root-mean-square inside the current support (``method='rms'``). ``force_shrink`` only removes
+    pixels.
+    """
+
+    threshold: float = 0.15
+    sigma: float = 2.0
+    sigma_end: float = 1.0
+    decay: int = 500
+    method: str = "max"
+    force_shrink: bool = False
+
+    def __post_init__(self):
+        if self.method not in ("rms", "max"):
+            raise StageError(f"SW: method must be 'rms' or 'max', got {self.method!r}")
+        if not 0.0 < self.threshold < (1.0 if self.method == "max" else 10.0):
+            raise StageError(f"SW: threshold out of range for method '{self.method}': {self.threshold}")
+        if self.sigma < 0 or self.sigma_end < 0:
+            raise StageError("SW: sigma and sigma_end must be >= 0")
+        if int(self.decay) < 1:
+            raise StageError(f"SW: decay must be >= 1 iteration, got {self.decay}")
+        self.decay = int(self.decay)
+        self.force_shrink = bool(self.force_shrink)
+
+    def current_sigma(self, iteration: int) -> float:
+        if self.sigma == 0 or self.sigma_end == 0:
+            return float(self.sigma if iteration < self.decay else self.sigma_end)
+        frac = min(iteration / self.decay, 1.0)
+        return float(self.sigma * (self.sigma_end / self.sigma) ** frac)
+
+    def apply(self, state) -> None:
+        state.shrink_wrap(self.threshold, self.current_sigma(state.iteration), self.method, self.force_shrink)
+
+    def __repr__(self) -> str:
+        return (f"SW(threshold={self.threshold:g}, sigma={self.sigma:g}, sigma_end={self.sigma_end:g}, "
+                f"decay={self.decay}, method={self.method})")

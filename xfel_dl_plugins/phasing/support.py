@@ -1,0 +1,80 @@
+"""Support estimation and held-out pixels: autocorrelation support, Gaussian smoothing, free pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+
+
+def frequency_squared(shape: tuple[int, ...], xp=np, dtype=np.float32):
+    """|f|^2 (cycles/pixel squared) on the FFT grid of ``shape``."""
+    total = 0
+    for axis, n in enumerate(shape):
+        view = [1] * len(shape)
+        view[axis] = n
+        f = xp.asarray(np.fft.fftfreq(n).astype(dtype)).reshape(view)
+        total = total + f * f
+    return total
+
+
+def gaussian_transfer(shape: tuple[int, ...], sigma: float, xp=np):
+    """Fourier transfer function of a unit-sum Gaussian of ``sigma`` pixels: exp(-2 pi^2 sigma^2 |f|^2)."""
+    return xp.exp(np.float32(-2 * np.pi ** 2 * sigma ** 2) * frequency_squared(shape, xp))
+
+
+def autocorrelation_support(iobs: np.ndarray, valid: np.ndarray, threshold=0.1,
+                            sigma: float = 0.0, ndim: int | None = None) -> np.ndarray:
+    """Initial support from the object's autocorrelation (the inverse FFT of the intensity).
+
+    Unmeasured pixels count as zero intensity; |autocorrelation| is smoothed by a Gaussian of
+    ``sigma`` pixels (0: not smoothed) and thresholded at ``threshold`` times its maximum
+    (a scalar or an array broadcasting against the stack). The autocorrelation
+    support is about twice the object in each direction; shrink-wrap reduces it. Works on a stack
+    (leading axes) of patterns whose last ``ndim`` axes are the diffraction array.
+    """
+    ndim = ndim or iobs.ndim
+    axes = tuple(range(iobs.ndim - ndim, iobs.ndim))
+    data = np.where(valid, np.clip(iobs, 0, None), 0).astype(np.float32)
+    smooth = np.abs(sfft.ifftn(data, axes=axes))
+    if sigma > 0:
+        smooth = sfft.ifftn(sfft.fftn(smooth, axes=axes) * gaussian_transfer(iobs.shape[-ndim:], sigma), axes=axes).real
+    peak = smooth.max(axis=axes, keepdims=True)
+    return smooth > threshold * peak
+
+
+def free_pixel_mask(valid: np.ndarray, fraction: float = 0.05, island_radius: int = 2,
+                    exclude_centre: float = 0.05, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Pixels held out of the Fourier constraint for the free LLK: ~``fraction`` of the valid pixels.
+
+    Islands (discs/balls of ``island_radius`` pixels) are placed at random valid positions, together
+    with their centrosymmetric mates (Friedel pairs carry the same information for real objects), and
+    never within ``exclude_centre`` x size of the zero frequency where the strong low-q data lie.
+    ``valid`` is one FFT-centred pattern (2D or 3D).
+    """
+    rng = rng or np.random.default_rng()
+    shape = valid.shape
+    free = np.zeros(shape, bool)
+    if fraction <= 0:
+        return free
+    grids = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
+    radius = np.sqrt(sum(g * g for g in grids))
+    candidates = np.flatnonzero(valid & (radius > exclude_centre))
+    target = fraction * valid.sum()
+    if len(candidates) == 0 or target < 1:
+        return free
+    r = island_radius
+    offsets = np.stack(np.meshgrid(*[np.arange(-r, r + 1)] * len(shape), indexing="ij"), -1).reshape(-1, len(shape))
+    offsets = offsets[(offsets ** 2).sum(1) <= r * r + 0.5]
+    per_island = 2 * len(offsets)
+    n_islands = max(1, int(np.ceil(target / per_island)))
+    for _ in range(4):  # a few rounds: overlaps and invalid pixels lower the yield
+        centres = np.array(np.unravel_index(rng.choice(candidates, n_islands), shape)).T
+        for sign in (1, -1):
+            idx = (sign * centres[:, None, :] + offsets[None]) % np.array(shape)
+            free[tuple(idx.reshape(-1, len(shape)).T)] = True
+        free &= valid
+        missing = target - free.sum()
+        if missing < 0.1 * target:
+            break
+        n_islands = max(1, int(np.ceil(missing / per_island)))
+    return free

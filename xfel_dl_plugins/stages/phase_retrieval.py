@@ -1,0 +1,127 @@
+"""Stage ``phase_retriever``: iterative phase retrieval of every pattern of a chain.
+
+Reads the ``pattern`` / ``pattern_valid`` fields of the ``reciprocal_grid`` stage (FFT-centred
+after ifftshift: beam centre at [size//2, size//2] before the shift is undone here), runs a recipe
+of ER/HIO/RAAR/DM and shrink-wrap from ``n_starts`` random starts per pattern, averages the
+``n_keep`` best (lowest free LLK) after removing translation, twin and global phase, and writes
+the reconstruction (amplitude and phase), its support and figures of merit per frame.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import StageError
+from .base import Field, FrameBatch, Param, Stage
+
+from ..phasing.multistart import DEFAULT_RECIPE as _DEFAULT_RECIPE
+
+
+class PhaseRetriever(Stage):
+    description = ("Iterative phase retrieval (ER/HIO/RAAR/DM, shrink-wrap) from many random starts, "
+                   "best starts aligned and averaged; PRTF resolution")
+    kind = "phase_retriever"
+    devices = ("cpu", "cuda")
+    params = {
+        "size": Param(256, int, "side of the input patterns (must equal the reciprocal_grid size)", "px", min=8),
+        "recipe": Param(_DEFAULT_RECIPE, str, "schedule, run left to right: ER, HIO, RAAR, DM, SW; '*' then, "
+                        "'**n' repeat, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
+        "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
+        "n_keep": Param(4, int, "best starts (by free LLK) aligned and averaged", min=1, max=1024),
+        "support_threshold": Param(0.15, float, "shrink-wrap threshold for SW steps that do not set one", min=0.0),
+        "support_method": Param("max", str, "shrink-wrap threshold relative to", choices=("max", "rms")),
+        "support_sigma": Param(2.0, float, "shrink-wrap smoothing width at the start", "px", min=0.0),
+        "support_sigma_end": Param(1.0, float, "shrink-wrap smoothing width after the decay", "px", min=0.0),
+        "support_init": Param([0.08, 0.2], list, "autocorrelation support threshold range (relative to its "
+                              "maximum), drawn per start"),
+        "positivity": Param(False, bool, "real, non-negative density inside the support"),
+        "reality": Param(False, bool, "real density inside the support"),
+        "free_fraction": Param(0.05, float, "fraction of valid pixels held out for the free LLK", min=0.0, max=0.3),
+        "calc_llk": Param(50, int, "compute the LLK every this many iterations (0: at the end only)", min=0),
+        "seed": Param(0, int, "random seed (added to the chain seed)"),
+    }
+    inputs = ("pattern", "pattern_valid")
+    outputs = (
+        Field("amplitude", "float32", ("size", "size"), "|reconstruction|, centred in the array", "sqrt(photons)"),
+        Field("phase", "float32", ("size", "size"), "phase of the reconstruction", "rad"),
+        Field("support", "uint8", ("size", "size"), "support of the best start (1 = inside)"),
+        Field("llk", "float32", (), "Poisson log-likelihood per degree of freedom (~1 at the noise floor)"),
+        Field("llk_free", "float32", (), "Poisson log-likelihood over held-out free pixels"),
+        Field("r_factor", "float32", (), "amplitude R-factor over constrained pixels"),
+        Field("resolution_px", "float32", (), "half-period resolution where the PRTF falls below 1/e", "px"),
+        Field("resolution_nm", "float32", (), "the same in nm (NaN without a reciprocal grid)", "nm"),
+        Field("prtf", "float32", ("size",), "PRTF per shell of width 1/size cycles/px (NaN: no data)"),
+    )
+
+    def setup(self) -> None:
+        from ..phasing import get_backend, parse_recipe
+
+        if self.p.n_keep > self.p.n_starts:
+            raise StageError(f"n_keep ({self.p.n_keep}) must be <= n_starts ({self.p.n_starts})")
+        init = self.p.support_init
+        if len(init) != 2 or not all(isinstance(v, (int, float)) for v in init) or not 0 < init[0] <= init[1] < 1:
+            raise StageError(f"parameter 'support_init' must be [low, high] with 0 < low <= high < 1, got {init!r}")
+        sw_defaults = dict(threshold=self.p.support_threshold, method=self.p.support_method,
+                           sigma=self.p.support_sigma, sigma_end=self.p.support_sigma_end)
+        self.schedule = parse_recipe(self.p.recipe, sw_defaults=sw_defaults)
+        self.backend = get_backend(self.context.device, ndim=2)
+        self._batches = 0
+        self._resolutions: list[np.ndarray] = []
+
+    def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
+        from ..phasing import phase
+
+        patterns = np.asarray(batch["pattern"], np.float32)
+        valid = np.asarray(batch["pattern_valid"], bool)
+        n, size = len(patterns), self.p.size
+        if patterns.shape[1:] != (size, size) or valid.shape != patterns.shape:
+            raise StageError(f"phase_retriever: expected pattern and pattern_valid of shape (n, {size}, {size}), got "
+                             f"{patterns.shape} and {valid.shape} (set size = the reciprocal_grid size)")
+        out = self._empty_outputs(n)
+        if n == 0:
+            return out
+        # reciprocal_grid centres the beam at [size//2, size//2]: undo that for FFT-centred phasing.
+        patterns = np.fft.ifftshift(patterns, axes=(-2, -1))
+        valid = np.fft.ifftshift(valid, axes=(-2, -1))
+        usable = valid.any(axis=(1, 2))
+        if usable.any():
+            seed = self.context.seed + self.p.seed + 1000003 * self._batches
+            result = phase(patterns[usable], valid[usable], recipe=self.schedule, n_starts=self.p.n_starts,
+                           n_keep=self.p.n_keep, backend=self.backend, seed=seed,
+                           support_threshold=tuple(self.p.support_init), positivity=self.p.positivity,
+                           reality=self.p.reality, free_fraction=self.p.free_fraction, calc_llk=self.p.calc_llk)
+            recon = result.reconstruction
+            out["amplitude"][usable] = np.abs(recon)
+            out["phase"][usable] = np.angle(recon)
+            out["support"][usable] = result.support
+            for name in ("llk", "llk_free", "r_factor", "resolution_px"):
+                out[name][usable] = getattr(result, name)
+            curves = result.prtf[:, :size]
+            out["prtf"][usable, :curves.shape[1]] = curves
+            out["resolution_nm"][usable] = out["resolution_px"][usable] * self._real_space_pixel_nm(batch, size)
+        self._batches += 1
+        self._resolutions.append(out["resolution_px"])
+        return out
+
+    def _empty_outputs(self, n: int) -> dict[str, np.ndarray]:
+        out = {}
+        for f in self.outputs:
+            shape = (n,) + f.resolved_shape(self.p)
+            out[f.name] = np.zeros(shape, f.dtype) if f.dtype == "uint8" else np.full(shape, np.nan, f.dtype)
+        return out
+
+    @staticmethod
+    def _real_space_pixel_nm(batch: FrameBatch, size: int) -> float:
+        """Real-space pixel of the reconstruction, lambda D / (N p), from the reciprocal grid (NaN if absent)."""
+        grid = batch.meta.get("grid")
+        try:
+            wavelength, distance, pixel = (float(getattr(grid, k)) for k in ("wavelength_m", "distance_m", "pixel_size_m"))
+        except (AttributeError, TypeError, ValueError):
+            return float("nan")
+        return wavelength * distance / (size * pixel) * 1e9
+
+    def finish(self) -> dict:
+        res = np.concatenate(self._resolutions) if self._resolutions else np.zeros(0)
+        finite = res[np.isfinite(res)]
+        return {"recipe": repr(self.schedule), "device": self.backend.name, "patterns_phased": int(len(finite)),
+                "median_resolution_px": float(np.median(finite)) if len(finite) else float("nan")}
