@@ -53,9 +53,10 @@ GRID_KEYS = ("size", "binning")
 
 def cached_simulation(config: dict, n: int, seed: int) -> dict:
     """Simulator output (full grid), cached under the classification cache directory."""
-    from xfel_dl_plugins.classification.data import _cache_key
+    from xfel_dl_plugins.classification.data import _cache_key, simulator_version
 
-    path = cache_dir() / f"eval-{_cache_key({'config': config, 'n': n, 'seed': seed})}.npz"
+    key = _cache_key({"config": config, "n": n, "seed": seed, "simulator": simulator_version()})
+    path = cache_dir() / f"eval-{key}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
@@ -301,8 +302,8 @@ def markdown(results: dict, command: str) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=3000, help="frames per test set")
-    parser.add_argument("--n-fewshot", type=int, default=800, help="frames per unseen particle type")
+    parser.add_argument("--n", type=int, default=1000, help="frames per test set")
+    parser.add_argument("--n-fewshot", type=int, default=400, help="frames per unseen particle type")
     parser.add_argument("--repeats", type=int, default=5, help="random support draws per shot count")
     parser.add_argument("--quick", action="store_true", help="small sets (smoke run)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

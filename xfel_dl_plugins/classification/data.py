@@ -72,6 +72,16 @@ def _cache_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def simulator_version() -> str:
+    """Hash of the simulator's source (``simulation/`` and ``physics/``): cached frames are only
+    reused when the code that made them is unchanged, and model cards record which code it was."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("simulation/*.py"), *root.glob("physics/*.py")]):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def simulate(sim_config: dict, n: int, seed: int) -> dict:
     """Run the simulator: per-frame arrays on its flat detector grid (``patterns``, ``valid``, truth...)."""
     from ..simulation import generate
@@ -84,7 +94,8 @@ def simulate(sim_config: dict, n: int, seed: int) -> dict:
 
 def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True) -> FrameSet:
     """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed and grid)."""
-    key = _cache_key({"config": sim_config, "n": n, "seed": seed, "grid": grid, "version": SIMULATION_CACHE_VERSION})
+    key = _cache_key({"config": sim_config, "n": n, "seed": seed, "grid": grid, "version": SIMULATION_CACHE_VERSION,
+                      "simulator": simulator_version()})
     path = cache_dir() / f"sim-{key}.npz"
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as f:

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import XfelDLError
 from ..learned_weights import save_weights
 from . import CLASS_NAMES
-from .data import AugmentConfig, Augmenter, FrameSet, simulated_frames
+from .data import AugmentConfig, Augmenter, FrameSet, simulated_frames, simulator_version
 from .inputs import network_input
 from .metrics import classification_report, expected_calibration_error
 
@@ -211,6 +211,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
         "grid": dict(cfg["grid"]),
         "class_names": list(CLASS_NAMES),
         "training": {"config": cfg, "seed": seed, "train_seconds": round(train_seconds, 1),
+                     "simulator_version": simulator_version(),
                      "torch_version": torch.__version__, "augment": asdict(_augment_config(cfg))},
     }
     if is_classifier:
@@ -272,6 +273,7 @@ def model_card(name: str, config: dict, config_path, digest: str) -> str:
         f"- Grid geometry at training: {json.dumps({k: v for k, v in grid.items() if k not in ('size', 'binning')})}",
         f"- Weights sha256: `{digest}`",
         f"- Training: seed {tr['seed']}, {tr['train_seconds']} s on the CPU, torch {tr['torch_version']}",
+        f"- Simulator source hash (`xfel_dl_plugins.classification.data.simulator_version()`): {tr.get('simulator_version')}",
         f"- Data config: `{json.dumps(tr['config']['data'])}`",
         f"- Augmentation: `{json.dumps(tr['augment'])}`",
     ]
