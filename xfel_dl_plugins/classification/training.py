@@ -280,8 +280,10 @@ def model_card(name: str, config: dict, config_path, digest: str) -> str:
     if "calibration" in config:
         lines.append(f"- Calibration: softmax temperature {config['calibration']['temperature']:.3f} (validation NLL)")
     lines += ["", "## Validation metrics", "", "```", json.dumps(config["metrics"], indent=1), "```", "",
-              "## Reproduce", "", f"    xfel-dl train classifier {Path(config_path).name}",
-              f"    # or: python -m xfel_dl_plugins.classification.training {Path(config_path).name} --out DIR", "",
+              "## Reproduce", "", f"    xfel-dl train {arch['type']} {config_path} --out-dir DIR",
+              f"    # or: python -m xfel_dl_plugins.classification.training {config_path} --out DIR", "",
+              "Training is deterministic for a given seed, torch version and simulator version (source hash above): "
+              "simulated frames are regenerated when the simulator code changes.", "",
               "Intended use: classify single-particle XFEL frames into blank / single / multiple / other. "
               "Trained on simulated data only: check the OOD score and a few labelled frames on a new sample.", ""]
     return "\n".join(lines)
