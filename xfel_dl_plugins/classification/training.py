@@ -73,6 +73,8 @@ def _augment_config(cfg: dict) -> AugmentConfig:
     unknown = sorted(set(given) - known)
     if unknown:
         raise XfelDLError(f"unknown [augment] option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    if "multiple_keep" in given:
+        given = {**given, "multiple_keep": tuple(given["multiple_keep"])}
     return AugmentConfig(**given)
 
 
@@ -167,7 +169,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
     augment = Augmenter(_augment_config(cfg), rng)
     # The validation frames are augmented once, with their own fixed seed: calibration then sees
     # the same kind of frames (missing panels, noise) as training and as real data.
-    val_aug = FrameSet(*Augmenter(_augment_config(cfg), np.random.default_rng(seed + 1))(val.patterns, val.valid),
+    val_aug = FrameSet(*Augmenter(_augment_config(cfg), np.random.default_rng(seed + 1))(val.patterns, val.valid, val.labels),
                        val.labels, val.groups, val.radius_nm)
 
     arch = _arch(cfg)
@@ -189,7 +191,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
         net.train()
         losses = []
         for idx in _batches(len(train), batch_size, rng):
-            p, v = augment(train.patterns[idx], train.valid[idx])
+            p, v = augment(train.patterns[idx], train.valid[idx], train.labels[idx])
             x = torch.from_numpy(network_input(p, v))
             y = torch.from_numpy(targets_all[idx])
             out = net(x)
