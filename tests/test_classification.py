@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 GRID = {"size": 64, "binning": 4, "pixel_size_m": 200e-6, "distance_m": 0.705, "photon_energy_eV": 6000.0}
 LAYERS = [[8, 2], [16, 2], [16, 2]]
+RINGS = 8
 
 
 def _save(tmp_path, arch, extra, name):
@@ -34,14 +35,14 @@ def _save(tmp_path, arch, extra, name):
 
 @pytest.fixture
 def classifier_weights(tmp_path):
-    arch = {"type": "classifier", "in_channels": 2, "layers": LAYERS, "hidden": 8, "n_classes": 4}
+    arch = {"type": "classifier", "in_channels": 2, "layers": LAYERS, "hidden": 8, "n_classes": 4, "input_size": 64, "rings": RINGS}
     cal = {"calibration": {"temperature": 1.5, "energy_quantiles": list(np.linspace(-3, 0, 11))}}
     return _save(tmp_path, arch, cal, "clf")
 
 
 @pytest.fixture
 def encoder_weights(tmp_path):
-    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8}
+    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8, "input_size": 64, "rings": RINGS}
     return _save(tmp_path, arch, {}, "enc")
 
 
@@ -202,7 +203,7 @@ def test_batchnorm_folding_preserves_the_network():
     from xfel_dl_plugins.classification.inputs import network_input
     from xfel_dl_plugins.classification.models import build_model, fused_state
 
-    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8}
+    arch = {"type": "embedding", "in_channels": 2, "layers": LAYERS, "hidden": 8, "embedding_dim": 8, "input_size": 64, "rings": RINGS}
     torch.manual_seed(1)
     trained = build_model(arch)
     for module in trained.modules():  # non-trivial running statistics
@@ -216,3 +217,40 @@ def test_batchnorm_folding_preserves_the_network():
     x = torch.from_numpy(network_input(patterns, valid))
     with torch.inference_mode():
         np.testing.assert_allclose(fused.eval()(x).numpy(), trained.eval()(x).numpy(), atol=1e-5)
+
+
+def test_labelled_cxi_as_written_by_the_simulator(tmp_path):
+    from xfel_dl_plugins.classification.fewshot import read_labelled_dataset
+    from xfel_dl_plugins.io.cxi import write_cxi
+
+    patterns, valid, labels = synthetic_frames(6, 4)
+    path = write_cxi(tmp_path / "s.cxi", patterns, mask=(~valid[0]).astype(np.uint8), distance_m=0.705,
+                     pixel_size_m=0.8e-3, photon_energy_eV=6000.0,
+                     extra={"hit_class": labels.astype(np.int8), "class_names": np.array([c.encode() for c in CLASS_NAMES])})
+    support = read_labelled_dataset(path)
+    assert list(support.labels) == [CLASS_NAMES[i] for i in labels]
+    np.testing.assert_array_equal(support.valid[0], valid[0])
+    empty = tmp_path / "e.npz"
+    np.savez(empty, patterns=patterns)
+    with pytest.raises(InputDataError, match="no labels"):
+        read_labelled_dataset(empty)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch)")
+def test_classifier_on_cuda_matches_cpu(classifier_weights):
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    patterns, valid, _ = synthetic_frames(8, 6)
+    cpu = ClassifierModel(path=classifier_weights).predict(patterns, valid)
+    gpu = ClassifierModel(path=classifier_weights, device="cuda").predict(patterns, valid)
+    np.testing.assert_allclose(gpu["probabilities"], cpu["probabilities"], atol=1e-4)
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error(classifier_weights):
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(StageError, match="cuda"):
+        ClassifierModel(path=classifier_weights, device="cuda")

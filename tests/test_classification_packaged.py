@@ -49,7 +49,7 @@ def test_packaged_encoder_few_shot_on_unseen_particles():
     rng = np.random.default_rng(0)
     support = np.concatenate([rng.permutation(np.flatnonzero(frames.labels == c))[:10] for c in range(len(CLASS_NAMES))])
     query = np.setdiff1d(np.arange(len(frames)), support)
-    clf = PrototypeClassifier(emb[support], frames.labels[support])
+    clf = PrototypeClassifier(emb[support], frames.labels[support], k=3)
     pred = clf.label_names[clf.predict(emb[query])[0]].astype(int)
     assert np.mean(pred == frames.labels[query]) >= 0.7  # chance is 0.25
 

@@ -14,6 +14,7 @@ name = "tiny_{type}"
 type = "{type}"
 layers = [[8, 2], [16, 2], [16, 2]]
 hidden = 16
+rings = 8
 embedding_dim = 8
 [grid]
 size = 64

@@ -72,6 +72,16 @@ def _cache_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def simulator_version() -> str:
+    """Hash of the simulator's source (``simulation/`` and ``physics/``): cached frames are only
+    reused when the code that made them is unchanged, and model cards record which code it was."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("simulation/*.py"), *root.glob("physics/*.py")]):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def simulate(sim_config: dict, n: int, seed: int) -> dict:
     """Run the simulator: per-frame arrays on its flat detector grid (``patterns``, ``valid``, truth...)."""
     from ..simulation import generate
@@ -84,7 +94,8 @@ def simulate(sim_config: dict, n: int, seed: int) -> dict:
 
 def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True) -> FrameSet:
     """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed and grid)."""
-    key = _cache_key({"config": sim_config, "n": n, "seed": seed, "grid": grid, "version": SIMULATION_CACHE_VERSION})
+    key = _cache_key({"config": sim_config, "n": n, "seed": seed, "grid": grid, "version": SIMULATION_CACHE_VERSION,
+                      "simulator": simulator_version()})
     path = cache_dir() / f"sim-{key}.npz"
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as f:
@@ -136,6 +147,9 @@ class AugmentConfig:
     max_background: float = 0.4  # extra Poisson photons per binned pixel
     max_read_noise: float = 0.4  # Gaussian sigma, photons per binned pixel
     rotate: bool = True
+    # Multiple hits always thinned by a factor in this range: the same scene at a weaker pulse, so
+    # that "more photons" does not stand in for "more particles" (fluence varies shot to shot).
+    multiple_keep: tuple = (1.0, 1.0)
 
 
 class Augmenter:
@@ -144,20 +158,24 @@ class Augmenter:
     def __init__(self, config: AugmentConfig, rng: np.random.Generator):
         self.c, self.rng = config, rng
 
-    def __call__(self, patterns: np.ndarray, valid: np.ndarray):
-        patterns = self._photon_noise(np.asarray(patterns, dtype=np.float32))
+    def __call__(self, patterns: np.ndarray, valid: np.ndarray, labels: np.ndarray | None = None):
+        patterns = self._photon_noise(np.asarray(patterns, dtype=np.float32), labels)
         valid = valid.copy()
         for i in range(len(patterns)):
             patterns[i], valid[i] = self._geometry(patterns[i], valid[i])
         return patterns, valid
 
-    def _photon_noise(self, p: np.ndarray) -> np.ndarray:
+    def _photon_noise(self, p: np.ndarray, labels=None) -> np.ndarray:
         """Fewer photons, extra background and read-out noise, drawn per frame, applied to the batch."""
         c, rng, n = self.c, self.rng, len(p)
-        if c.p_thinning:
+        if c.p_thinning or labels is not None:
             # Binomial thinning of Poisson counts = the same pattern at a lower fluence.
-            chosen = np.flatnonzero(rng.random(n) < c.p_thinning)
-            keep = rng.uniform(c.min_keep_fraction, 1.0, len(chosen))
+            keep_all = np.where(rng.random(n) < c.p_thinning, rng.uniform(c.min_keep_fraction, 1.0, n), 1.0)
+            if labels is not None:
+                multiple = np.asarray(labels) == CLASS_NAMES.index("multiple")
+                keep_all[multiple] *= rng.uniform(*c.multiple_keep, int(multiple.sum()))
+            chosen = np.flatnonzero(keep_all < 1.0)
+            keep = keep_all[chosen]
             p = p.copy()
             rounded = np.rint(p[chosen])
             p[chosen] = rng.binomial(np.clip(rounded, 0, None).astype(np.int64), keep[:, None, None]) + (p[chosen] - rounded)

@@ -123,34 +123,46 @@ def frames_for_ids(batches, wanted: list[tuple[int, int, str]], to_grid) -> Supp
     return SupportSet(np.stack(patterns), np.stack(masks), np.array([w[2] for w in wanted]))
 
 
-def read_labelled_dataset(path, to_grid=None) -> SupportSet:
-    """A labelled dataset file: ``.npz`` (``patterns``, ``valid`` or ``mask``, ``labels``) or CXI/HDF5.
+def _labels_from(arrays, path) -> np.ndarray:
+    """String labels from ``label(s)``, or from integer ``hit_class`` with ``class_names`` (simulator files)."""
+    for key in ("labels", "label"):
+        if key in arrays:
+            return np.asarray(arrays[key][()])
+    if "hit_class" in arrays and "class_names" in arrays:
+        names = np.array([n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(arrays["class_names"][()])])
+        return names[np.asarray(arrays["hit_class"][()], dtype=int)]
+    raise InputDataError(f"{path}: no labels (expected 'labels', or 'hit_class' with 'class_names')")
 
-    A CXI file holds its labels in ``entry_1/sample_1/label`` (as written by ``write_cxi(extra=...)``).
-    Frames not already on the model grid are mapped onto it with ``to_grid(frames, valid)``.
+
+def read_labelled_dataset(path, to_grid=None) -> SupportSet:
+    """A labelled dataset file: ``.npz`` (``patterns``, ``valid`` or ``mask``, labels) or a CXI file.
+
+    Labels are strings in ``labels``, or integer ``hit_class`` with ``class_names`` as the simulator
+    writes them; in a CXI file they sit under ``entry_1/sample_1/``. Frames not already on the model
+    grid are mapped onto it with ``to_grid(frames, valid)``.
     """
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"labelled dataset not found: {path}")
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as f:
-            if "patterns" not in f or "labels" not in f:
-                raise InputDataError(f"{path}: a labelled .npz needs arrays 'patterns' and 'labels' (and 'valid' or 'mask')")
+            if "patterns" not in f:
+                raise InputDataError(f"{path}: a labelled .npz needs an array 'patterns' (and 'valid' or 'mask')")
             frames = f["patterns"].astype(np.float32)
             valid = f["valid"].astype(bool) if "valid" in f else (f["mask"] == 0) if "mask" in f else np.ones(frames.shape, bool)
-            labels = f["labels"]
+            labels = _labels_from(f, path)
     else:
         from ..io.cxi import read_cxi
 
         cxi = read_cxi(path)
         try:
             frames, valid = cxi.read(0, len(cxi))
-            if "entry_1/sample_1/label" not in cxi.file:
-                raise InputDataError(f"{path} has no labels at entry_1/sample_1/label")
-            labels = cxi.file["entry_1/sample_1/label"][()]
+            labels = _labels_from(cxi.file.get("entry_1/sample_1", {}), path)
         finally:
             cxi.close()
     labels = np.array([lab.decode() if isinstance(lab, bytes) else str(lab) for lab in np.asarray(labels).ravel()])
+    if len(labels) != len(frames):
+        raise InputDataError(f"{path}: {len(frames)} patterns but {len(labels)} labels")
     valid = np.broadcast_to(valid, frames.shape)
     if to_grid is not None:
         frames, valid = to_grid(frames, valid)

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import XfelDLError
 from ..learned_weights import save_weights
 from . import CLASS_NAMES
-from .data import AugmentConfig, Augmenter, FrameSet, simulated_frames
+from .data import AugmentConfig, Augmenter, FrameSet, simulated_frames, simulator_version
 from .inputs import network_input
 from .metrics import classification_report, expected_calibration_error
 
@@ -73,12 +73,15 @@ def _augment_config(cfg: dict) -> AugmentConfig:
     unknown = sorted(set(given) - known)
     if unknown:
         raise XfelDLError(f"unknown [augment] option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    if "multiple_keep" in given:
+        given = {**given, "multiple_keep": tuple(given["multiple_keep"])}
     return AugmentConfig(**given)
 
 
 def _arch(cfg: dict) -> dict:
     m = cfg["model"]
-    arch = {"type": m["type"], "in_channels": 2, "layers": [list(map(int, layer)) for layer in m["layers"]], "hidden": int(m["hidden"])}
+    arch = {"type": m["type"], "in_channels": 2, "layers": [list(map(int, layer)) for layer in m["layers"]],
+            "hidden": int(m["hidden"]), "input_size": int(cfg["grid"]["size"]), "rings": int(m.get("rings", 0))}
     if m["type"] == "classifier":
         arch.update(n_classes=len(CLASS_NAMES), dropout=float(m.get("dropout", 0.2)))
     else:
@@ -166,7 +169,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
     augment = Augmenter(_augment_config(cfg), rng)
     # The validation frames are augmented once, with their own fixed seed: calibration then sees
     # the same kind of frames (missing panels, noise) as training and as real data.
-    val_aug = FrameSet(*Augmenter(_augment_config(cfg), np.random.default_rng(seed + 1))(val.patterns, val.valid),
+    val_aug = FrameSet(*Augmenter(_augment_config(cfg), np.random.default_rng(seed + 1))(val.patterns, val.valid, val.labels),
                        val.labels, val.groups, val.radius_nm)
 
     arch = _arch(cfg)
@@ -188,7 +191,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
         net.train()
         losses = []
         for idx in _batches(len(train), batch_size, rng):
-            p, v = augment(train.patterns[idx], train.valid[idx])
+            p, v = augment(train.patterns[idx], train.valid[idx], train.labels[idx])
             x = torch.from_numpy(network_input(p, v))
             y = torch.from_numpy(targets_all[idx])
             out = net(x)
@@ -210,6 +213,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
         "grid": dict(cfg["grid"]),
         "class_names": list(CLASS_NAMES),
         "training": {"config": cfg, "seed": seed, "train_seconds": round(train_seconds, 1),
+                     "simulator_version": simulator_version(),
                      "torch_version": torch.__version__, "augment": asdict(_augment_config(cfg))},
     }
     if is_classifier:
@@ -271,14 +275,17 @@ def model_card(name: str, config: dict, config_path, digest: str) -> str:
         f"- Grid geometry at training: {json.dumps({k: v for k, v in grid.items() if k not in ('size', 'binning')})}",
         f"- Weights sha256: `{digest}`",
         f"- Training: seed {tr['seed']}, {tr['train_seconds']} s on the CPU, torch {tr['torch_version']}",
+        f"- Simulator source hash (`xfel_dl_plugins.classification.data.simulator_version()`): {tr.get('simulator_version')}",
         f"- Data config: `{json.dumps(tr['config']['data'])}`",
         f"- Augmentation: `{json.dumps(tr['augment'])}`",
     ]
     if "calibration" in config:
         lines.append(f"- Calibration: softmax temperature {config['calibration']['temperature']:.3f} (validation NLL)")
     lines += ["", "## Validation metrics", "", "```", json.dumps(config["metrics"], indent=1), "```", "",
-              "## Reproduce", "", f"    xfel-dl train classifier {Path(config_path).name}",
-              f"    # or: python -m xfel_dl_plugins.classification.training {Path(config_path).name} --out DIR", "",
+              "## Reproduce", "", f"    xfel-dl train {arch['type']} {config_path} --out-dir DIR",
+              f"    # or: python -m xfel_dl_plugins.classification.training {config_path} --out DIR", "",
+              "Training is deterministic for a given seed, torch version and simulator version (source hash above): "
+              "simulated frames are regenerated when the simulator code changes.", "",
               "Intended use: classify single-particle XFEL frames into blank / single / multiple / other. "
               "Trained on simulated data only: check the OOD score and a few labelled frames on a new sample.", ""]
     return "\n".join(lines)

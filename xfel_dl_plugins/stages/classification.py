@@ -133,7 +133,8 @@ class FewShotClassifier(_GridClassifier):
         "weights": Param("spi_encoder", str, "name of the packaged encoder weights"),
         "weights_path": Param("", str, "path of a .safetensors encoder file used instead of the packaged one"),
         "binning": Param(0, int, "detector pixels per model pixel; 0 = match the training sampling from the geometry", min=0, max=64),
-        "k": Param(0, int, "0 = nearest class prototype; k > 0 = majority of the k nearest support frames", min=0),
+        "k": Param(3, int, "k > 0: majority of the k nearest support frames (classes with several looks, e.g. "
+                   "'other', need this); 0: nearest class prototype", min=0),
         "single_label": Param("single", str, "support label whose frames is_single keeps"),
         "batch_size": Param(512, int, "frames per network call", min=1),
     }
