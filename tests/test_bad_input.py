@@ -42,7 +42,7 @@ def test_run_without_the_detector(hitfinding_manifest, tmp_path):
     write_file(str(run_dir / "RAW-R0001-DA01-S00000.h5"), [XGM("SA1_XTD2_XGM/DOOCS/MAIN")], ntrains=5,
                format_version="1.0")
     proc = run_cli("run", hitfinding_manifest, "--input", run_dir, "--output", tmp_path / "o.h5")
-    assert_clean_failure(proc, "has no", "AGIPD-1M", out_dir=tmp_path)
+    assert_clean_failure(proc, "has no", "AGIPD1M", out_dir=tmp_path)
 
 
 def test_truncated_hdf5_file(mock_run, hitfinding_manifest, tmp_path):
