@@ -2,7 +2,7 @@
 path) on 1 and 2 CPU processes, the AGIPD-1M demo run, and the library building blocks against the
 obvious baselines (per-pixel Poisson draws, scipy's map_coordinates), all in the same run.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_simulate.py [--quick] [--output docs/benchmarks-simulation.md]
+    OMP_NUM_THREADS=1 python benchmarks/bench_simulate.py [--quick] [--output section.md]  (the "Simulation" section of docs/benchmarks.md)
 """
 
 from __future__ import annotations
