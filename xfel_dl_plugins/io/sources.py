@@ -1,4 +1,5 @@
-"""Input sources: European XFEL runs (through EXtra-data) and CXI files, streamed in batches of frames.
+"""Input sources: European XFEL runs (through EXtra-data) and CXI files, streamed in batches of frames
+(karabo-bridge streams are in :mod:`.bridge`).
 
 Each source yields dicts of per-frame arrays (``data``, ``valid``, ``train_id``, ``pulse_id``,
 ``cell_id``) a bounded number of frames at a time, so memory does not grow with the run length.
@@ -30,9 +31,9 @@ class SourceInfo:
     """What a source knows about itself, for geometry and provenance."""
 
     description: str
-    train_ids: np.ndarray
-    n_frames: int
-    detector: str  # "AGIPD1M" or "flat"
+    train_ids: np.ndarray | None  # None for a stream: known only at its end
+    n_frames: int | None
+    detector: str  # "AGIPD1M", "JUNGFRAU4M" or "flat"
     frame_shape: tuple[int, ...]
     proposal: int = 0
     run: int = 0
