@@ -254,7 +254,7 @@ def figures(q: dict, outdir: Path) -> list[str]:
     ax.set_ylabel("PRTF")
     ax.set_ylim(0, 1.1)
     ax.legend(fontsize=6, ncol=2)
-    ax.set_title("PRTF of the averaged best starts (ours)")
+    ax.set_title("PRTF of the best starts (ours)")
     fig.tight_layout()
     name = "phasing_prtf.png"
     fig.savefig(outdir / name, dpi=90)

@@ -162,3 +162,47 @@ def test_gpu_matches_cpu():
     np.testing.assert_allclose(results["cpu"][1], results["cuda"][1], rtol=1e-3)
     full = phase(iobs, valid, n_starts=4, device="cuda", seed=0)
     assert metrics.ambiguity_error(truth, full.reconstruction[0]) < 0.15
+
+
+@pytest.fixture
+def numpy_as_cupy(monkeypatch):
+    """Stand-ins for cupy/cupyx built on NumPy: ``cupy.fuse`` returns the plain function (as real
+    CuPy does for NumPy inputs) and cuFFT becomes scipy.fft. Exercises the GPU backend's logic
+    (fused-expression updates, float masks, returned rather than in-place arrays) without a GPU."""
+    import sys
+    import types
+
+    import scipy.fft
+
+    fake = types.ModuleType("cupy")
+    fake.__dict__.update({k: v for k, v in np.__dict__.items() if not k.startswith("__")})
+    fake.fuse = lambda func: func
+    fake.asnumpy = np.asarray
+    fft = types.ModuleType("cupyx.scipy.fft")
+    fft.get_fft_plan = lambda a, axes=None, value_type="C2C": None
+    fft.fftn = lambda a, axes=None, overwrite_x=False, plan=None: scipy.fft.fftn(a, axes=axes).astype(a.dtype)
+    fft.ifftn = lambda a, axes=None, overwrite_x=False, plan=None: scipy.fft.ifftn(a, axes=axes).astype(a.dtype)
+    cupyx, cupyx_scipy = types.ModuleType("cupyx"), types.ModuleType("cupyx.scipy")
+    cupyx.scipy, cupyx_scipy.fft = cupyx_scipy, fft
+    for name, module in {"cupy": fake, "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.fft": fft}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_gpu_backend_logic_matches_cpu_with_numpy_standin(numpy_as_cupy):
+    from xfel_dl_plugins.phasing import SW
+    from xfel_dl_plugins.phasing.backend import CupyBackend
+
+    obj = make_object((32, 32), "polygon", rng=np.random.default_rng(9))
+    iobs, valid, _ = diffraction(obj, 1e8, beam_stop_mask((32, 32), 1.0), np.random.default_rng(5))
+    schedule = SW() * HIO() ** 7 * RAAR(beta=0.5) ** 3 * DM() ** 2 * SW(method="rms") * ER() ** 5
+    states = [PhasingState(np.stack([iobs, iobs]), np.stack([valid, valid]), n_starts=3, backend=backend, seed=2,
+                           calc_llk=4) for backend in (NumpyBackend(2), CupyBackend(2))]
+    for state in states:
+        schedule.apply(state)
+        state.update_llk()
+    assert len(states[1].chunks) == 1 and len(states[0].chunks) >= 1
+    cpu, gpu = (s.objects() for s in states)
+    assert np.linalg.norm(cpu - gpu) / np.linalg.norm(cpu) < 1e-4
+    np.testing.assert_array_equal(states[0].supports(), states[1].supports())
+    np.testing.assert_allclose(states[0].llk, states[1].llk, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(states[0].llk_free, states[1].llk_free, rtol=1e-3, atol=1e-3)

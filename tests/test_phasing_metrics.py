@@ -98,6 +98,11 @@ def test_prtf_cutoff_where_phases_become_random(obj):
     # Runs that agree but are scaled differently from the data: only the model normalisation stays at 1.
     scaled = metrics.prtf(np.stack([f * 2, f * 2]), iobs, np.ones(obj.shape, bool))
     assert np.allclose(scaled.value[1:20], 1.0)
+    # With only 4 runs the textbook PRTF of random phases stays near 1/sqrt(4); the unbiased one is ~0.
+    few = np.stack(runs[:4])
+    high = curve.frequency > 0.3
+    assert np.nanmean(metrics.prtf(few, iobs, np.ones(obj.shape, bool), normalise="data").value[high]) > 0.35
+    assert np.nanmean(metrics.prtf(few, iobs, np.ones(obj.shape, bool)).value[high]) < 0.2
     with pytest.raises(InputDataError):
         metrics.prtf(np.stack(runs), iobs, np.ones(obj.shape, bool), normalise="median")
 

@@ -231,7 +231,8 @@ class PhasingState:
         xp = self.xp
         patterns = self.pattern_of[chunk]
         rows = xp.asarray(patterns)
-        dev = poisson_deviance(self.iobs[rows], self.backend.intensity(f), xp)
+        # float64: the deviance is a small difference of terms ~I (1e5 photons per pixel is common)
+        dev = poisson_deviance(self.iobs[rows].astype(np.float64), self.backend.intensity(f).astype(np.float64), xp)
         axes = tuple(range(1, dev.ndim))
         n_sup = self.support_size.reshape(-1)[chunk]
         dof = np.maximum(self.n_constrained[patterns] - n_sup, 1)

@@ -201,29 +201,43 @@ def _cutoff(freq: np.ndarray, value: np.ndarray, threshold: np.ndarray) -> float
 
 
 def prtf(aligned_fts: np.ndarray, iobs: np.ndarray, valid: np.ndarray, normalise: str = "model") -> ResolutionCurve:
-    """Phase-retrieval transfer function of independent reconstructions.
+    """Phase-retrieval transfer function of independent reconstructions, per radial shell.
 
     ``aligned_fts`` (n_runs, *shape): Fourier transforms of the runs after alignment (translation,
-    twin, global phase removed). PRTF(q) = sum_shell |<F_j>_j| / sum_shell <|F_j|>_j over valid
-    pixels (``normalise='model'``, the default), or / sum_shell sqrt(I_o) (``normalise='data'``, the
-    textbook form). With few photons per pixel, sum sqrt(I_o) underestimates the amplitude (Poisson
-    zeros), which pushes the textbook PRTF above 1 at high q; the model normalisation measures the
-    phase reproducibility alone and is 1 where all runs agree.
+    twin, global phase removed); sums run over the valid pixels of a shell.
+
+    - ``normalise='data'`` (textbook): sum |<F_j>_j| / sum sqrt(I_o). With few runs it does not fall
+      below ~1/sqrt(n_runs) where phases are random, and with few photons per pixel sum sqrt(I_o)
+      underestimates the amplitude (Poisson zeros), pushing it above 1 at high q.
+    - ``normalise='model'`` (default): the phase reproducibility, unbiased for the number of runs:
+      sqrt((sum |sum_j F_j|^2 - sum_j |F_j|^2) / ((n - 1) sum_j |F_j|^2)): 1 where all runs agree,
+      0 on average where their phases are independent, so the 1/e crossing is meaningful with 4 runs.
     """
     aligned_fts = np.asarray(aligned_fts)
     if aligned_fts.shape[1:] != iobs.shape:
         raise InputDataError(f"PRTF: reconstructions {aligned_fts.shape[1:]} and data {iobs.shape} differ")
     if normalise not in ("model", "data"):
         raise InputDataError(f"PRTF: normalise must be 'model' or 'data', got {normalise!r}")
-    mean_amp = np.abs(aligned_fts.mean(axis=0))
+    n_runs = len(aligned_fts)
+    if normalise == "model" and n_runs < 2:
+        raise InputDataError("PRTF: the model normalisation needs at least 2 runs")
     shell, freq = radial_shells(iobs.shape)
     w = np.asarray(valid, bool).ravel()
     idx = shell.ravel()[w]
-    num = np.bincount(idx, mean_amp.ravel()[w], minlength=len(freq))
-    reference = np.abs(aligned_fts).mean(axis=0) if normalise == "model" else np.sqrt(np.clip(iobs, 0, None))
-    den = np.bincount(idx, reference.ravel()[w], minlength=len(freq))
+
+    def shell_sum(values: np.ndarray) -> np.ndarray:
+        return np.bincount(idx, values.ravel()[w], minlength=len(freq))
+
     with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(den > 0, num / den, np.nan)
+        if normalise == "data":
+            num = shell_sum(np.abs(aligned_fts.mean(axis=0)))
+            den = shell_sum(np.sqrt(np.clip(iobs, 0, None)))
+            value = np.where(den > 0, num / den, np.nan)
+        else:
+            power = (np.abs(aligned_fts) ** 2).sum(axis=0)
+            coherent = shell_sum(np.abs(aligned_fts.sum(axis=0)) ** 2) - shell_sum(power)
+            den = (n_runs - 1) * shell_sum(power)
+            value = np.where(den > 0, np.sqrt(np.clip(coherent / den, 0, None)), np.nan)
     threshold = np.full_like(value, PRTF_THRESHOLD)
     return ResolutionCurve(freq, value, threshold, _cutoff(freq, value, threshold))
 
