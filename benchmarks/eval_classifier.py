@@ -265,8 +265,11 @@ def markdown(results: dict, command: str) -> str:
              "simulator's full 128x128 grid; single = hit and fit quality above a cut and radius in the sample's "
              "known range. Its photon threshold, lit-pixel threshold and fit-quality cut are tuned on a separate "
              "validation set of the same kind to maximise single-hit F1 (its best case).",
-             "- **Few-shot** (`fewshot_classifier`, weights `spi_encoder`): nearest class prototype by cosine "
-             "similarity from N labelled frames per class of the new particle type; no retraining.", ""]
+             "- **Few-shot** (`fewshot_classifier`, weights `spi_encoder`): vote of the 3 nearest support frames by "
+             "cosine similarity, N labelled frames per class of the new particle type; no retraining.",
+             "- Training data came from the simulator as it was at commit ee602a7 of branch `sim` (pixels "
+             "point-sampled); these test sets come from the current simulator (pixel-area integration of fine "
+             "speckles and other changes): a generator shift the networks never saw.", ""]
     for name, r in results.get("cnn", {}).items():
         lines += [f"### Test set `{name}` ({r['n']} frames)", "",
                   "| method | class | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]

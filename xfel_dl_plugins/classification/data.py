@@ -92,14 +92,24 @@ def simulate(sim_config: dict, n: int, seed: int) -> dict:
     return out
 
 
-def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True) -> FrameSet:
-    """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed and grid)."""
+def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True,
+                     simulator: str | None = None) -> FrameSet:
+    """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed, grid and simulator).
+
+    ``simulator`` pins the simulator version (source hash) the frames must come from: they are then
+    taken from the cache, and it is an error if they are not there and the current simulator differs.
+    """
+    current = simulator_version()
+    wanted = simulator or current
     key = _cache_key({"config": sim_config, "n": n, "seed": seed, "grid": grid, "version": SIMULATION_CACHE_VERSION,
-                      "simulator": simulator_version()})
+                      "simulator": wanted})
     path = cache_dir() / f"sim-{key}.npz"
     if use_cache and path.is_file():
         with np.load(path, allow_pickle=False) as f:
             return FrameSet(f["patterns"], f["valid"], f["labels"], f["groups"], f["radius_nm"])
+    if wanted != current:
+        raise XfelDLError(f"frames from simulator version {wanted} are not cached in {cache_dir()} and the "
+                          f"current simulator is {current}: remove data.simulator_version to simulate anew")
     frames = frames_on_grid(simulate(sim_config, n, seed), sim_config, grid)
     if use_cache:
         tmp = path.with_suffix(".tmp.npz")

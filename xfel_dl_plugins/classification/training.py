@@ -56,8 +56,10 @@ def training_frames(cfg: dict, log=print) -> tuple[FrameSet, FrameSet]:
     data = cfg["data"]
     t0 = time.perf_counter()
     grid = cfg["grid"]
-    train = simulated_frames(data["simulation"], int(data["n_train"]), int(data["seed"]), grid)
-    val = simulated_frames(data.get("validation", data["simulation"]), int(data["n_val"]), int(data["seed"]) + 1_000_003, grid)
+    pinned = data.get("simulator_version")
+    train = simulated_frames(data["simulation"], int(data["n_train"]), int(data["seed"]), grid, simulator=pinned)
+    val = simulated_frames(data.get("validation", data["simulation"]), int(data["n_val"]), int(data["seed"]) + 1_000_003,
+                           grid, simulator=pinned)
     size = int(cfg["grid"]["size"])
     for name, frames in (("training", train), ("validation", val)):
         if frames.patterns.shape[1:] != (size, size):
@@ -213,7 +215,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
         "grid": dict(cfg["grid"]),
         "class_names": list(CLASS_NAMES),
         "training": {"config": cfg, "seed": seed, "train_seconds": round(train_seconds, 1),
-                     "simulator_version": simulator_version(),
+                     "simulator_version": cfg["data"].get("simulator_version") or simulator_version(),
                      "torch_version": torch.__version__, "augment": asdict(_augment_config(cfg))},
     }
     if is_classifier:
