@@ -56,7 +56,7 @@ def test_registry_lists_every_builtin_stage():
 
 def test_listing_stages_does_not_import_torch_or_cupy():
     code = ("import sys; from xfel_dl_plugins.cli import main; rc = main(['stages']); "
-            "heavy = [m for m in ('torch', 'cupy', 'extra_data') if m in sys.modules]; "
+            "heavy = [m for m in ('torch', 'cupy', 'extra_data', 'scipy.fft', 'h5py') if m in sys.modules]; "
             "print('HEAVY', heavy); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -10,13 +10,24 @@ Lower level: :class:`PhasingState` (the batched iterate), the operators ``ER, HI
 free LLK, ambiguity-removed error, PRTF, FRC) for every phase retriever of the package.
 """
 
-from . import metrics
-from .backend import cuda_available, get_backend
-from .engine import PhasingState
-from .multistart import DEFAULT_RECIPE, PatternResult, PhasingResult, combine_starts, phase
-from .operators import DM, ER, HIO, RAAR, SW, Operator
-from .recipe import RecipeError, parse_recipe
+import importlib
 
-__all__ = ["phase", "PhasingResult", "PatternResult", "PhasingState", "combine_starts", "DEFAULT_RECIPE",
-           "parse_recipe", "RecipeError", "Operator", "ER", "HIO", "RAAR", "DM", "SW", "get_backend",
-           "cuda_available", "metrics"]
+# Names resolved on first use (PEP 562), so that importing a light submodule such as
+# ``phasing.defaults`` (the stage registry does) does not pull in SciPy's FFT.
+_EXPORTS = {
+    "cuda_available": "backend", "get_backend": "backend", "PhasingState": "engine",
+    "PatternResult": "multistart", "PhasingResult": "multistart", "combine_starts": "multistart",
+    "phase": "multistart", "DEFAULT_RECIPE": "defaults", "DM": "operators", "ER": "operators",
+    "HIO": "operators", "RAAR": "operators", "SW": "operators", "Operator": "operators",
+    "RecipeError": "recipe", "parse_recipe": "recipe",
+}
+
+__all__ = [*_EXPORTS, "metrics"]
+
+
+def __getattr__(name: str):
+    if name == "metrics":
+        return importlib.import_module(".metrics", __name__)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

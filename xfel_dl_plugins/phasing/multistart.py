@@ -14,6 +14,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ..errors import InputDataError
+from .defaults import DEFAULT_RECIPE
 from .engine import PhasingState
 from .metrics import (ResolutionCurve, align_fourier, best_intensity_scale, poisson_llk, prtf, r_factor,
                       radial_shells)
@@ -21,7 +22,6 @@ from .operators import Operator
 from .recipe import parse_recipe
 
 #: Shrink-wrap every 50 iterations through HIO and RAAR, then error reduction on the final support.
-DEFAULT_RECIPE = "(SW*HIO**50)**12 * (SW*RAAR**50)**8 * ER**100"
 
 
 @dataclass

@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StageError
+from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE
 from .base import Field, FrameBatch, Param, Stage
-
-from ..phasing.multistart import DEFAULT_RECIPE as _DEFAULT_RECIPE
 
 
 class PhaseRetriever(Stage):
