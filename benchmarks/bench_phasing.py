@@ -2,7 +2,7 @@
 
     benchmarks/setup_pynx.sh /work/bench            # once: PyNX in its own venv, outside the repo
     PYTHONPATH=$PWD /work/main/.venv/bin/python benchmarks/bench_phasing.py --pynx-dir /work/bench \\
-        --markdown docs/benchmarks-phasing.md --figures docs/figures
+        --markdown section.md --figures docs/figures
 
 Measures, on the same inputs and interleaved (the machine is shared, so only ratios measured in
 the same run mean anything):
@@ -274,7 +274,7 @@ def markdown(args, timing, batch, quality, gpu, figs) -> str:
              "", "Reproduce:", "", "```",
              "benchmarks/setup_pynx.sh /work/bench",
              "PYTHONPATH=$PWD /work/main/.venv/bin/python benchmarks/bench_phasing.py --pynx-dir /work/bench "
-             f"--markdown docs/benchmarks-phasing.md --figures docs/figures" + (" --quick" if args.quick else ""),
+             f"--markdown section.md --figures docs/figures" + (" --quick" if args.quick else ""),
              "```", "", "### Time per iteration (one pattern, LLK off)", "",
              "| size | alg | ours ms | PyNX ms | ours/PyNX | FFT floor ms | ours/floor | ours 1-thread ms | 1-thread/PyNX | 1-thread floor ms | 1-thread/floor |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
