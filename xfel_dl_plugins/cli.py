@@ -96,7 +96,8 @@ def cmd_report(args) -> int:
 def cmd_simulate(args) -> int:
     from .simulation import simulate_main
 
-    simulate_main(args.config, args.output, progress=not args.quiet, overwrite=args.overwrite)
+    simulate_main(args.config, args.output, progress=not args.quiet, overwrite=args.overwrite, n=args.n,
+                  seed=args.seed)
     return 0
 
 
@@ -148,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="write a simulated, labelled dataset (CXI) or AGIPD-1M run")
     p.add_argument("config", help="simulation config TOML (see xfel_dl_plugins/simulation/configs)")
     p.add_argument("--output", required=True, help="CXI file, or run directory for an AGIPD-1M run")
+    p.add_argument("--n", type=int, help="number of patterns (default: the config's [output] n_patterns)")
+    p.add_argument("--seed", type=int, help="random seed (default: the config's [output] seed)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_simulate)
