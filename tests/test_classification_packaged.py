@@ -30,7 +30,9 @@ def test_packaged_classifier_on_fresh_simulation():
     out = model.predict(frames.patterns, frames.valid)
     report = classification_report(frames.labels, out["class_index"])
     assert report["accuracy"] >= 0.7, report  # chance is 0.25
-    assert report["per_class"]["single"]["f1"] >= 0.75, report
+    # 120 frames: the single-hit F1 of the shipped model is ~0.78 on 1000 (docs/benchmarks.md); far
+    # above chance (0.25) is what this checks, with room for the sampling noise of 30 singles.
+    assert report["per_class"]["single"]["f1"] >= 0.65, report
     assert report["per_class"]["blank"]["recall"] >= 0.9, report
     # Calibrated: the mean probability of the predicted class is close to the accuracy.
     assert abs(out["probabilities"].max(1).mean() - report["accuracy"]) < 0.12
@@ -81,3 +83,10 @@ def test_spi_single_hits_manifest_on_agipd_run(tmp_path):
     assert np.mean(hit_class[is_sphere] == SINGLE) >= 0.65, hit_class
     size = results[result.output_sources["size"]]
     assert size["data.radius_nm"].shape[0] == int(clf["data.is_single"].ndarray().sum())
+    # The weights that ran are recorded in the provenance, with their hash.
+    import json
+
+    from xfel_dl_plugins.learned_weights import load_weights
+
+    stages = json.loads(results.get_run_value("XFELDL/PROVENANCE", "stages"))
+    assert stages["classifier"]["weights_sha256"] == load_weights("spi_classifier").sha256

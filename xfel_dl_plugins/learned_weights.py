@@ -76,7 +76,7 @@ def save_weights(path: str | Path, tensors: dict[str, np.ndarray], config: dict[
     from safetensors.numpy import save_file
 
     path = Path(path)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+    save_file({k: np.require(v, requirements="C") for k, v in tensors.items()}, str(path))  # keeps 0-d shapes
     digest = sha256_of(path)
     path.with_suffix(".json").write_text(json.dumps({**config, "sha256": digest}, indent=2, sort_keys=True) + "\n")
     return digest

@@ -18,13 +18,13 @@ import numpy as np
 from ..classification import CLASS_NAMES
 from ..classification.inputs import frames_to_grid
 from ..errors import StageError
+from ..io.geometry import wavelength_m
 from .base import Field, FrameBatch, Param, Stage
 
 
 def _spatial_frequency_per_pixel(pixel_size_m: float, distance_m: float, photon_energy_eV: float) -> float:
     """Reciprocal-space step of one pixel in 1/m (small-angle): ``pixel / (distance * wavelength)``."""
-    wavelength = 12398.419843320026e-10 / photon_energy_eV
-    return pixel_size_m / (distance_m * wavelength)
+    return pixel_size_m / (distance_m * wavelength_m(photon_energy_eV))
 
 
 def matched_binning(trained_grid: dict, geometry) -> int:
@@ -63,6 +63,11 @@ class _GridClassifier(Stage):
 
     def _grid_of(self, batch: FrameBatch):
         return self.to_grid(batch["image"], batch["image_valid"])
+
+    def provenance(self) -> dict[str, str]:
+        """Which weights ran: recorded in the results file's provenance."""
+        weights = self.model.weights
+        return {"weights": weights.name, "weights_sha256": weights.sha256, "weights_file": str(weights.path)}
 
 
 class CNNClassifier(_GridClassifier):
