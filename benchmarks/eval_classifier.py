@@ -5,7 +5,7 @@ classifier (packaged weights), of the lit-pixel hit finder + sphere-size-fit bas
 accuracy of the embedding classifier on particle types never seen in training (10, 20, 50 labels per
 class); then throughput of the classifier and of the lit-pixel baseline measured in the same run.
 
-    PYTHONPATH=. python benchmarks/eval_classifier.py --out docs/benchmarks-classification.md
+    PYTHONPATH=. python benchmarks/eval_classifier.py --out section.md   (the classification section of docs/benchmarks.md)
     PYTHONPATH=. python benchmarks/eval_classifier.py --quick          # small sets, a smoke run
     PYTHONPATH=. python benchmarks/eval_classifier.py --device cuda --only throughput
 
