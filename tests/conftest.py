@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (mockruns)
@@ -62,3 +63,14 @@ def run_cli(*args, env=None, cwd=None):
 def validate_exdf(path) -> subprocess.CompletedProcess:
     exe = shutil.which("extra-data-validate", path=str(Path(sys.executable).parent)) or "extra-data-validate"
     return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
+
+
+def frame_keys(source_data) -> list[tuple[int, int]]:
+    """(train_id, pulse_id) of every row of a results source (EXtra-data SourceData)."""
+    first = source_data[sorted(source_data.keys())[0]]
+    return list(zip(first.train_id_coordinates().tolist(), source_data["data.pulseId"].ndarray().tolist()))
+
+
+def hit_f1(found: np.ndarray, actual: np.ndarray) -> float:
+    tp, fp, fn = (found & actual).sum(), (found & ~actual).sum(), (~found & actual).sum()
+    return 2 * tp / (2 * tp + fp + fn)
