@@ -30,7 +30,7 @@ def test_partially_masked_blocks_are_rescaled_and_mostly_masked_blocks_invalid()
 
 def test_q_from_radius_matches_bragg_geometry():
     # 6 keV, 0.7 m, 0.1 m off axis: q = 4 pi sin(atan(r/L)/2) / lambda
-    lam = 1.239841984e-6 / 6000
+    lam = 4.135667696e-15 * 299792458.0 / 6000  # h c / E
     expected = 4 * np.pi * np.sin(np.arctan(0.1 / 0.7) / 2) / lam
     assert q_from_radius(0.1, 0.7, 6000) == pytest.approx(expected, rel=1e-12)
 

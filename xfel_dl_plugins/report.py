@@ -39,7 +39,7 @@ def read_stage(results, source: str, fields) -> StageRows:
                      {f: sd[f"data.{f}"].ndarray() for f in fields})
 
 
-def find_source(results, label_suffix: str, key: str) -> str | None:
+def find_source(results, key: str) -> str | None:
     """The results source written by the stage that produces ``key`` (e.g. ``data.is_hit``)."""
     for src in sorted(results.instrument_sources):
         if "/XFELDL/" in src and key in results[src].keys():
@@ -69,11 +69,11 @@ def make_report(results_path: Path, out_dir: Path, *, run_dir: Path | None = Non
     import matplotlib.pyplot as plt
 
     results = extra_data.H5File(str(results_path))
-    hit_src = find_source(results, "", "data.is_hit")
+    hit_src = find_source(results, "data.is_hit")
     if hit_src is None:
         raise ValueError(f"{results_path} has no hit-finder results (no data.is_hit)")
     hits = read_stage(results, hit_src, ["lit_pixels", "threshold", "is_hit"])
-    size_src = find_source(results, "", "data.radius_nm")
+    size_src = find_source(results, "data.radius_nm")
     sizes = read_stage(results, size_src, ["radius_nm", "fit_quality"]) if size_src else None
 
     fig, axes = plt.subplots(2, 2 + (n_examples + 1) // 2, figsize=(5 * (2 + (n_examples + 1) // 2), 9))

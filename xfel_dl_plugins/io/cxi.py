@@ -9,8 +9,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputDataError
-
-ELECTRON_VOLT_J = 1.602176634e-19
+from ..physics.constants import ELECTRON_VOLT_J
 DATA_PATHS = ("entry_1/data_1/data", "entry_1/instrument_1/detector_1/data")
 DETECTOR = "entry_1/instrument_1/detector_1"
 

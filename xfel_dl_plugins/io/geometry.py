@@ -9,15 +9,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputDataError
-
-HC_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength_m = HC_EV_M / photon_energy_eV
+from ..physics.constants import photon_wavelength_m as wavelength_m
 
 #: Detector types the host can assemble, with the data shape of one frame.
 DETECTOR_SHAPES = {"AGIPD1M": (16, 512, 128), "JUNGFRAU4M": (8, 512, 1024)}
 
-
-def wavelength_m(photon_energy_eV: float) -> float:
-    return HC_EV_M / photon_energy_eV
 
 
 def q_from_radius(radius_m, distance_m: float, photon_energy_eV: float):

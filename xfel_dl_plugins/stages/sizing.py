@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.geometry import HC_EV_M, q_from_radius
+from ..io.geometry import q_from_radius
+from ..physics.constants import HC_EV_M
+from ..physics.formfactors import sphere_shape_factor
 from .base import Field, FrameBatch, Param, Stage
 
 SUB_BINS = 4  # sub-bins per radial bin for the mask-aware model
@@ -20,11 +22,7 @@ SUB_BINS = 4  # sub-bins per radial bin for the mask-aware model
 
 def sphere_form_factor(x: np.ndarray) -> np.ndarray:
     """Normalised sphere intensity [3 (sin x - x cos x) / x^3]^2 (1 at x = 0)."""
-    x = np.asarray(x, dtype=np.float64)
-    small = np.abs(x) < 1e-3
-    xs = np.where(small, 1.0, x)
-    amplitude = np.where(small, 1 - x**2 / 10, 3 * (np.sin(xs) - xs * np.cos(xs)) / xs**3)
-    return amplitude**2
+    return sphere_shape_factor(np.asarray(x, dtype=np.float64)) ** 2
 
 
 def radial_profiles(patterns: np.ndarray, valid: np.ndarray, radius_bin: np.ndarray, n_bins: int):
