@@ -177,7 +177,9 @@ class PhasingState:
         def chunk_iteration(k: int) -> None:
             c = self.chunks[k]
             x, support = x_f[c], self.chunk_supports[k]
-            y = self._project_chunk(k, self.backend.copy_(y_f[c], x), scale, record)
+            # ER discards x after its projection: transform x itself, no copy into the scratch array
+            source = x if rule == "er" and not self.reality else self.backend.copy_(y_f[c], x)
+            y = self._project_chunk(k, source, scale, record)
             if self.reality:
                 new = self.backend.constrained_update(rule, x, y, support, beta, self.positivity, self.reality)
             elif rule == "er":
