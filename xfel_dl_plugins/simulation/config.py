@@ -123,6 +123,7 @@ class SimulationConfig:
     hit_fractions: dict = field(default_factory=lambda: {"blank": 0.5, "single": 0.3, "multiple": 0.1, "other": 0.1})
     multiple_count: tuple = (2, 4)
     touching_fraction: float = 0.5  # multiples: fraction of particles stuck to a neighbour (else apart in the focus)
+    same_species_fraction: float = 0.8  # multiples: chance that a further particle is of the first one's species
     map_oversampling: int = 2
     map_interpolation: str = "cubic"  # 3D-map path: cubic | quadratic (2x faster, ~1% less accurate) | linear
     name: str = "simulation"
@@ -257,6 +258,8 @@ def validate(cfg: SimulationConfig) -> None:
         raise ConfigError(f"multiple_count: must be [min, max] with 2 <= min <= max, got {list(cfg.multiple_count)}")
     if not 0 <= cfg.touching_fraction <= 1:
         raise ConfigError(f"touching_fraction: must be in [0, 1], got {cfg.touching_fraction!r}")
+    if not 0 <= cfg.same_species_fraction <= 1:
+        raise ConfigError(f"same_species_fraction: must be in [0, 1], got {cfg.same_species_fraction!r}")
     o = cfg.output
     if o.n_patterns < 1 or not 1 <= o.frames_per_train <= 352 or o.first_train_id < 1 or o.run_number < 0:
         raise ConfigError("output: need n_patterns >= 1, 1 <= frames_per_train <= 352, first_train_id >= 1, run_number >= 0")

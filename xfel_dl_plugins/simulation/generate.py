@@ -188,9 +188,12 @@ class Simulator:
             lo, hi = cfg.multiple_count
             count = int(rng.integers(lo, hi + 1))
             group, offset = 0, self._offset_in_focus(rng)
-            previous = None
+            previous, first = None, None
             for _ in range(count):
-                sp = self._pick(rng, cfg.sample)
+                # a monodisperse sample mostly gives multiples of one species (a mixed one, of several)
+                same = first is not None and rng.random() < cfg.same_species_fraction
+                sp = first if same else self._pick(rng, cfg.sample)
+                first = first or sp
                 p = self.samplers[id(sp)].draw(rng, self.use_map)
                 if previous is not None and rng.random() < cfg.touching_fraction:  # stuck to the previous one
                     d = rng.standard_normal(3)
