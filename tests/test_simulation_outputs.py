@@ -34,6 +34,7 @@ def test_packaged_configs_load(name):
     ({"output": {"frames_per_train": 1000}}, "output"),
     ({"hit_fractions": {"blank": 1.0, "double": 1.0}}, "hit_fractions"),
     ({"multiple_count": [1, 3]}, "multiple_count"),
+    ({"same_species_fraction": 1.5}, "same_species_fraction"),
 ])
 def test_config_errors_name_the_key(doc, key):
     with pytest.raises(XfelDLError, match=key.replace("[", r"\[").replace("]", r"\]")):
@@ -41,6 +42,20 @@ def test_config_errors_name_the_key(doc, key):
         from xfel_dl_plugins.simulation import generate
 
         generate(cfg, 1)
+
+
+@pytest.mark.parametrize("same, mixed_expected", [(1.0, False), (0.0, True)])
+def test_multiple_hits_species_mixing(same, mixed_expected):
+    """same_species_fraction 1: every particle of a multiple hit is of the first one's species."""
+    from xfel_dl_plugins.simulation.generate import Simulator
+
+    species = [{"name": "a", "shape": "sphere", "radius_nm": 20.0}, {"name": "b", "shape": "sphere", "radius_nm": 40.0}]
+    sim = Simulator(config_from_dict({"sample": species, "hit_fractions": {"multiple": 1.0}, "multiple_count": [3, 4],
+                                      "same_species_fraction": same, "detector": {"shape": [16, 16]}}))
+    rng = np.random.default_rng(0)
+    scenes = [sim.draw_scene(rng)[1] for _ in range(40)]
+    mixed = [len({p.species for p, _, _ in scene}) > 1 for scene in scenes]
+    assert any(mixed) == mixed_expected
 
 
 def test_missing_config_file(tmp_path):
