@@ -267,9 +267,9 @@ def markdown(results: dict, command: str) -> str:
              "validation set of the same kind to maximise single-hit F1 (its best case).",
              "- **Few-shot** (`fewshot_classifier`, weights `spi_encoder`): vote of the 3 nearest support frames by "
              "cosine similarity, N labelled frames per class of the new particle type; no retraining.",
-             "- Training data came from the simulator as it was at commit ee602a7 of branch `sim` (pixels "
-             "point-sampled); these test sets come from the current simulator (pixel-area integration of fine "
-             "speckles and other changes): a generator shift the networks never saw.", ""]
+             "- Training and test frames come from the same simulator version (source hash in the model cards) "
+             "with disjoint seeds; the test sets have their own sample configs (PR772 of a narrow size range, "
+             "the default contaminants and background), not the training mixture.", ""]
     for name, r in results.get("cnn", {}).items():
         lines += [f"### Test set `{name}` ({r['n']} frames)", "",
                   "| method | class | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]

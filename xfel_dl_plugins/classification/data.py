@@ -87,7 +87,7 @@ def simulate(sim_config: dict, n: int, seed: int) -> dict:
     from ..simulation import generate
     from ..simulation.config import config_from_dict
 
-    out = vars(generate(config_from_dict(sim_config), n, seed))
+    out = vars(generate(config_from_dict(sim_config), n, seed, workers=0))  # the data do not depend on workers
     out.update(class_names=np.array(out["meta"]["class_names"]), shape_names=np.array(out["meta"]["shape_names"]))
     return out
 
