@@ -89,6 +89,21 @@ def test_cnn_stage_outputs_and_filter(classifier_weights):
     assert sum(summary[f"n_{c}"] for c in CLASS_NAMES) == len(batch)
 
 
+def test_view_averaged_logits(classifier_weights):
+    """views=4 averages the logits of the pattern, its 90-degree rotation, mirror and transpose."""
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    patterns, valid, _ = synthetic_frames(6, 1)
+    one = ClassifierModel(path=classifier_weights, views=1)
+    four = ClassifierModel(path=classifier_weights, views=4)
+    views = [patterns, np.rot90(patterns, 1, (1, 2)), patterns[:, ::-1], np.swapaxes(patterns, 1, 2)]
+    masks = [valid, np.rot90(valid, 1, (1, 2)), valid[:, ::-1], np.swapaxes(valid, 1, 2)]
+    expected = np.mean([one.logits(np.ascontiguousarray(p), np.ascontiguousarray(v)) for p, v in zip(views, masks)], 0)
+    np.testing.assert_allclose(four.logits(patterns, valid), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(StageError, match="views"):
+        CNNClassifier(StageContext(geometry=_geometry()), weights_path=str(classifier_weights), views=3)
+
+
 def test_stage_without_geometry_is_a_clear_error(classifier_weights):
     stage = CNNClassifier(StageContext(), weights_path=str(classifier_weights))
     with pytest.raises(StageError, match="geometry"):

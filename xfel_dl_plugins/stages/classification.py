@@ -81,6 +81,7 @@ class CNNClassifier(_GridClassifier):
         "binning": Param(0, int, "detector pixels per model pixel; 0 = match the training sampling from the geometry", min=0, max=64),
         "min_probability": Param(0.5, float, "is_single needs a calibrated single probability at least this", min=0.0, max=1.0),
         "max_ood": Param(0.999, float, "is_single needs an OOD score at most this (1 = no OOD cut)", min=0.0, max=1.0),
+        "views": Param(4, int, "orientations of each frame whose logits are averaged (cost x views)", choices=(1, 2, 4)),
         "batch_size": Param(512, int, "frames per network call", min=1),
     }
     outputs = (
@@ -94,7 +95,8 @@ class CNNClassifier(_GridClassifier):
     def setup(self) -> None:
         from ..classification.runtime import ClassifierModel
 
-        self.model = ClassifierModel(self.p.weights, self.p.weights_path or None, device=self.context.device)
+        self.model = ClassifierModel(self.p.weights, self.p.weights_path or None, device=self.context.device,
+                                     views=self.p.views)
         self._setup_grid(self.model)
         self.counts = np.zeros(len(CLASS_NAMES), dtype=np.int64)
         self.n_single = 0
