@@ -217,7 +217,7 @@ def measure_throughput(model, device: str, threads: int, log) -> dict:
     model.predict(patterns[:256], valid[:256], batch_size=256)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
-    result = {"device": device, "threads": threads, "input": f"{size}x{size}"}
+    result = {"device": device, "threads": threads, "input": f"{size}x{size}", "views": model.views}
     for batch_size in (64, 512) if device == "cpu" else (512, 4096):
         t0 = time.perf_counter()
         model.predict(patterns, valid, batch_size=batch_size)
@@ -301,7 +301,7 @@ def markdown(results: dict, command: str) -> str:
                          f"{_fmt(e['cnn_accuracy'])} |")
         lines.append("")
     for t in results.get("throughput", []):
-        lines += [f"### Throughput ({t['device']}, {t['threads']} threads, input {t['input']})", "",
+        lines += [f"### Throughput ({t['device']}, {t['threads']} threads, input {t['input']}, {t.get('views', 1)} views per frame)", "",
                   "| what | frames/s |", "|---|---|"]
         lines += [f"| {k} | {v:.0f} |" for k, v in t.items() if k.endswith("_per_s") or "_per_s_" in k]
         lines.append("")
