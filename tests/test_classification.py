@@ -104,6 +104,19 @@ def test_view_averaged_logits(classifier_weights):
         CNNClassifier(StageContext(geometry=_geometry()), weights_path=str(classifier_weights), views=3)
 
 
+def test_calibration_per_view_count(tmp_path):
+    """Weights calibrated per number of averaged views: the model uses the matching temperature."""
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    arch = {"type": "classifier", "in_channels": 2, "layers": LAYERS, "hidden": 8, "n_classes": 4, "input_size": 64, "rings": RINGS}
+    one = {"temperature": 1.5, "energy_quantiles": list(np.linspace(-3, 0, 11))}
+    four = {"temperature": 0.9, "energy_quantiles": list(np.linspace(-2, 0, 11))}
+    path = _save(tmp_path, arch, {"calibration": {**one, "by_views": {"1": one, "4": four}}}, "clf_views")
+    assert ClassifierModel(path=path, views=4).temperature == 0.9
+    assert ClassifierModel(path=path, views=1).temperature == 1.5
+    assert ClassifierModel(path=path, views=2).temperature == 1.5  # none for 2 views: the single-view one
+
+
 def test_stage_without_geometry_is_a_clear_error(classifier_weights):
     stage = CNNClassifier(StageContext(), weights_path=str(classifier_weights))
     with pytest.raises(StageError, match="geometry"):

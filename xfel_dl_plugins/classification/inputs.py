@@ -37,6 +37,23 @@ def network_input(patterns: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Views of a pattern whose network outputs the classifier can average: the pattern, rotated by 90
+#: degrees, mirrored, transposed (training augments with all eight dihedral views).
+DIHEDRAL_VIEWS = (lambda a: a, lambda a: np.rot90(a, 1, (1, 2)), lambda a: a[:, ::-1], lambda a: np.swapaxes(a, 1, 2))
+VIEW_COUNTS = (1, 2, 4)
+
+
+def average_over_views(forward, patterns: np.ndarray, valid: np.ndarray, views: int) -> np.ndarray:
+    """Mean of ``forward(patterns, valid)`` over the first ``views`` of :data:`DIHEDRAL_VIEWS`."""
+    if views not in VIEW_COUNTS:
+        raise InputDataError(f"views must be one of {VIEW_COUNTS}, got {views!r}")
+    patterns, valid = np.asarray(patterns), np.asarray(valid)
+    total = 0
+    for view in DIHEDRAL_VIEWS[:views]:
+        total = total + forward(np.ascontiguousarray(view(patterns)), np.ascontiguousarray(view(valid)))
+    return total / views
+
+
 def frames_to_grid(images, valid, centre_yx, size: int, binning: int):
     """Bin assembled frames onto the model grid around the beam centre (see ``bin_to_grid``)."""
     images = np.asarray(images)

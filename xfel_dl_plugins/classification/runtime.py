@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import StageError, WeightsError
 from ..learned_weights import LoadedWeights, load_into_torch_module, load_weights
-from .inputs import network_input
+from .inputs import VIEW_COUNTS, average_over_views, network_input
 
 
 def energy_score(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -83,26 +83,22 @@ class _TorchModel:
         return np.concatenate(outputs)
 
 
-#: Views of a pattern whose logits the classifier averages: the pattern, rotated by 90 degrees,
-#: mirrored, transposed (the network was trained on all eight dihedral views; averaging four cuts
-#: the single-hit errors by ~10 % on the simulated test sets, docs/classification.md).
-DIHEDRAL_VIEWS = (lambda a: a, lambda a: np.rot90(a, 1, (1, 2)), lambda a: a[:, ::-1], lambda a: np.swapaxes(a, 1, 2))
-
-
 class ClassifierModel(_TorchModel):
     """The hit classifier with its temperature and OOD calibration.
 
-    ``views`` (1, 2 or 4): logits are averaged over that many views of each pattern (``DIHEDRAL_VIEWS``),
-    at that many times the cost."""
+    ``views`` (1, 2 or 4): logits are averaged over that many views of each pattern
+    (:data:`~.inputs.DIHEDRAL_VIEWS`), at that many times the cost; the calibration fitted for that
+    number of views is used where the weights carry one."""
 
     expected_type = "classifier"
 
     def __init__(self, name: str = "spi_classifier", path=None, device: str = "cpu", views: int = 4):
         super().__init__(name, path, device)
-        if views not in (1, 2, 4):
-            raise StageError(f"views must be 1, 2 or 4, got {views!r}")
+        if views not in VIEW_COUNTS:
+            raise StageError(f"views must be one of {VIEW_COUNTS}, got {views!r}")
         self.views = views
         cal = self.weights.config.get("calibration", {})
+        cal = (cal.get("by_views") or {}).get(str(views), cal) if isinstance(cal, dict) else cal
         try:
             self.temperature = float(cal["temperature"])
             self.energy_quantiles = np.asarray(cal["energy_quantiles"], dtype=np.float64)
@@ -113,12 +109,10 @@ class ClassifierModel(_TorchModel):
             raise WeightsError(f"weights sidecar of '{name}' has an invalid calibration")
 
     def logits(self, patterns, valid, batch_size: int = 256) -> np.ndarray:
-        patterns, valid = np.asarray(patterns), np.asarray(valid)
-        total = 0
-        for view in DIHEDRAL_VIEWS[: self.views]:
-            out = self._forward(np.ascontiguousarray(view(patterns)), np.ascontiguousarray(view(valid)), batch_size)
-            total = total + out.reshape(len(patterns), len(self.class_names))
-        return total / self.views
+        def forward(p, v):
+            return self._forward(p, v, batch_size).reshape(len(p), len(self.class_names))
+
+        return average_over_views(forward, patterns, valid, self.views)
 
     def predict(self, patterns, valid, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Class index, calibrated probabilities and OOD score (0..1, ~1 = unlike anything seen in training)."""

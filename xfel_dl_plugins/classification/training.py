@@ -26,7 +26,7 @@ from ..errors import XfelDLError
 from ..learned_weights import save_weights
 from . import CLASS_NAMES
 from .data import AugmentConfig, Augmenter, FrameSet, simulated_frames, simulator_version
-from .inputs import network_input
+from .inputs import VIEW_COUNTS, average_over_views, network_input
 from .metrics import classification_report, expected_calibration_error
 
 try:
@@ -97,16 +97,20 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
         yield order[start : start + batch_size]
 
 
-def _forward_all(model, frames: FrameSet, batch_size: int = 512) -> np.ndarray:
+def _forward_all(model, frames: FrameSet, batch_size: int = 512, views: int = 1) -> np.ndarray:
+    """Network outputs for all frames, averaged over ``views`` orientations (see ``average_over_views``)."""
     import torch
 
+    def forward(patterns, valid):
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(patterns), batch_size):
+                x = network_input(patterns[s : s + batch_size], valid[s : s + batch_size])
+                out.append(model(torch.from_numpy(x)).numpy())
+        return np.concatenate(out)
+
     model.eval()
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(frames), batch_size):
-            x = network_input(frames.patterns[s : s + batch_size], frames.valid[s : s + batch_size])
-            out.append(model(torch.from_numpy(x)).numpy())
-    return np.concatenate(out)
+    return average_over_views(forward, frames.patterns, frames.valid, views)
 
 
 def supcon_loss(embeddings, labels, temperature: float):
@@ -145,6 +149,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(temps[int(np.argmin(nll))])
 
 
+def _calibration(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Softmax temperature (validation NLL) and quantiles of the energy score for the OOD score."""
+    from .runtime import energy_score
+
+    t = fit_temperature(logits, labels)
+    energy = np.sort(energy_score(logits, t))
+    return {"temperature": t, "energy_quantiles": [round(float(e), 5) for e in np.quantile(energy, np.linspace(0, 1, 201))]}
+
+
 def train_from_config(config_path, out_dir, model: str | None = None, log=print) -> dict:
     """Train the model of ``config_path`` and write its weights, sidecar and model card into ``out_dir``.
 
@@ -153,7 +166,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
     import torch
 
     from .models import build_model, fused_state
-    from .runtime import energy_score, softmax
+    from .runtime import softmax
 
     cfg = load_config(config_path)
     if model is not None and model != cfg["model"]["type"]:
@@ -221,10 +234,11 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
     if is_classifier:
         logits = _forward_all(net, val_aug)
         t = fit_temperature(logits, val.labels)
-        energy = np.sort(energy_score(logits, t))
         probs = softmax(logits, t)
         clean = softmax(_forward_all(net, val), t)
-        config["calibration"] = {"temperature": t, "energy_quantiles": [round(float(e), 5) for e in np.quantile(energy, np.linspace(0, 1, 201))]}
+        # One calibration per number of averaged views: averaged logits are less extreme.
+        config["calibration"] = {**_calibration(logits, val.labels), "by_views": {
+            str(v): _calibration(logits if v == 1 else _forward_all(net, val_aug, views=v), val.labels) for v in VIEW_COUNTS}}
         config["metrics"] = {
             "validation_augmented": classification_report(val.labels, probs.argmax(1)),
             "validation_clean": classification_report(val.labels, clean.argmax(1)),
