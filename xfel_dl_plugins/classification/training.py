@@ -296,7 +296,9 @@ def model_card(name: str, config: dict, config_path, digest: str) -> str:
         f"- Augmentation: `{json.dumps(tr['augment'])}`",
     ]
     if "calibration" in config:
-        lines.append(f"- Calibration: softmax temperature {config['calibration']['temperature']:.3f} (validation NLL)")
+        by_views = config["calibration"].get("by_views", {})
+        per_view = "; per number of averaged views: " + ", ".join(f"{v}: {c['temperature']:.3f}" for v, c in by_views.items()) if by_views else ""
+        lines.append(f"- Calibration: softmax temperature {config['calibration']['temperature']:.3f} (validation NLL){per_view}")
     lines += ["", "## Validation metrics", "", "```", json.dumps(config["metrics"], indent=1), "```", "",
               "## Reproduce", "", f"    xfel-dl train {arch['type']} {config_path} --out-dir DIR",
               f"    # or: python -m xfel_dl_plugins.classification.training {config_path} --out DIR", "",
