@@ -39,6 +39,13 @@ def matched_binning(trained_grid: dict, geometry) -> int:
     return max(1, int(round(target / here)))
 
 
+#: Parameters both learned classifiers take, beside their own.
+_MODEL_GRID_PARAMS = {
+    "binning": Param(0, int, "detector pixels per model pixel; 0 = match the training sampling from the geometry", min=0, max=64),
+    "batch_size": Param(512, int, "frames per network call", min=1),
+}
+
+
 class _GridClassifier(Stage):
     """Shared plumbing: geometry checks, the binning, and mapping frames onto the model grid."""
 
@@ -78,11 +85,10 @@ class CNNClassifier(_GridClassifier):
     params = {
         "weights": Param("spi_classifier", str, "name of the packaged weights (xfel_dl_plugins/weights/NAME.safetensors)"),
         "weights_path": Param("", str, "path of a .safetensors file (with .json sidecar) used instead of the packaged weights"),
-        "binning": Param(0, int, "detector pixels per model pixel; 0 = match the training sampling from the geometry", min=0, max=64),
         "min_probability": Param(0.5, float, "is_single needs a calibrated single probability at least this", min=0.0, max=1.0),
         "max_ood": Param(0.999, float, "is_single needs an OOD score at most this (1 = no OOD cut)", min=0.0, max=1.0),
         "views": Param(4, int, "orientations of each frame whose logits are averaged (cost x views)", choices=(1, 2, 4)),
-        "batch_size": Param(512, int, "frames per network call", min=1),
+        **_MODEL_GRID_PARAMS,
     }
     outputs = (
         Field("hit_class", "int8", doc="0 blank, 1 single, 2 multiple, 3 other"),
@@ -139,11 +145,10 @@ class FewShotClassifier(_GridClassifier):
         "support_run": Param("", str, "run directory or CXI file holding the frames a CSV support refers to"),
         "weights": Param("spi_encoder", str, "name of the packaged encoder weights"),
         "weights_path": Param("", str, "path of a .safetensors encoder file used instead of the packaged one"),
-        "binning": Param(0, int, "detector pixels per model pixel; 0 = match the training sampling from the geometry", min=0, max=64),
         "k": Param(3, int, "k > 0: majority of the k nearest support frames (classes with several looks, e.g. "
                    "'other', need this); 0: nearest class prototype", min=0),
         "single_label": Param("single", str, "support label whose frames is_single keeps"),
-        "batch_size": Param(512, int, "frames per network call", min=1),
+        **_MODEL_GRID_PARAMS,
     }
     outputs = (
         Field("label_index", "int16", doc="index into the sorted support labels (listed in the run results as 'labels')"),
