@@ -4,6 +4,18 @@ import numpy as np
 from conftest import frame_keys, hit_f1, run_cli, validate_exdf
 
 
+def run_edited_manifest(tmp_path, manifest, name, source, input_path, *edits):
+    """Run the hit-finding manifest with its ``detector = "AGIPD1M"`` line replaced by ``source``
+    (and further (old, new) text ``edits``); returns (completed process, output file)."""
+    text = manifest.read_text().replace('detector = "AGIPD1M"', source)
+    for old, new in edits:
+        text = text.replace(old, new)
+    edited = tmp_path / f"{name}.toml"
+    edited.write_text(text)
+    out = tmp_path / f"{name}-hits.h5"
+    return run_cli("run", edited, "--input", input_path, "--output", out, "--quiet"), out
+
+
 def test_spi_hitfinding_on_mock_run(mock_run, hitfinding_manifest, tmp_path):
     import extra_data
 
@@ -68,11 +80,8 @@ def test_raw_run_with_dark_from_the_run(tmp_path, hitfinding_manifest):
     run_dir = tmp_path / "raw" / "r0042"
     truth = write_mock_agipd_run(run_dir, photons_per_hit=1000.0, hit_fraction=0.3, seed=2, raw=True,
                                  adu_per_photon=40.0)
-    manifest = tmp_path / "raw.toml"
-    manifest.write_text(hitfinding_manifest.read_text().replace(
-        'detector = "AGIPD1M"', 'detector = "AGIPD1M"\nraw = true\nphotons_per_adu = 0.025'))
-    out = tmp_path / "raw-hits.h5"
-    proc = run_cli("run", manifest, "--input", run_dir, "--output", out, "--quiet")
+    proc, out = run_edited_manifest(tmp_path, hitfinding_manifest, "raw",
+                                    'detector = "AGIPD1M"\nraw = true\nphotons_per_adu = 0.025', run_dir)
     assert proc.returncode == 0, proc.stderr
     hits = extra_data.H5File(str(out))["SPB_DET_AGIPD1M-1/XFELDL/HITFINDER:output"]
     actual = np.array([truth[k] > 0 for k in frame_keys(hits)])
@@ -135,11 +144,8 @@ def test_online_karabo_bridge_stream_gives_the_offline_results(mock_run, hitfind
     run_dir, truth = mock_run
     feeder = threading.Thread(target=_replay_on_bridge, args=(run_dir, endpoint), daemon=True)
     feeder.start()
-    manifest = tmp_path / "online.toml"
-    manifest.write_text(hitfinding_manifest.read_text().replace(
-        'detector = "AGIPD1M"', 'detector = "AGIPD1M"\nmax_trains = 6\ntimeout_s = 20.0'))
-    out = tmp_path / "online.h5"
-    proc = run_cli("run", manifest, "--input", endpoint, "--output", out, "--quiet")
+    proc, out = run_edited_manifest(tmp_path, hitfinding_manifest, "online",
+                                    'detector = "AGIPD1M"\nmax_trains = 6\ntimeout_s = 20.0', endpoint)
     assert proc.returncode == 0, proc.stderr
 
     online = extra_data.H5File(str(out))["SPB_DET_AGIPD1M-1/XFELDL/HITFINDER:output"]
@@ -180,11 +186,8 @@ def test_jungfrau_run(tmp_path, hitfinding_manifest):
 
     run_dir = tmp_path / "r0012"
     truth = write_mock_jungfrau_run(run_dir, seed=3)
-    manifest = tmp_path / "jf.toml"
-    manifest.write_text(hitfinding_manifest.read_text().replace('detector = "AGIPD1M"', 'detector = "JUNGFRAU4M"')
-                        .replace("batch_size = 32", "batch_size = 16"))
-    out = tmp_path / "jf-hits.h5"
-    proc = run_cli("run", manifest, "--input", run_dir, "--output", out, "--quiet")
+    proc, out = run_edited_manifest(tmp_path, hitfinding_manifest, "jf", 'detector = "JUNGFRAU4M"', run_dir,
+                                    ("batch_size = 32", "batch_size = 16"))
     assert proc.returncode == 0, proc.stderr
     results = extra_data.H5File(str(out))
     hits = results["SPB_IRDA_JF4M/XFELDL/HITFINDER:output"]
