@@ -14,6 +14,7 @@ acts first; a recipe therefore reads in the order things happen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import StageError
 
@@ -97,43 +98,38 @@ class ER(Operator):
 
 
 @dataclass(repr=False)
-class HIO(Operator):
-    """Hybrid input-output with feedback ``beta``."""
+class _FeedbackIteration(Operator):
+    """One iteration of the engine's update ``rule`` with parameter ``beta``."""
 
+    rule: ClassVar[str] = ""
     beta: float = 0.9
 
     def __post_init__(self):
-        self.beta = _check_beta("HIO", self.beta)
+        self.beta = _check_beta(type(self).__name__, self.beta)
 
     def apply(self, state) -> None:
-        state.iterate("hio", self.beta)
+        state.iterate(self.rule, self.beta)
 
     @property
     def n_iterations(self) -> int:
         return 1
 
     def __repr__(self) -> str:
-        return f"HIO(beta={self.beta:g})"
+        return f"{type(self).__name__}(beta={self.beta:g})"
 
 
 @dataclass(repr=False)
-class RAAR(Operator):
+class HIO(_FeedbackIteration):
+    """Hybrid input-output with feedback ``beta``."""
+
+    rule: ClassVar[str] = "hio"
+
+
+@dataclass(repr=False)
+class RAAR(_FeedbackIteration):
     """Relaxed averaged alternating reflections with relaxation ``beta``."""
 
-    beta: float = 0.9
-
-    def __post_init__(self):
-        self.beta = _check_beta("RAAR", self.beta)
-
-    def apply(self, state) -> None:
-        state.iterate("raar", self.beta)
-
-    @property
-    def n_iterations(self) -> int:
-        return 1
-
-    def __repr__(self) -> str:
-        return f"RAAR(beta={self.beta:g})"
+    rule: ClassVar[str] = "raar"
 
 
 @dataclass(repr=False)
