@@ -40,7 +40,7 @@ def synthetic_simulation(monkeypatch):
     from xfel_dl_plugins.classification import training
     from xfel_dl_plugins.classification.data import FrameSet
 
-    def fake(config, n, seed, grid, use_cache=True, simulator=None):
+    def fake(config, n, seed, grid, use_cache=True, simulator=None, progress=False):
         patterns, valid, labels = synthetic_frames(n, seed)
         groups = np.where(np.arange(n) % 2, "small", "large")
         return FrameSet(patterns, valid, labels, groups, np.full(n, np.nan, np.float32))
@@ -82,3 +82,17 @@ def test_bad_training_config(tmp_path):
         load_config(cfg)
     with pytest.raises(XfelDLError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_simulated_frames_do_not_depend_on_chunking(monkeypatch):
+    """Native-pixel training frames are simulated and binned chunk by chunk; the frames are the same."""
+    from xfel_dl_plugins.classification import data
+
+    config = {"detector": {"pixel_size_m": 200e-6, "binning": 1, "shape": [64, 64]}}
+    grid = {"size": 16, "binning": 2}
+    whole = data.simulated_frames(config, 12, 5, grid, use_cache=False)
+    monkeypatch.setattr(data, "SIMULATION_CHUNK", 5)
+    chunked = data.simulated_frames(config, 12, 5, grid, use_cache=False)
+    assert whole.patterns.shape == (12, 16, 16)
+    for name in ("patterns", "valid", "labels", "groups", "radius_nm"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))

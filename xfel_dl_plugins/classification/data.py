@@ -82,18 +82,19 @@ def simulator_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def simulate(sim_config: dict, n: int, seed: int) -> dict:
-    """Run the simulator: per-frame arrays on its flat detector grid (``patterns``, ``valid``, truth...)."""
+def simulate(sim_config: dict, n: int, seed: int, start: int = 0) -> dict:
+    """Run the simulator: frames ``start .. start+n-1`` as per-frame arrays on its flat detector grid
+    (``patterns``, ``valid``, truth...); a frame does not depend on which call simulated it."""
     from ..simulation import generate
     from ..simulation.config import config_from_dict
 
-    out = vars(generate(config_from_dict(sim_config), n, seed, workers=0))  # the data do not depend on workers
+    out = vars(generate(config_from_dict(sim_config), n, seed, start=start, workers=0))  # nor on workers
     out.update(class_names=np.array(out["meta"]["class_names"]), shape_names=np.array(out["meta"]["shape_names"]))
     return out
 
 
 def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True,
-                     simulator: str | None = None) -> FrameSet:
+                     simulator: str | None = None, progress: bool = False) -> FrameSet:
     """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed, grid and simulator).
 
     ``simulator`` pins the simulator version (source hash) the frames must come from: they are then
@@ -110,7 +111,13 @@ def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cac
     if wanted != current:
         raise XfelDLError(f"frames from simulator version {wanted} are not cached in {cache_dir()} and the "
                           f"current simulator is {current}: remove data.simulator_version to simulate anew")
-    frames = frames_on_grid(simulate(sim_config, n, seed), sim_config, grid)
+    chunks = []
+    for start in range(0, n, SIMULATION_CHUNK):  # binned chunk by chunk: native-pixel frames are large
+        count = min(SIMULATION_CHUNK, n - start)
+        chunks.append(frames_on_grid(simulate(sim_config, count, seed, start), sim_config, grid))
+        if progress and n > SIMULATION_CHUNK:
+            print(f"simulated {start + count}/{n} frames", flush=True)
+    frames = FrameSet.concatenate(chunks)
     if use_cache:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, patterns=frames.patterns, valid=frames.valid, labels=frames.labels,
@@ -121,6 +128,8 @@ def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cac
 
 #: Bump when the mapping of simulator output onto FrameSets changes (invalidates the cache).
 SIMULATION_CACHE_VERSION = 1
+#: Frames simulated (and binned onto the model grid) per call of the simulator.
+SIMULATION_CHUNK = 2000
 
 
 def frames_on_grid(out: dict, sim_config: dict, grid: dict) -> FrameSet:

@@ -57,9 +57,10 @@ def training_frames(cfg: dict, log=print) -> tuple[FrameSet, FrameSet]:
     t0 = time.perf_counter()
     grid = cfg["grid"]
     pinned = data.get("simulator_version")
-    train = simulated_frames(data["simulation"], int(data["n_train"]), int(data["seed"]), grid, simulator=pinned)
+    train = simulated_frames(data["simulation"], int(data["n_train"]), int(data["seed"]), grid, simulator=pinned,
+                             progress=True)
     val = simulated_frames(data.get("validation", data["simulation"]), int(data["n_val"]), int(data["seed"]) + 1_000_003,
-                           grid, simulator=pinned)
+                           grid, simulator=pinned, progress=True)
     size = int(cfg["grid"]["size"])
     for name, frames in (("training", train), ("validation", val)):
         if frames.patterns.shape[1:] != (size, size):
