@@ -9,15 +9,17 @@ from xfel_dl_plugins.classification import CLASS_NAMES, SINGLE
 
 pytest.importorskip("torch")
 
-GRID = {"size": 64, "binning": 4}
+#: Simulated on native AGIPD pixels, then binned onto each model's grid as the stages bin frames.
+DETECTOR = {"pixel_size_m": 200e-6, "binning": 1, "shape": [256, 256]}
 PR772 = {"name": "pr772", "shape": "icosahedron", "material": "virus", "radius_nm": {"mean": 33.0, "sigma": 2.0, "min": 25.0, "max": 42.0}}
 BALANCED = {"blank": 0.25, "single": 0.25, "multiple": 0.25, "other": 0.25}
 
 
-def _fresh(config, n, seed):
+def _fresh(config, n, seed, grid):
     from xfel_dl_plugins.classification.data import frames_on_grid, simulate
 
-    return frames_on_grid(simulate(config, n, seed), config, GRID)
+    config = {**config, "detector": DETECTOR}
+    return frames_on_grid(simulate(config, n, seed), config, grid)
 
 
 def test_packaged_classifier_on_fresh_simulation():
@@ -25,8 +27,8 @@ def test_packaged_classifier_on_fresh_simulation():
     from xfel_dl_plugins.classification.runtime import ClassifierModel
 
     config = {"sample": [PR772], "hit_fractions": BALANCED}
-    frames = _fresh(config, 120, seed=424242)
     model = ClassifierModel()
+    frames = _fresh(config, 120, 424242, model.grid)
     out = model.predict(frames.patterns, frames.valid)
     report = classification_report(frames.labels, out["class_index"])
     assert report["accuracy"] >= 0.8, report  # chance is 0.25
@@ -45,8 +47,8 @@ def test_packaged_encoder_few_shot_on_unseen_particles():
     unseen = {"name": "octahedra", "shape": "octahedron", "material": "protein",
               "radius_nm": {"mean": 30.0, "sigma": 4.0, "min": 20.0, "max": 42.0}}
     config = {"sample": [unseen], "hit_fractions": BALANCED}
-    frames = _fresh(config, 160, seed=525252)
     encoder = EncoderModel()
+    frames = _fresh(config, 160, 525252, encoder.grid)
     emb = encoder.embed(frames.patterns, frames.valid)
     rng = np.random.default_rng(0)
     support = np.concatenate([rng.permutation(np.flatnonzero(frames.labels == c))[:10] for c in range(len(CLASS_NAMES))])
