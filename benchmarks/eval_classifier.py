@@ -144,6 +144,18 @@ def tune_baseline(features: dict, labels: np.ndarray, radius_range) -> dict:
     return best
 
 
+def singles_called_multiple_by_brightness(frames, pred) -> list:
+    """Per quartile of photons on the model grid: (low, high, singles, of them called multiple)."""
+    photons = frames.patterns.sum(axis=(1, 2))
+    single = frames.labels == SINGLE
+    edges = np.quantile(photons[single], np.linspace(0, 1, 5))
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        chosen = single & (photons >= lo) & (photons <= hi)
+        rows.append((float(lo), float(hi), int(chosen.sum()), int(np.sum(pred[chosen] == CLASS_NAMES.index("multiple")))))
+    return rows
+
+
 def single_f1(labels, pred) -> float:
     tp = np.sum((pred == SINGLE) & (labels == SINGLE))
     return 2 * tp / max(np.sum(pred == SINGLE) + np.sum(labels == SINGLE), 1)
@@ -176,6 +188,7 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
                               "cnn_stage_filter": int(np.sum(kept & (frames.labels != SINGLE))),
                               "baseline": int(np.sum((base_pred == SINGLE) & (frames.labels != SINGLE)))},
             "mean_ood_score": float(out["ood_score"].mean()),
+            "singles_called_multiple_by_brightness": singles_called_multiple_by_brightness(frames, cnn_pred),
         }
         log(f"{name}: single F1 CNN {results[name]['cnn']['per_class']['single']['f1']}, "
             f"baseline {results[name]['baseline']['per_class']['single']['f1']}; false singles {results[name]['false_singles']}")
@@ -265,7 +278,7 @@ def _fmt(x):
 
 def markdown(results: dict, command: str) -> str:
     lines = ["## Single-hit classification", "",
-             f"Reproduce: `{command}` (takes ~15 min on 2 cores; simulated sets are cached under "
+             f"Reproduce: `{command}` (about 10 min on 2 cores from scratch, 3 min once the test sets are cached; simulated sets are cached under "
              "`$XFEL_DL_CACHE`, default `/tmp/xfel_dl_classify_cache`). All sets are simulated with seeds disjoint "
              "from training; the few-shot sets use particle types absent from training. The machine is shared by "
              "several engineers, so throughput is only compared side by side within one run.", "",
@@ -297,7 +310,9 @@ def markdown(results: dict, command: str) -> str:
                   f"Baseline rule (tuned on validation): `{json.dumps(r['baseline_rule'])}`.", "",
                   "Confusion matrices (rows true, columns predicted; order " + ", ".join(CLASS_NAMES) + "):", "",
                   f"- CNN: `{r['cnn']['confusion']}`", f"- baseline: `{r['baseline']['confusion']}` "
-                  "(the baseline has no 'multiple': non-single hits count as 'other')", ""]
+                  "(the baseline has no 'multiple': non-single hits count as 'other')", "",
+                  "CNN singles called multiple by brightness (quartiles of photons on the model grid): " + ", ".join(
+                      f"{lo:.0f}-{hi:.0f}: {bad}/{n}" for lo, hi, n, bad in r["singles_called_multiple_by_brightness"]) + ".", ""]
     if "fewshot" in results:
         lines += ["### Few-shot embedding on unseen particle types", "",
                   "Accuracy over the four classes (balanced) of frames not in the support set; support drawn at "
@@ -329,6 +344,7 @@ def main():
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("cnn", "fewshot", "throughput"))
+    parser.add_argument("--views", type=int, default=2, choices=(1, 2, 4), help="views per frame (stage default 2)")
     parser.add_argument("--classifier-weights", default=None, help="path of classifier weights (default: packaged)")
     parser.add_argument("--encoder-weights", default=None, help="path of encoder weights (default: packaged)")
     parser.add_argument("--out", help="write the markdown section here")
@@ -342,7 +358,7 @@ def main():
     from xfel_dl_plugins.classification.runtime import ClassifierModel, EncoderModel
 
     torch.set_num_threads(args.threads)
-    classifier = ClassifierModel(path=args.classifier_weights, device=args.device)
+    classifier = ClassifierModel(path=args.classifier_weights, device=args.device, views=args.views)
     results = {}
     if args.only in (None, "cnn"):
         results["cnn"] = evaluate_cnn_and_baseline(classifier, args.n, print)
@@ -352,6 +368,7 @@ def main():
     if args.only in (None, "throughput"):
         results["throughput"] = [measure_throughput(classifier, args.device, args.threads, print)]
     command = "PYTHONPATH=. python benchmarks/eval_classifier.py" + (" --quick" if args.quick else "") + (
+        f" --views {args.views}" if args.views != 2 else "") + (
         f" --out {args.out}" if args.out else "")
     if args.out:
         Path(args.out).write_text(markdown(results, command) + "\n")

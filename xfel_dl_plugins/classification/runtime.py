@@ -92,7 +92,7 @@ class ClassifierModel(_TorchModel):
 
     expected_type = "classifier"
 
-    def __init__(self, name: str = "spi_classifier", path=None, device: str = "cpu", views: int = 4):
+    def __init__(self, name: str = "spi_classifier", path=None, device: str = "cpu", views: int = 2):
         super().__init__(name, path, device)
         if views not in VIEW_COUNTS:
             raise StageError(f"views must be one of {VIEW_COUNTS}, got {views!r}")

@@ -87,7 +87,7 @@ class CNNClassifier(_GridClassifier):
         "weights_path": Param("", str, "path of a .safetensors file (with .json sidecar) used instead of the packaged weights"),
         "min_probability": Param(0.5, float, "is_single needs a calibrated single probability at least this", min=0.0, max=1.0),
         "max_ood": Param(0.999, float, "is_single needs an OOD score at most this (1 = no OOD cut)", min=0.0, max=1.0),
-        "views": Param(4, int, "orientations of each frame whose logits are averaged (cost x views)", choices=(1, 2, 4)),
+        "views": Param(2, int, "orientations of each frame whose logits are averaged (cost x views)", choices=(1, 2, 4)),
         **_MODEL_GRID_PARAMS,
     }
     outputs = (
