@@ -40,7 +40,7 @@ def synthetic_simulation(monkeypatch):
     from xfel_dl_plugins.classification import training
     from xfel_dl_plugins.classification.data import FrameSet
 
-    def fake(config, n, seed, grid, use_cache=True, simulator=None, progress=False):
+    def fake(config, n, seed, grid, use_cache=True, simulator=None, log=None):
         patterns, valid, labels = synthetic_frames(n, seed)
         groups = np.where(np.arange(n) % 2, "small", "large")
         return FrameSet(patterns, valid, labels, groups, np.full(n, np.nan, np.float32))

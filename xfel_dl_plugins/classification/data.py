@@ -94,7 +94,7 @@ def simulate(sim_config: dict, n: int, seed: int, start: int = 0) -> dict:
 
 
 def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True,
-                     simulator: str | None = None, progress: bool = False) -> FrameSet:
+                     simulator: str | None = None, log=None) -> FrameSet:
     """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed, grid and simulator).
 
     ``simulator`` pins the simulator version (source hash) the frames must come from: they are then
@@ -115,8 +115,8 @@ def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cac
     for start in range(0, n, SIMULATION_CHUNK):  # binned chunk by chunk: native-pixel frames are large
         count = min(SIMULATION_CHUNK, n - start)
         chunks.append(frames_on_grid(simulate(sim_config, count, seed, start), sim_config, grid))
-        if progress and n > SIMULATION_CHUNK:
-            print(f"simulated {start + count}/{n} frames", flush=True)
+        if log is not None and n > SIMULATION_CHUNK:
+            log(f"simulated {start + count}/{n} frames")
     frames = FrameSet.concatenate(chunks)
     if use_cache:
         tmp = path.with_suffix(".tmp.npz")

@@ -58,9 +58,9 @@ def training_frames(cfg: dict, log=print) -> tuple[FrameSet, FrameSet]:
     grid = cfg["grid"]
     pinned = data.get("simulator_version")
     train = simulated_frames(data["simulation"], int(data["n_train"]), int(data["seed"]), grid, simulator=pinned,
-                             progress=True)
+                             log=log)
     val = simulated_frames(data.get("validation", data["simulation"]), int(data["n_val"]), int(data["seed"]) + 1_000_003,
-                           grid, simulator=pinned, progress=True)
+                           grid, simulator=pinned, log=log)
     size = int(cfg["grid"]["size"])
     for name, frames in (("training", train), ("validation", val)):
         if frames.patterns.shape[1:] != (size, size):
