@@ -6,6 +6,7 @@ import pytest
 from xfel_dl_plugins.errors import InputDataError, StageError
 from xfel_dl_plugins.phasing import DM, ER, HIO, RAAR, PhasingState, get_backend, kernels, metrics, phase
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
+from xfel_dl_plugins.phasing.multistart import rank_starts
 from xfel_dl_plugins.phasing.support import autocorrelation_support, free_pixel_mask
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
@@ -119,6 +120,29 @@ def test_phase_from_random_starts_with_autocorrelation_support_and_shrink_wrap()
         # The reconstruction is centred in the array.
         ys, xs = np.nonzero(rec.support)
         assert abs(ys.mean() - 32) < 4 and abs(xs.mean() - 32) < 4
+
+
+def test_start_ranking_prefers_the_solution_most_starts_reproduce():
+    """Three noisy copies of one solution (shifted, twinned, rephased) against two copies of another
+    with lower LLK: consensus leads with the reproduced one, "llk" with the lowest LLK; a diverged
+    start (NaN LLK) goes last either way."""
+    rng = np.random.default_rng(11)
+    a, b = (make_object((32, 32), kind, rng=rng) for kind in ("polygon", "blobs"))
+
+    def variant(obj, shift, twin):
+        obj = np.conj(obj[::-1, ::-1]) if twin else obj
+        noisy = obj + 0.01 * np.abs(obj).max() * _random_complex(rng, obj.shape)
+        return np.roll(noisy, shift, (0, 1)) * np.exp(1j * rng.uniform(0, 2 * np.pi))
+
+    starts = [variant(b, (0, 0), False), variant(a, (1, 2), False), variant(b, (3, 0), True),
+              variant(a, (0, -2), True), variant(a, (2, 2), False), variant(a, (0, 0), False)]
+    fts = np.stack([np.fft.fftn(s) for s in starts])
+    llk = np.array([1.0, 2.0, 1.1, 2.2, 2.1, np.nan])
+    consensus = rank_starts(fts, llk, max_difference=0.15)
+    assert consensus[0] == 1 and set(consensus[1:3]) == {3, 4} and consensus[-1] == 5
+    assert list(rank_starts(fts, llk, 0.15, selection="llk")) == [0, 2, 1, 4, 3, 5]
+    with pytest.raises(InputDataError, match="selection"):
+        rank_starts(fts, llk, 0.15, selection="best")
 
 
 def test_3d_volume_phasing():

@@ -1,4 +1,5 @@
-"""Many random starts per pattern: run a schedule, select the best starts by (free) LLK, align, average.
+"""Many random starts per pattern: run a schedule, select the most reproduced start (or the lowest free
+LLK), align the others on it, average.
 
 :func:`phase` is the engine's public entry point::
 
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
 
 import numpy as np
 import scipy.fft as sfft
@@ -81,21 +83,64 @@ def _roll_to_centre(obj: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, n
     return np.roll(obj, shift, axes), np.roll(support, shift, axes)
 
 
+#: How :func:`combine_starts` picks the start the others are aligned on and averaged with.
+SELECTIONS = ("consensus", "llk")
+
+
+def pairwise_differences(fts: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Relative difference between every two ``candidates`` starts after alignment (translation,
+    twin, global phase), from their Fourier transforms ``fts``; NaN for other pairs."""
+    n = len(fts)
+    dist = np.full((n, n), np.nan)
+    dist[candidates, candidates] = 0.0
+    for a, b in combinations(candidates, 2):
+        dist[a, b] = dist[b, a] = align_fourier(fts[a], fts[b]).error
+    return dist
+
+
+def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
+                selection: str = "consensus") -> np.ndarray:
+    """Order of the starts, the one to trust first.
+
+    ``"llk"``: by ``start_llk``. ``"consensus"``: the start that the most other starts reproduce
+    within ``max_difference`` leads (ties: lower ``start_llk``), the rest follow by their difference
+    to it. A solution reached from several random starts is the safer pick where the (free) LLK is
+    dominated by photon noise (about 10^6 photons: a few thousand free photons), and it costs
+    n_starts^2 / 2 alignments. Starts with a non-finite LLK (diverged) always come last.
+    """
+    if selection not in SELECTIONS:
+        raise InputDataError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    llk = np.where(np.isfinite(start_llk), start_llk, np.inf)
+    by_llk = np.argsort(llk, kind="stable")
+    candidates = by_llk[np.isfinite(llk[by_llk])]
+    if selection == "llk" or len(candidates) < 3:
+        return by_llk
+    dist = pairwise_differences(fts, candidates)
+    reproduced = (dist[np.ix_(candidates, candidates)] <= max_difference).sum(axis=1)
+    lead = candidates[np.argmax(reproduced)]  # candidates are sorted by LLK: argmax keeps the lowest on ties
+    rest = candidates[candidates != lead]
+    rest = rest[np.argsort(dist[lead, rest], kind="stable")]
+    return np.concatenate([[lead], rest, by_llk[len(candidates):]])
+
+
 def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndarray, iobs: np.ndarray,
                    constrained: np.ndarray, free: np.ndarray, n_keep: int,
-                   max_difference: float = 0.1) -> PatternResult:
-    """Align the ``n_keep`` starts of lowest LLK on the best (translation, twin, global phase),
-    compute their PRTF, and average those that, after alignment, differ from the best by at most
-    ``max_difference`` (relative norm: starts stuck in another solution would blur the average);
-    figures of merit are those of the average.
+                   max_difference: float = 0.15, selection: str = "consensus") -> PatternResult:
+    """Align the first ``n_keep`` starts of :func:`rank_starts` on the first (translation, twin,
+    global phase), compute their PRTF, and average those that, after alignment, differ from the
+    first by at most ``max_difference`` (relative norm: starts stuck in another solution would blur
+    the average); figures of merit are those of the average.
 
-    ``start_llk`` ranks the starts: pass the free LLK where free pixels exist (it penalises
-    over-fitting supports, which the LLK over constrained pixels rewards).
+    ``start_llk`` breaks ties and ranks the starts for ``selection="llk"``: pass the free LLK where
+    free pixels exist (it penalises over-fitting supports, which the LLK over constrained pixels
+    rewards). The default ``max_difference`` exceeds the 0.10-0.18 by which starts reaching the same
+    solution differ at 10^6 photons.
     """
-    order = np.argsort(np.where(np.isfinite(start_llk), start_llk, np.inf), kind="stable")
+    fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
+    order = rank_starts(fts, start_llk, max_difference, selection)
     top = order[:max(1, min(n_keep, len(order)))]
-    f_ref = sfft.fftn(objects[top[0]].astype(np.complex128))
-    alignments = [align_fourier(f_ref, sfft.fftn(objects[k].astype(np.complex128))) for k in top[1:]]
+    f_ref = fts[top[0]]
+    alignments = [align_fourier(f_ref, fts[k]) for k in top[1:]]
     fts = np.stack([f_ref] + [a.aligned_ft for a in alignments])
     agree = np.array([True] + [a.error <= max_difference for a in alignments])
     kept = top[agree]
@@ -119,20 +164,24 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 
 
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
-          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.1, device: str = "auto",
-          keep_starts: bool = False, **state_options) -> PhasingResult:
+          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, selection: str = "consensus",
+          device: str = "auto", keep_starts: bool = False, **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 
     ``patterns`` (n, ny, nx) or (n, nz, ny, nx); ``valid`` True where measured (masked pixels,
     gaps and the beam stop are left free by the modulus constraint). ``recipe`` is a recipe string
-    (see :mod:`.recipe`) or an operator. The best ``n_keep`` starts (by free LLK, or LLK without
-    free pixels) that agree with the best within ``max_difference`` are averaged. Other keywords go to :class:`~.engine.PhasingState`
+    (see :mod:`.recipe`) or an operator. Per pattern the first ``n_keep`` starts of
+    :func:`rank_starts` (``selection``: the most reproduced start, or the lowest free LLK, or LLK
+    without free pixels) that agree with the first within ``max_difference`` are averaged.
+    Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, positivity, reality, calc_llk, support_threshold, support_sigma, seed,
     initial_support, initial_object, ndim, backend).
     """
     schedule = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     if n_keep < 1:
         raise InputDataError(f"n_keep must be >= 1, got {n_keep}")
+    if selection not in SELECTIONS:
+        raise InputDataError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     state_options.setdefault("backend", device)
     state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
     schedule.apply(state)
@@ -140,6 +189,6 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     objects, supports = state.objects(), state.supports()
     ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
     results = [combine_starts(objects[i], supports[i], ranking[i], state.iobs_host[i], state.constrained_host[i],
-                              state.free_host[i], n_keep, max_difference) for i in range(state.n_patterns)]
+                              state.free_host[i], n_keep, max_difference, selection) for i in range(state.n_patterns)]
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None)

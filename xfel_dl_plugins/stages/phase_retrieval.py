@@ -3,7 +3,8 @@
 Reads the ``pattern`` / ``pattern_valid`` fields of the ``reciprocal_grid`` stage (FFT-centred
 after ifftshift: beam centre at [size//2, size//2] before the shift is undone here), runs a recipe
 of ER/HIO/RAAR/DM and shrink-wrap from ``n_starts`` random starts per pattern, averages the
-``n_keep`` best (lowest free LLK) after removing translation, twin and global phase, and writes
+``n_keep`` that agree best with the most reproduced start (or the lowest free LLK) after removing
+translation, twin and global phase, and writes
 the reconstruction (amplitude and phase), its support and figures of merit per frame.
 """
 
@@ -26,7 +27,12 @@ class PhaseRetriever(Stage):
         "recipe": Param(_DEFAULT_RECIPE, str, "schedule, run left to right: ER, HIO, RAAR, DM, SW; '*' then, "
                         "'**n' repeat, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
         "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
-        "n_keep": Param(4, int, "best starts (by free LLK) aligned and averaged", min=1, max=1024),
+        "n_keep": Param(4, int, "starts aligned and averaged (the selected one and those nearest to it)",
+                        min=1, max=1024),
+        "selection": Param("consensus", str, "start to trust: consensus (the one most others reproduce within "
+                           "max_difference) or llk (lowest free LLK)", choices=("consensus", "llk")),
+        "max_difference": Param(0.15, float, "starts differing from the selected one by more (relative norm, "
+                                "after alignment) are not averaged", min=0.0, max=2.0),
         "support_threshold": Param(0.15, float, "shrink-wrap threshold relative to the maximum (SW steps that "
                                    "do not set one)", min=0.0, max=1.0),
         "support_threshold_rms": Param(0.25, float, "shrink-wrap threshold relative to the rms in the support",
@@ -91,7 +97,8 @@ class PhaseRetriever(Stage):
         if usable.any():
             seed = self.context.seed + self.p.seed + 1000003 * self._batches
             result = phase(patterns[usable], valid[usable], recipe=self.schedule, n_starts=self.p.n_starts,
-                           n_keep=self.p.n_keep, backend=self.backend, seed=seed,
+                           n_keep=self.p.n_keep, selection=self.p.selection,
+                           max_difference=self.p.max_difference, backend=self.backend, seed=seed,
                            support_threshold=tuple(self.p.support_init), positivity=self.p.positivity,
                            reality=self.p.reality, free_fraction=self.p.free_fraction, calc_llk=self.p.calc_llk)
             recon = result.reconstruction
