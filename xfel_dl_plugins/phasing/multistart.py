@@ -54,6 +54,7 @@ class PhasingResult:
     recipe: str
     device: str
     start_objects: np.ndarray | None = field(default=None, repr=False)  # (patterns, starts, *spatial) if kept
+    start_supports: np.ndarray | None = field(default=None, repr=False)  # the same shape, bool, if kept
 
     def __getattr__(self, name):
         if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "kept"):
@@ -191,4 +192,5 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     results = [combine_starts(objects[i], supports[i], ranking[i], state.iobs_host[i], state.constrained_host[i],
                               state.free_host[i], n_keep, max_difference, selection) for i in range(state.n_patterns)]
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
-                         state.backend.name, objects if keep_starts else None)
+                         state.backend.name, objects if keep_starts else None,
+                         supports if keep_starts else None)
