@@ -36,6 +36,11 @@ TEST_SETS = {
     "pr772_realistic": {"config": {"sample": [PR772]}, "seed": 900_001, "expected_radius_nm": (25.0, 42.0)},
     "pr772_weak": {"config": {"sample": [PR772], "beam": {"pulse_energy_mJ": 0.5}}, "seed": 900_002,
                    "expected_radius_nm": (25.0, 42.0)},
+    # A geometry no training frame had: detector at 1.06 m (the stages bin 3 x 3 instead of 2 x 2, so
+    # the gaps, the central hole and a larger beam stop fall elsewhere on the model grid).
+    "pr772_far_detector": {"config": {"sample": [PR772]}, "seed": 900_003, "expected_radius_nm": (25.0, 42.0),
+                           "detector": {"pixel_size_m": 0.2e-3, "binning": 1, "shape": [384, 384],
+                                        "distance_m": 1.06, "beam_stop_radius_m": 5.0e-3}},
 }
 #: Particle types absent from both training configs, for the few-shot embedding (and the CNN).
 UNSEEN_TYPES = {
@@ -52,8 +57,8 @@ BALANCED = {"blank": 0.25, "single": 0.25, "multiple": 0.25, "other": 0.25}
 #: and binned onto each model's grid by the stages' own ``bin_to_grid``, as assembled frames are at run
 #: time: a model must not depend on how the simulator that trained it pixelated its frames.
 EVAL_DETECTOR = {"pixel_size_m": 0.2e-3, "binning": 1, "shape": [256, 256]}
-#: The baseline sees the same frames 2 x 2-binned (128 x 128 pixels, q up to 1.1 1/nm).
-BASELINE_BINNING = 2
+#: The baseline sees the same frames binned as the CNN stage bins them (2 x 2 at 0.705 m: 128 x 128
+#: pixels, q up to 1.1 1/nm).
 GRID_KEYS = ("size", "binning")
 
 
@@ -86,9 +91,16 @@ def sim_geometry(config: dict, shape):
                                    distance_m=d.distance_m, beam_centre=centre)
 
 
-def baseline_features(raw: dict, config: dict) -> dict:
+def stage_binning(model_grid: dict, config: dict, shape) -> int:
+    """The binning the classifier stages choose for this detector (``binning = 0``, their default)."""
+    from xfel_dl_plugins.stages.classification import matched_binning
+
+    return matched_binning(model_grid, sim_geometry(config, shape))
+
+
+def baseline_features(raw: dict, config: dict, binning: int) -> dict:
     """Lit pixels (several photon thresholds) and the sphere fit of every frame, on the simulator grid
-    binned by :data:`BASELINE_BINNING`."""
+    binned by ``binning``."""
     from xfel_dl_plugins.io.grid import bin_to_grid
     from xfel_dl_plugins.stages.base import FrameBatch, StageContext
     from xfel_dl_plugins.stages.hitfinding import LitPixelHitFinder
@@ -97,10 +109,10 @@ def baseline_features(raw: dict, config: dict) -> dict:
 
     patterns = np.asarray(raw["patterns"], np.float32)
     valid = np.broadcast_to(np.asarray(raw["valid"], bool), patterns.shape)
-    size = patterns.shape[1] // BASELINE_BINNING
-    patterns, valid = bin_to_grid(patterns, valid, (patterns.shape[1] // 2, patterns.shape[2] // 2), size, BASELINE_BINNING)
+    size = patterns.shape[1] // binning
+    patterns, valid = bin_to_grid(patterns, valid, (patterns.shape[1] // 2, patterns.shape[2] // 2), size, binning)
     binned = {**config, "detector": {**config["detector"], "shape": [size, size],
-                                     "pixel_size_m": config["detector"]["pixel_size_m"] * BASELINE_BINNING}}
+                                     "pixel_size_m": config["detector"]["pixel_size_m"] * binning}}
     geom = sim_geometry(binned, patterns.shape[1:])
     ctx = StageContext(geometry=geom)
     n = len(patterns)
@@ -165,9 +177,11 @@ def single_f1(labels, pred) -> float:
 def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
     results = {}
     for name, spec in TEST_SETS.items():
-        config = {**spec["config"], "detector": EVAL_DETECTOR}
+        config = {**spec["config"], "detector": spec.get("detector", EVAL_DETECTOR)}
         raw = cached_simulation(config, n, spec["seed"])
-        frames = frames_on_grid(raw, config, model.grid)
+        binning = stage_binning(model.grid, config, raw["patterns"].shape[1:])
+        grid = {**model.grid, "binning": binning}
+        frames = frames_on_grid(raw, config, grid)
         t0 = time.perf_counter()
         out = model.predict(frames.patterns, frames.valid)
         cnn_pred = out["class_index"]
@@ -175,11 +189,13 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
         cnn_filter = np.where(kept, SINGLE, np.where(cnn_pred == SINGLE, OTHER, cnn_pred))
         log(f"{name}: CNN on {n} frames in {time.perf_counter() - t0:.1f} s")
         val_raw = cached_simulation(config, n, spec["seed"] + 17)
-        rule = tune_baseline(baseline_features(val_raw, config), frames_on_grid(val_raw, config, model.grid).labels,
+        rule = tune_baseline(baseline_features(val_raw, config, binning), frames_on_grid(val_raw, config, grid).labels,
                              spec["expected_radius_nm"])
-        base_pred = baseline_predict(baseline_features(raw, config), rule)
+        base_pred = baseline_predict(baseline_features(raw, config, binning), rule)
         results[name] = {
             "n": n,
+            "binning": binning,
+            "distance_m": sim_geometry(config, raw["patterns"].shape[1:]).distance_m,
             "cnn": classification_report(frames.labels, cnn_pred),
             "cnn_stage_filter": classification_report(frames.labels, cnn_filter),
             "baseline": classification_report(frames.labels, base_pred),
@@ -287,7 +303,7 @@ def markdown(results: dict, command: str) -> str:
              "**CNN stage filter**: what the stage keeps with its defaults (single, P(single) >= 0.5, "
              "OOD score <= 0.999); frames it drops count as 'other'.",
              "- **Baseline**: lit-pixel hit finder (`litpixel_hitfinder`) + sphere fit (`sphere_sizer`) on the "
-             "frames 2x2-binned (128x128, q up to 1.1 1/nm); single = hit and fit quality above a cut and radius in the sample's "
+             "frames binned as the CNN stage bins them (128x128, q up to 1.1 1/nm); single = hit and fit quality above a cut and radius in the sample's "
              "known range. Its photon threshold, lit-pixel threshold and fit-quality cut are tuned on a separate "
              "validation set of the same kind to maximise single-hit F1 (its best case).",
              "- **Few-shot** (`fewshot_classifier`, weights `spi_encoder`): vote of the 3 nearest support frames by "
@@ -296,7 +312,8 @@ def markdown(results: dict, command: str) -> str:
              "with disjoint seeds; the test sets have their own sample configs (PR772 of a narrow size range, "
              "the default contaminants and background), not the training mixture.", ""]
     for name, r in results.get("cnn", {}).items():
-        lines += [f"### Test set `{name}` ({r['n']} frames)", "",
+        lines += [f"### Test set `{name}` ({r['n']} frames, detector at {r['distance_m']} m, binned "
+                  f"{r['binning']}x{r['binning']} onto the 128x128 model grid)", "",
                   "| method | class | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
         for method in ("cnn", "cnn_stage_filter", "baseline"):
             for cls, m in r[method]["per_class"].items():
