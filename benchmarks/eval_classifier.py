@@ -27,6 +27,11 @@ import numpy as np
 from xfel_dl_plugins.classification import CLASS_NAMES, SINGLE
 from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, simulate
 from xfel_dl_plugins.classification.metrics import classification_report
+from xfel_dl_plugins.classification.runtime import confident_singles
+from xfel_dl_plugins.stages.classification import CNNClassifier
+
+#: The ``cnn_classifier`` filter's defaults, as a chain runs it.
+STAGE_DEFAULTS = {name: CNNClassifier.params[name].default for name in ("min_probability", "max_ood")}
 
 BLANK, OTHER = CLASS_NAMES.index("blank"), CLASS_NAMES.index("other")
 PR772 = {"name": "pr772", "shape": "icosahedron", "material": "virus",
@@ -185,7 +190,7 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
         t0 = time.perf_counter()
         out = model.predict(frames.patterns, frames.valid)
         cnn_pred = out["class_index"]
-        kept = (cnn_pred == SINGLE) & (out["ood_score"] <= 0.999)
+        kept = confident_singles(out, STAGE_DEFAULTS["min_probability"], STAGE_DEFAULTS["max_ood"])
         cnn_filter = np.where(kept, SINGLE, np.where(cnn_pred == SINGLE, OTHER, cnn_pred))
         log(f"{name}: CNN on {n} frames in {time.perf_counter() - t0:.1f} s")
         val_raw = cached_simulation(config, n, spec["seed"] + 17)
@@ -300,8 +305,9 @@ def markdown(results: dict, command: str) -> str:
              "several engineers, so throughput is only compared side by side within one run.", "",
              "Methods:", "",
              "- **CNN** (`cnn_classifier`, weights `spi_classifier`): argmax of the calibrated probabilities. "
-             "**CNN stage filter**: what the stage keeps with its defaults (single, P(single) >= 0.5, "
-             "OOD score <= 0.999); frames it drops count as 'other'.",
+             "**CNN stage filter**: what the stage keeps with its defaults (single, P(single) >= "
+             f"{STAGE_DEFAULTS['min_probability']}, OOD score <= {STAGE_DEFAULTS['max_ood']}); frames it drops "
+             "count as 'other'.",
              "- **Baseline**: lit-pixel hit finder (`litpixel_hitfinder`) + sphere fit (`sphere_sizer`) on the "
              "frames binned as the CNN stage bins them (128x128, q up to 1.1 1/nm); single = hit and fit quality above a cut and radius in the sample's "
              "known range. Its photon threshold, lit-pixel threshold and fit-quality cut are tuned on a separate "
@@ -322,7 +328,7 @@ def markdown(results: dict, command: str) -> str:
                 lines.append(f"| {method} | {cls} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |")
         fs = r["false_singles"]
         ratio = fs["baseline"] / max(fs["cnn_stage_filter"], 1)
-        lines += ["", f"False singles: CNN {fs['cnn']}, CNN stage filter (OOD cut) {fs['cnn_stage_filter']}, "
+        lines += ["", f"False singles: CNN {fs['cnn']}, CNN stage filter {fs['cnn_stage_filter']}, "
                   f"baseline {fs['baseline']} ({ratio:.1f}x fewer with the CNN filter). "
                   f"Baseline rule (tuned on validation): `{json.dumps(r['baseline_rule'])}`.", "",
                   "Confusion matrices (rows true, columns predicted; order " + ", ".join(CLASS_NAMES) + "):", "",

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import StageError, WeightsError
 from ..learned_weights import LoadedWeights, load_into_torch_module, load_weights
+from . import SINGLE
 from .inputs import VIEW_COUNTS, average_over_views, network_input
 
 
@@ -27,6 +28,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def confident_singles(prediction: dict, min_probability: float, max_ood: float) -> np.ndarray:
+    """Frames a filter keeps as single hits: class single, calibrated P(single) >= ``min_probability``
+    and OOD score <= ``max_ood`` (``prediction`` from :meth:`ClassifierModel.predict`)."""
+    return ((prediction["class_index"] == SINGLE) & (prediction["probabilities"][:, SINGLE] >= min_probability)
+            & (prediction["ood_score"] <= max_ood))
 
 
 def torch_device(device: str):

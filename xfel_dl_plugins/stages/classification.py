@@ -17,6 +17,7 @@ import numpy as np
 
 from ..classification import CLASS_NAMES
 from ..classification.inputs import frames_to_grid
+from ..classification.runtime import confident_singles
 from ..errors import StageError
 from ..io.geometry import wavelength_m
 from .base import Field, FrameBatch, Param, Stage
@@ -111,11 +112,7 @@ class CNNClassifier(_GridClassifier):
         patterns, valid = self._grid_of(batch)
         result = self.model.predict(patterns, valid, batch_size=self.p.batch_size)
         p_single = result["probabilities"][:, CLASS_NAMES.index("single")]
-        is_single = (
-            (result["class_index"] == CLASS_NAMES.index("single"))
-            & (p_single >= self.p.min_probability)
-            & (result["ood_score"] <= self.p.max_ood)
-        )
+        is_single = confident_singles(result, self.p.min_probability, self.p.max_ood)
         self.counts += np.bincount(result["class_index"], minlength=len(CLASS_NAMES))
         self.n_single += int(is_single.sum())
         return {
