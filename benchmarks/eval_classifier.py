@@ -62,8 +62,6 @@ BALANCED = {"blank": 0.25, "single": 0.25, "multiple": 0.25, "other": 0.25}
 #: and binned onto each model's grid by the stages' own ``bin_to_grid``, as assembled frames are at run
 #: time: a model must not depend on how the simulator that trained it pixelated its frames.
 EVAL_DETECTOR = {"pixel_size_m": 0.2e-3, "binning": 1, "shape": [256, 256]}
-#: The baseline sees the same frames binned as the CNN stage bins them (2 x 2 at 0.705 m: 128 x 128
-#: pixels, q up to 1.1 1/nm).
 GRID_KEYS = ("size", "binning")
 
 
@@ -200,6 +198,7 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
         results[name] = {
             "n": n,
             "binning": binning,
+            "grid_size": int(model.size),
             "distance_m": sim_geometry(config, raw["patterns"].shape[1:]).distance_m,
             "cnn": classification_report(frames.labels, cnn_pred),
             "cnn_stage_filter": classification_report(frames.labels, cnn_filter),
@@ -319,7 +318,7 @@ def markdown(results: dict, command: str) -> str:
              "the default contaminants and background), not the training mixture.", ""]
     for name, r in results.get("cnn", {}).items():
         lines += [f"### Test set `{name}` ({r['n']} frames, detector at {r['distance_m']} m, binned "
-                  f"{r['binning']}x{r['binning']} onto the 128x128 model grid)", "",
+                  f"{r['binning']}x{r['binning']} onto the {r['grid_size']}x{r['grid_size']} model grid)", "",
                   "| method | class | precision | recall | F1 | support |", "|---|---|---|---|---|---|"]
         for method in ("cnn", "cnn_stage_filter", "baseline"):
             for cls, m in r[method]["per_class"].items():

@@ -2,9 +2,9 @@
 
 Reads the ``pattern`` / ``pattern_valid`` fields of the ``reciprocal_grid`` stage (FFT-centred
 after ifftshift: beam centre at [size//2, size//2] before the shift is undone here), runs a recipe
-of ER/HIO/RAAR/DM and shrink-wrap from ``n_starts`` random starts per pattern, averages the
-``n_keep`` that agree best with the most reproduced start (or the lowest free LLK) after removing
-translation, twin and global phase, and writes
+of ER/HIO/RAAR/DM and shrink-wrap from ``n_starts`` random starts per pattern, picks the start
+that most others reproduce (or the lowest free LLK: ``selection``), averages it with up to
+``n_keep - 1`` starts nearest to it after removing translation, twin and global phase, and writes
 the reconstruction (amplitude and phase), its support and figures of merit per frame.
 """
 
