@@ -28,7 +28,7 @@ from xfel_dl_plugins.classification import CLASS_NAMES, SINGLE
 from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, simulate
 from xfel_dl_plugins.classification.metrics import classification_report
 from xfel_dl_plugins.classification.runtime import confident_singles
-from xfel_dl_plugins.stages.classification import CNNClassifier
+from xfel_dl_plugins.stages.classification import CNNClassifier, matched_binning
 
 #: The ``cnn_classifier`` filter's defaults, as a chain runs it.
 STAGE_DEFAULTS = {name: CNNClassifier.params[name].default for name in ("min_probability", "max_ood")}
@@ -92,13 +92,6 @@ def sim_geometry(config: dict, shape):
     centre = tuple(d.centre_px) if d.centre_px is not None else (shape[0] // 2, shape[1] // 2)
     return ExperimentGeometry.flat(shape, pixel_size_m=d.pixel_size_m, photon_energy_eV=cfg.beam.photon_energy_eV,
                                    distance_m=d.distance_m, beam_centre=centre)
-
-
-def stage_binning(model_grid: dict, config: dict, shape) -> int:
-    """The binning the classifier stages choose for this detector (``binning = 0``, their default)."""
-    from xfel_dl_plugins.stages.classification import matched_binning
-
-    return matched_binning(model_grid, sim_geometry(config, shape))
 
 
 def baseline_features(raw: dict, config: dict, binning: int) -> dict:
@@ -182,7 +175,8 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
     for name, spec in TEST_SETS.items():
         config = {**spec["config"], "detector": spec.get("detector", EVAL_DETECTOR)}
         raw = cached_simulation(config, n, spec["seed"])
-        binning = stage_binning(model.grid, config, raw["patterns"].shape[1:])
+        geometry = sim_geometry(config, raw["patterns"].shape[1:])
+        binning = matched_binning(model.grid, geometry)  # as the stages choose it (binning = 0)
         grid = {**model.grid, "binning": binning}
         frames = frames_on_grid(raw, config, grid)
         t0 = time.perf_counter()
@@ -199,7 +193,7 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
             "n": n,
             "binning": binning,
             "grid_size": int(model.size),
-            "distance_m": sim_geometry(config, raw["patterns"].shape[1:]).distance_m,
+            "distance_m": geometry.distance_m,
             "cnn": classification_report(frames.labels, cnn_pred),
             "cnn_stage_filter": classification_report(frames.labels, cnn_filter),
             "baseline": classification_report(frames.labels, base_pred),

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ..errors import InputDataError
-from .defaults import DEFAULT_RECIPE
+from .defaults import DEFAULT_RECIPE, SELECTIONS
 from .engine import PhasingState
 from .metrics import (ResolutionCurve, align_fourier, best_intensity_scale, poisson_llk, prtf, r_factor,
                       radial_shells)
@@ -84,8 +84,9 @@ def _roll_to_centre(obj: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, n
     return np.roll(obj, shift, axes), np.roll(support, shift, axes)
 
 
-#: How :func:`combine_starts` picks the start the others are aligned on and averaged with.
-SELECTIONS = ("consensus", "llk")
+def _check_selection(selection: str) -> None:
+    if selection not in SELECTIONS:
+        raise InputDataError(f"selection must be one of {SELECTIONS}, got {selection!r}")
 
 
 def pairwise_differences(fts: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -109,8 +110,7 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
     dominated by photon noise (about 10^6 photons: a few thousand free photons), and it costs
     n_starts^2 / 2 alignments. Starts with a non-finite LLK (diverged) always come last.
     """
-    if selection not in SELECTIONS:
-        raise InputDataError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    _check_selection(selection)
     llk = np.where(np.isfinite(start_llk), start_llk, np.inf)
     by_llk = np.argsort(llk, kind="stable")
     candidates = by_llk[np.isfinite(llk[by_llk])]
@@ -181,8 +181,7 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     schedule = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     if n_keep < 1:
         raise InputDataError(f"n_keep must be >= 1, got {n_keep}")
-    if selection not in SELECTIONS:
-        raise InputDataError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    _check_selection(selection)
     state_options.setdefault("backend", device)
     state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
     schedule.apply(state)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StageError
-from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE
+from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE, SELECTIONS
 from .base import Field, FrameBatch, Param, Stage
 
 
@@ -30,7 +30,7 @@ class PhaseRetriever(Stage):
         "n_keep": Param(4, int, "starts aligned and averaged (the selected one and those nearest to it)",
                         min=1, max=1024),
         "selection": Param("consensus", str, "start to trust: consensus (the one most others reproduce within "
-                           "max_difference) or llk (lowest free LLK)", choices=("consensus", "llk")),
+                           "max_difference) or llk (lowest free LLK)", choices=SELECTIONS),
         "max_difference": Param(0.15, float, "starts differing from the selected one by more (relative norm, "
                                 "after alignment) are not averaged", min=0.0, max=2.0),
         "support_threshold": Param(0.15, float, "shrink-wrap threshold relative to the maximum (SW steps that "

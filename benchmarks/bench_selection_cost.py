@@ -1,0 +1,40 @@
+"""What the start selection costs next to the iterations: one 256^2 pattern, 8 starts, default recipe.
+
+    PYTHONPATH=$PWD python benchmarks/bench_selection_cost.py
+
+Prints the wall time of ``phase`` and, within it, of ``combine_starts`` (selection, alignment,
+averaging, figures of merit) for ``selection="consensus"`` and ``"llk"``.
+"""
+
+import time
+
+import numpy as np
+
+from xfel_dl_plugins.phasing import multistart
+from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    iobs, valid, _ = diffraction(make_object((256, 256), "blobs", rng=rng), 1e8, beam_stop_mask((256, 256), 2.0), rng)
+    combine, spent = multistart.combine_starts, []
+
+    def timed_combine(*args, **kwargs):
+        t0 = time.perf_counter()
+        result = combine(*args, **kwargs)
+        spent.append(time.perf_counter() - t0)
+        return result
+
+    multistart.combine_starts = timed_combine
+    try:
+        for selection in ("consensus", "llk"):
+            spent.clear()
+            t0 = time.perf_counter()
+            multistart.phase(iobs[None], valid[None], n_starts=8, n_keep=4, selection=selection, device="cpu", seed=0)
+            print(f"{selection}: phase {time.perf_counter() - t0:.2f} s, of which combine_starts {sum(spent):.2f} s")
+    finally:
+        multistart.combine_starts = combine
+
+
+if __name__ == "__main__":
+    main()
