@@ -57,6 +57,15 @@ UNSEEN_TYPES = {
                         "radius_nm": {"mean": 22.0, "sigma": 3.0, "min": 15.0, "max": 30.0},
                         "aspect": {"mean": 1.6, "sigma": 0.2, "min": 1.2, "max": 2.2}},
 }
+#: Particle types on which the few-shot rule and its regularisation were chosen: in neither training
+#: nor the reported unseen types.
+SELECTION_TYPES = {
+    "iron_oxide_spheroid": {"name": "iron_oxide_spheroid", "shape": "spheroid", "material": "iron_oxide",
+                            "radius_nm": {"mean": 18.0, "sigma": 3.0, "min": 12.0, "max": 26.0},
+                            "aspect": {"mean": 2.0, "sigma": 0.3, "min": 1.4, "max": 2.8}},
+    "silver_cube": {"name": "silver_cube", "shape": "cube", "material": "silver",
+                    "radius_nm": {"mean": 20.0, "sigma": 3.0, "min": 14.0, "max": 28.0}},
+}
 BALANCED = {"blank": 0.25, "single": 0.25, "multiple": 0.25, "other": 0.25}
 #: Test sets are simulated on native AGIPD pixels (200 um, AGIPD-1M gaps and central hole, beam stop)
 #: and binned onto each model's grid by the stages' own ``bin_to_grid``, as assembled frames are at run
@@ -209,34 +218,52 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
     return results
 
 
-def evaluate_fewshot(encoder, classifier, n: int, repeats: int, log, k: int = 3) -> dict:
-    from xfel_dl_plugins.classification.fewshot import PrototypeClassifier
+def _fewshot_rules(embeddings, probabilities):
+    """The few-shot rules compared: name -> (support indices, labels, query indices) -> predicted labels."""
+    from xfel_dl_plugins.classification.fewshot import LinearProbeClassifier, PrototypeClassifier, support_features
 
+    with_cnn, alone = support_features(embeddings, probabilities), support_features(embeddings)
+
+    def linear(features):
+        def rule(support, labels, query):
+            clf = LinearProbeClassifier(features[support], labels)
+            return clf.label_names[clf.predict(features[query])[0]].astype(int)
+        return rule
+
+    def neighbours(k):
+        def rule(support, labels, query):
+            clf = PrototypeClassifier(embeddings[support], labels, k=k)
+            return clf.label_names[clf.predict(embeddings[query])[0]].astype(int)
+        return rule
+
+    return {"linear": linear(with_cnn), "linear_embedding_only": linear(alone), "knn3": neighbours(3),
+            "prototype": neighbours(0)}
+
+
+def evaluate_fewshot(encoder, classifier, types: dict, seed: int, n: int, repeats: int, log) -> dict:
+    """Accuracy of each few-shot rule on frames of ``types`` (10, 20, 50 labelled frames per class)."""
     results = {}
-    for name, species in UNSEEN_TYPES.items():
+    for t, (name, species) in enumerate(types.items()):
         config = {"sample": [species], "hit_fractions": BALANCED, "detector": EVAL_DETECTOR}
-        raw = cached_simulation(config, n, 910_000 + len(results))
+        raw = cached_simulation(config, n, seed + t)
         frames = frames_on_grid(raw, config, encoder.grid)
         emb = encoder.embed(frames.patterns, frames.valid)
-        cnn_pred = classifier.predict(frames.patterns, frames.valid)["class_index"] if classifier else None
-        entry = {"n": n, "cnn_accuracy": float(np.mean(cnn_pred == frames.labels)) if classifier else None}
+        probabilities = classifier.predict(frames.patterns, frames.valid)["probabilities"]
+        rules = _fewshot_rules(emb, probabilities)
+        entry = {"n": n, "cnn_accuracy": float(np.mean(probabilities.argmax(1) == frames.labels))}
         for shots in (10, 20, 50):
-            accs, reports = [], []
+            accuracy = {rule: [] for rule in rules}
             for r in range(repeats):
                 rng = np.random.default_rng(1000 * shots + r)
                 support = np.concatenate([rng.permutation(np.flatnonzero(frames.labels == c))[:shots]
                                           for c in range(len(CLASS_NAMES))])
                 query = np.setdiff1d(np.arange(len(frames)), support)
-                for neighbours in (k, 0):
-                    clf = PrototypeClassifier(emb[support], frames.labels[support], k=neighbours)
-                    pred = clf.label_names[clf.predict(emb[query])[0]].astype(int)
-                    accs.append(float(np.mean(pred == frames.labels[query])))
-                    reports.append(classification_report(frames.labels[query], pred))
-            entry[f"{shots}_shot"] = {"accuracy_mean": float(np.mean(accs[::2])), "accuracy_min": float(np.min(accs[::2])),
-                                      "prototype_accuracy_mean": float(np.mean(accs[1::2])), "first_draw": reports[0]}
+                for rule, predict in rules.items():
+                    accuracy[rule].append(float(np.mean(predict(support, frames.labels[support], query) == frames.labels[query])))
+            entry[f"{shots}_shot"] = {rule: {"mean": float(np.mean(a)), "min": float(np.min(a))} for rule, a in accuracy.items()}
         results[name] = entry
-        log(f"few-shot {name}: " + ", ".join(f"{s}-shot {entry[f'{s}_shot']['accuracy_mean']:.3f}" for s in (10, 20, 50))
-            + (f"; CNN {entry['cnn_accuracy']:.3f}" if classifier else ""))
+        log(f"few-shot {name}: " + ", ".join(f"{s}-shot {entry[f'{s}_shot']['linear']['mean']:.3f}" for s in (10, 20, 50))
+            + f" (linear rule); CNN {entry['cnn_accuracy']:.3f}")
     return results
 
 
@@ -305,8 +332,9 @@ def markdown(results: dict, command: str) -> str:
              "frames binned as the CNN stage bins them (128x128, q up to 1.1 1/nm); single = hit and fit quality above a cut and radius in the sample's "
              "known range. Its photon threshold, lit-pixel threshold and fit-quality cut are tuned on a separate "
              "validation set of the same kind to maximise single-hit F1 (its best case).",
-             "- **Few-shot** (`fewshot_classifier`, weights `spi_encoder`): vote of the 3 nearest support frames by "
-             "cosine similarity, N labelled frames per class of the new particle type; no retraining.",
+             "- **Few-shot** (`fewshot_classifier`, weights `spi_encoder` and `spi_classifier`): N labelled frames per "
+             "class of the new particle type; a linear head fitted on them (default), or nearest neighbours; no "
+             "network retrained.",
              "- Training and test frames come from the same simulator version (source hash in the model cards) "
              "with disjoint seeds; the test sets have their own sample configs (PR772 of a narrow size range, "
              "the default contaminants and background), not the training mixture.", ""]
@@ -329,19 +357,22 @@ def markdown(results: dict, command: str) -> str:
                   "(the baseline has no 'multiple': non-single hits count as 'other')", "",
                   "CNN singles called multiple by brightness (quartiles of photons on the model grid): " + ", ".join(
                       f"{lo:.0f}-{hi:.0f}: {bad}/{n}" for lo, hi, n, bad in r["singles_called_multiple_by_brightness"]) + ".", ""]
-    if "fewshot" in results:
-        lines += ["### Few-shot embedding on unseen particle types", "",
+    for key, title in (("fewshot", "Few-shot classification of unseen particle types"),
+                       ("fewshot_selection", "Few-shot rule selection types (not in training, not in the table above)")):
+        if key not in results:
+            continue
+        lines += [f"### {title}", "",
                   "Accuracy over the four classes (balanced) of frames not in the support set; support drawn at "
-                  "random per class, mean (and worst) over the draws. Stage default: k = 3 nearest support frames "
-                  "by cosine similarity; 'prototype' = nearest class mean (k = 0), weaker because 'other' "
-                  "(droplets, needles, clusters, streaks) has several looks.", "",
-                  "| particle type | 10-shot | 20-shot | 50-shot | 20-shot prototype | CNN (no support) |",
-                  "|---|---|---|---|---|---|"]
-        for name, e in results["fewshot"].items():
-            lines.append(f"| {name} | {e['10_shot']['accuracy_mean']:.3f} (min {e['10_shot']['accuracy_min']:.3f}) | "
-                         f"{e['20_shot']['accuracy_mean']:.3f} (min {e['20_shot']['accuracy_min']:.3f}) | "
-                         f"{e['50_shot']['accuracy_mean']:.3f} | {e['20_shot']['prototype_accuracy_mean']:.3f} | "
-                         f"{_fmt(e['cnn_accuracy'])} |")
+                  "random per class, mean (and worst) over the draws. *linear* (stage default): softmax regression "
+                  "fitted on the support frames' unit embeddings and the CNN's calibrated log-probabilities; "
+                  "*emb. only*: the same on the embeddings alone; *kNN-3*: vote of the 3 most similar support frames; "
+                  "*prototype*: nearest class mean; *CNN*: the classifier without support.", "",
+                  "| particle type | linear 10-shot | linear 20-shot | linear 50-shot | 20-shot emb. only | 20-shot kNN-3 | "
+                  "20-shot prototype | CNN |", "|---|---|---|---|---|---|---|---|"]
+        for name, e in results[key].items():
+            cells = [f"{e[f'{s}_shot']['linear']['mean']:.3f} (min {e[f'{s}_shot']['linear']['min']:.3f})" for s in (10, 20, 50)]
+            cells += [f"{e['20_shot'][rule]['mean']:.3f}" for rule in ("linear_embedding_only", "knn3", "prototype")]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(e['cnn_accuracy'])} |")
         lines.append("")
     for t in results.get("throughput", []):
         lines += [f"### Throughput ({t['device']}, {t['threads']} threads, input {t['input']}, {t.get('views', 1)} views per frame)", "",
@@ -380,7 +411,9 @@ def main():
         results["cnn"] = evaluate_cnn_and_baseline(classifier, args.n, print)
     if args.only in (None, "fewshot"):
         encoder = EncoderModel(path=args.encoder_weights, device=args.device)
-        results["fewshot"] = evaluate_fewshot(encoder, classifier, args.n_fewshot, args.repeats, print)
+        results["fewshot"] = evaluate_fewshot(encoder, classifier, UNSEEN_TYPES, 910_000, args.n_fewshot, args.repeats, print)
+        results["fewshot_selection"] = evaluate_fewshot(encoder, classifier, SELECTION_TYPES, 920_000, args.n_fewshot,
+                                                        args.repeats, print)
     if args.only in (None, "throughput"):
         results["throughput"] = [measure_throughput(classifier, args.device, args.threads, print)]
     command = "PYTHONPATH=. python benchmarks/eval_classifier.py" + (" --quick" if args.quick else "") + (

@@ -195,20 +195,57 @@ def test_support_csv_and_frames_for_ids(tmp_path):
         frames_for_ids(source, [(5, 5, "x")], lambda d, v: (d, v))
 
 
-def test_fewshot_stage_from_labelled_npz(tmp_path, encoder_weights):
+@pytest.mark.parametrize("rule", ["linear", "knn", "prototype"])
+def test_fewshot_stage_from_labelled_npz(tmp_path, encoder_weights, classifier_weights, rule):
     patterns, valid, labels = synthetic_frames(16, 3)
     npz = tmp_path / "support.npz"
     np.savez(npz, patterns=patterns, valid=valid, labels=np.array(CLASS_NAMES)[labels])
-    stage = FewShotClassifier(StageContext(geometry=_geometry()), support=str(npz), weights_path=str(encoder_weights))
+    stage = FewShotClassifier(StageContext(geometry=_geometry()), support=str(npz), weights_path=str(encoder_weights),
+                              classifier_weights_path=str(classifier_weights), rule=rule)
     stage.setup()
+    assert (stage.cnn is not None) == (rule == "linear")
     batch, _ = _batch(10)
     out = stage.process(batch)
     assert out["label_index"].shape == (10,) and out["similarity"].dtype == np.float32
     assert np.all(out["label_index"] < len(stage.classifier.label_names))
     assert stage.finish()["labels"] == ",".join(sorted(set(np.array(CLASS_NAMES)[labels])))
+    if rule == "linear":
+        assert stage.provenance()["classifier_weights_sha256"] == stage.cnn.weights.sha256
     with pytest.raises(StageError, match="single_label"):
         FewShotClassifier(StageContext(geometry=_geometry()), support=str(npz), weights_path=str(encoder_weights),
-                          single_label="singles").setup()
+                          classifier_weights="", single_label="singles").setup()
+
+
+def test_fewshot_stage_refuses_a_classifier_on_another_grid(tmp_path, encoder_weights):
+    patterns, valid, labels = synthetic_frames(8, 3)
+    npz = tmp_path / "support.npz"
+    np.savez(npz, patterns=patterns, valid=valid, labels=np.array(CLASS_NAMES)[labels])
+    stage = FewShotClassifier(StageContext(geometry=_geometry()), support=str(npz), weights_path=str(encoder_weights))
+    with pytest.raises(StageError, match="grid"):  # the packaged 128 x 128 classifier beside a 64 x 64 encoder
+        stage.setup()
+
+
+def test_linear_probe_learns_the_support_labels():
+    from xfel_dl_plugins.classification.fewshot import LinearProbeClassifier, support_features
+
+    rng = np.random.default_rng(2)
+    centres = np.eye(3, 16)
+    labels = np.repeat(["a", "b", "c"], 10)
+    embeddings = centres[np.repeat(np.arange(3), 10)] + 0.3 * rng.normal(size=(30, 16))
+    # uniform CNN probabilities: the labels must be learnt from the embeddings
+    probabilities = np.full((30, 4), 0.25)
+    features = support_features(embeddings, probabilities)
+    assert features.shape == (30, 20) and np.allclose(np.linalg.norm(features[:, :16], axis=1), 1)
+    clf = LinearProbeClassifier(features, labels)
+    queries = support_features(centres[[2, 0, 1]] + 0.3 * rng.normal(size=(3, 16)), np.full((3, 4), 0.25))
+    index, p = clf.predict(queries)
+    assert list(clf.label_names[index]) == ["c", "a", "b"] and np.all(p > 1 / 3)
+    again = LinearProbeClassifier(features, labels)  # deterministic
+    assert np.array_equal(again.weight, clf.weight)
+    with pytest.raises(InputDataError, match="at least 2 labels"):
+        LinearProbeClassifier(features[:5], ["a"] * 5)
+    with pytest.raises(InputDataError, match="finite"):
+        LinearProbeClassifier(np.full((4, 3), np.nan), ["a", "a", "b", "b"])
 
 
 def test_fewshot_stage_needs_support(encoder_weights):

@@ -41,8 +41,8 @@ def test_packaged_classifier_on_fresh_simulation():
 
 
 def test_packaged_encoder_few_shot_on_unseen_particles():
-    from xfel_dl_plugins.classification.fewshot import PrototypeClassifier
-    from xfel_dl_plugins.classification.runtime import EncoderModel
+    from xfel_dl_plugins.classification.fewshot import LinearProbeClassifier, PrototypeClassifier, support_features
+    from xfel_dl_plugins.classification.runtime import ClassifierModel, EncoderModel
 
     unseen = {"name": "octahedra", "shape": "octahedron", "material": "protein",
               "radius_nm": {"mean": 30.0, "sigma": 4.0, "min": 20.0, "max": 42.0}}
@@ -53,9 +53,14 @@ def test_packaged_encoder_few_shot_on_unseen_particles():
     rng = np.random.default_rng(0)
     support = np.concatenate([rng.permutation(np.flatnonzero(frames.labels == c))[:10] for c in range(len(CLASS_NAMES))])
     query = np.setdiff1d(np.arange(len(frames)), support)
-    clf = PrototypeClassifier(emb[support], frames.labels[support], k=3)
-    pred = clf.label_names[clf.predict(emb[query])[0]].astype(int)
+    knn = PrototypeClassifier(emb[support], frames.labels[support], k=3)
+    pred = knn.label_names[knn.predict(emb[query])[0]].astype(int)
     assert np.mean(pred == frames.labels[query]) >= 0.7  # chance is 0.25
+    # the stage's default rule: a linear head on the embeddings and the packaged CNN's probabilities
+    features = support_features(emb, ClassifierModel().predict(frames.patterns, frames.valid)["probabilities"])
+    head = LinearProbeClassifier(features[support], frames.labels[support])
+    pred = head.label_names[head.predict(features[query])[0]].astype(int)
+    assert np.mean(pred == frames.labels[query]) >= 0.7
 
 
 def test_spi_single_hits_manifest_on_agipd_run(tmp_path):

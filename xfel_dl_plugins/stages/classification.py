@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..classification import CLASS_NAMES
+from ..classification.fewshot import FEWSHOT_RULES
 from ..classification.inputs import frames_to_grid
 from ..classification.runtime import confident_singles
 from ..errors import StageError
@@ -134,41 +135,73 @@ class CNNClassifier(_GridClassifier):
 
 class FewShotClassifier(_GridClassifier):
     description = (
-        "few-shot classifier: embeds frames and labels them by cosine similarity to a small labelled "
-        "support set (CSV of trainId,pulseId,label from a run, or a labelled .npz/CXI file); no retraining"
+        "few-shot classifier: labels frames from a small labelled support set of the new sample (CSV of "
+        "trainId,pulseId,label from a run, or a labelled .npz/CXI file) with a linear head fitted on the "
+        "support's embeddings and CNN probabilities, or by nearest neighbours; no network retrained"
     )
     params = {
         "support": Param("", str, "labelled dataset (.npz/.cxi/.h5) or CSV with columns trainId,pulseId,label"),
         "support_run": Param("", str, "run directory or CXI file holding the frames a CSV support refers to"),
         "weights": Param("spi_encoder", str, "name of the packaged encoder weights"),
         "weights_path": Param("", str, "path of a .safetensors encoder file used instead of the packaged one"),
-        "k": Param(3, int, "k > 0: majority of the k nearest support frames (classes with several looks, e.g. "
-                   "'other', need this); 0: nearest class prototype", min=0),
+        "rule": Param("linear", str, "linear: softmax regression fitted on the support's features; knn: majority "
+                      "of the k most similar support frames; prototype: nearest class mean", choices=FEWSHOT_RULES),
+        "k": Param(3, int, "support frames voting with rule = knn", min=1),
+        "classifier_weights": Param("spi_classifier", str, "packaged CNN classifier whose calibrated log-probabilities "
+                                    "join the embeddings as features of the linear rule ('' = embeddings alone)"),
+        "classifier_weights_path": Param("", str, "path of a .safetensors classifier file used instead"),
         "single_label": Param("single", str, "support label whose frames is_single keeps"),
         **_MODEL_GRID_PARAMS,
     }
     outputs = (
         Field("label_index", "int16", doc="index into the sorted support labels (listed in the run results as 'labels')"),
-        Field("similarity", "float32", doc="cosine similarity to the chosen label's prototype"),
+        Field("similarity", "float32", doc="cosine similarity to the chosen label's prototype (low: unlike its support frames)"),
         Field("is_single", "bool", doc="assigned label == single_label"),
     )
 
     def setup(self) -> None:
-        from ..classification.fewshot import PrototypeClassifier
+        from ..classification.fewshot import LinearProbeClassifier, PrototypeClassifier
         from ..classification.runtime import EncoderModel
 
         if not self.p.support:
             raise StageError("fewshot_classifier needs parameter 'support' (a labelled dataset file or a CSV)")
         self.model = EncoderModel(self.p.weights, self.p.weights_path or None, device=self.context.device)
         self._setup_grid(self.model)
+        self.cnn = self._load_cnn() if self.p.rule == "linear" else None
         support = self._read_support()
         embeddings = self.model.embed(support.patterns, support.valid, batch_size=self.p.batch_size)
-        self.classifier = PrototypeClassifier(embeddings, support.labels, k=self.p.k)
+        self.prototypes = PrototypeClassifier(embeddings, support.labels)
+        if self.p.rule == "linear":
+            features = self._features(support.patterns, support.valid, embeddings)
+            self.classifier = LinearProbeClassifier(features, support.labels)
+        else:
+            self.classifier = PrototypeClassifier(embeddings, support.labels, k=self.p.k if self.p.rule == "knn" else 0)
         names = list(self.classifier.label_names)
         if self.p.single_label not in names:
             raise StageError(f"single_label {self.p.single_label!r} is not among the support labels {names}")
         self.single_index = names.index(self.p.single_label)
         self.counts = np.zeros(len(names), dtype=np.int64)
+
+    def _load_cnn(self):
+        """The CNN whose probabilities join the embeddings (None without one); it must share the encoder's grid."""
+        from ..classification.runtime import ClassifierModel
+
+        if not (self.p.classifier_weights or self.p.classifier_weights_path):
+            return None
+        cnn = ClassifierModel(self.p.classifier_weights or "spi_classifier", self.p.classifier_weights_path or None,
+                              device=self.context.device)
+        if cnn.grid != self.model.grid:
+            raise StageError(f"classifier weights {cnn.weights.name} were trained on grid {cnn.grid}, the encoder on "
+                             f"{self.model.grid}: give matching weights, or classifier_weights = '' for embeddings alone")
+        return cnn
+
+    def _features(self, patterns, valid, embeddings):
+        from ..classification.fewshot import support_features
+
+        if self.cnn is None:
+            return support_features(embeddings)
+        probabilities = self.cnn.predict(patterns, valid, batch_size=self.p.batch_size)["probabilities"]
+        return support_features(embeddings, probabilities)
 
     def _read_support(self):
         from ..classification.fewshot import frames_for_ids, read_labelled_dataset, read_support_csv
@@ -189,7 +222,10 @@ class FewShotClassifier(_GridClassifier):
 
     def process(self, batch: FrameBatch) -> dict:
         patterns, valid = self._grid_of(batch)
-        index, similarity = self.classifier.predict(self.model.embed(patterns, valid, batch_size=self.p.batch_size))
+        embeddings = self.model.embed(patterns, valid, batch_size=self.p.batch_size)
+        queries = self._features(patterns, valid, embeddings) if self.p.rule == "linear" else embeddings
+        index = self.classifier.predict(queries)[0]
+        similarity = self.prototypes.similarity(embeddings, index)
         self.counts += np.bincount(index, minlength=len(self.counts))
         return {
             "label_index": index.astype(np.int16),
@@ -203,7 +239,14 @@ class FewShotClassifier(_GridClassifier):
             **{f"n_{name}": int(c) for name, c in zip(self.classifier.label_names, self.counts)},
             "binning": int(self.binning),
             "weights_sha256": self.model.weights.sha256,
+            "rule": self.p.rule,
         }
+
+    def provenance(self) -> dict[str, str]:
+        record = super().provenance()
+        if self.cnn is not None:
+            record.update(classifier_weights=self.cnn.weights.name, classifier_weights_sha256=self.cnn.weights.sha256)
+        return record
 
 
 def _open_source(path: str):
