@@ -122,6 +122,28 @@ def test_phase_from_random_starts_with_autocorrelation_support_and_shrink_wrap()
         assert abs(ys.mean() - 32) < 4 and abs(xs.mean() - 32) < 4
 
 
+def test_a_pattern_result_does_not_depend_on_the_rest_of_its_batch():
+    """Each pattern draws its starts from (seed, its key): phased alone or beside another, and in
+    either position of the batch, it gives the same reconstruction."""
+    rng = np.random.default_rng(4)
+    pats = [diffraction(make_object((32, 32), "polygon", rng=rng), 1e7, beam_stop_mask((32, 32), 1.0), rng)[:2]
+            for _ in range(2)]
+    recipe = "(SW*HIO**20)**2 * ER**20"
+    both = phase(np.stack([p[0] for p in pats]), np.stack([p[1] for p in pats]), recipe=recipe, n_starts=3,
+                 seed=5, pattern_keys=[(100, 1), (100, 2)], device="cpu")
+    alone = phase(pats[1][0][None], pats[1][1][None], recipe=recipe, n_starts=3, seed=5, pattern_keys=[(100, 2)],
+                  device="cpu")
+    swapped = phase(np.stack([pats[1][0], pats[0][0]]), np.stack([pats[1][1], pats[0][1]]), recipe=recipe,
+                    n_starts=3, seed=5, pattern_keys=[(100, 2), (100, 1)], device="cpu")
+    np.testing.assert_allclose(alone.reconstruction[0], both.reconstruction[1], rtol=0, atol=1e-5 * np.abs(alone.reconstruction).max())
+    np.testing.assert_allclose(swapped.reconstruction[1], both.reconstruction[0], rtol=0, atol=1e-5 * np.abs(both.reconstruction).max())
+    other_seed = phase(pats[1][0][None], pats[1][1][None], recipe=recipe, n_starts=3, seed=6, pattern_keys=[(100, 2)],
+                       device="cpu")
+    assert not np.allclose(other_seed.start_llk, alone.start_llk)
+    with pytest.raises(InputDataError, match="pattern keys"):
+        PhasingState(np.ones((2, 16, 16)), pattern_keys=[(1,)])
+
+
 def test_start_ranking_prefers_the_solution_most_starts_reproduce():
     """Three noisy copies of one solution (shifted, twinned, rephased) against two copies of another
     with lower LLK: consensus leads with the reproduced one, "llk" with the lowest LLK; a diverged

@@ -36,13 +36,17 @@ class PhasingState:
         thresholds; the (free) LLK then selects among the starts.
     initial_support, initial_object : optional (patterns[, starts], *spatial) starting points
         (e.g. from a learned phase retriever); they replace the autocorrelation support / random starts.
+    seed, pattern_keys : every pattern draws its free pixels, thresholds and random starts from its own
+        stream, ``SeedSequence(seed, spawn_key=key)``; ``pattern_keys`` gives one key (a tuple of
+        non-negative ints, e.g. (train_id, pulse_id)) per pattern, default (index,). A pattern's
+        result then depends on the seed and its key, not on the other patterns of the batch.
     """
 
     def __init__(self, iobs: np.ndarray, valid: np.ndarray | None = None, *, n_starts: int = 8,
                  backend: ArrayBackend | str = "auto", ndim: int | None = None, free_fraction: float = 0.05,
                  positivity: bool = False, reality: bool = False, calc_llk: int = 50,
                  support_threshold: float | tuple = (0.08, 0.2), support_sigma: float = 0.0,
-                 support_jitter: float = 0.2, seed: int = 0,
+                 support_jitter: float = 0.2, seed: int = 0, pattern_keys=None,
                  initial_support: np.ndarray | None = None, initial_object: np.ndarray | None = None):
         iobs = np.asarray(iobs, np.float32)
         ndim = ndim or (iobs.ndim - 1 if iobs.ndim in (3, 4) else iobs.ndim)
@@ -70,10 +74,10 @@ class PhasingState:
         self.axes = self.backend.spatial_axes(len(self.batch_shape))
         self.positivity, self.reality = bool(positivity), bool(reality or positivity)
         self.calc_llk = int(calc_llk)
-        self.rng = np.random.default_rng(seed)
+        self.rngs = self._pattern_generators(seed, pattern_keys)
         self.iteration = 0
 
-        self.free_host = np.stack([free_pixel_mask(v, free_fraction, rng=self.rng) for v in valid])
+        self.free_host = np.stack([free_pixel_mask(v, free_fraction, rng=rng) for v, rng in zip(valid, self.rngs)])
         self.constrained_host = valid & ~self.free_host
         xp = self.xp
         self.iobs = xp.asarray(self.iobs_host)
@@ -94,7 +98,7 @@ class PhasingState:
 
         if not 0 <= support_jitter < 1:
             raise InputDataError(f"support_jitter must be in [0, 1), got {support_jitter}")
-        jitter = self.rng.uniform(1 - support_jitter, 1 + support_jitter, (self.n_patterns, self.n_starts))
+        jitter = np.stack([rng.uniform(1 - support_jitter, 1 + support_jitter, self.n_starts) for rng in self.rngs])
         self.threshold_factor = xp.asarray(jitter.reshape(jitter.shape + (1,) * ndim).astype(np.float32))
         self.odd_starts = xp.asarray((np.arange(self.n_starts) % 2 == 1).reshape((1, -1) + (1,) * ndim))
         if initial_support is None:
@@ -109,6 +113,17 @@ class PhasingState:
         self.llk_free = np.full((self.n_patterns, self.n_starts), np.nan)
 
     # -- set-up ----------------------------------------------------------------------------------
+    def _pattern_generators(self, seed: int, keys) -> list[np.random.Generator]:
+        """One random generator per pattern, from the seed and the pattern's key."""
+        keys = [(i,) for i in range(self.n_patterns)] if keys is None else [tuple(np.atleast_1d(k)) for k in keys]
+        if len(keys) != self.n_patterns:
+            raise InputDataError(f"{len(keys)} pattern keys for {self.n_patterns} patterns")
+        try:
+            return [np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=tuple(int(v) for v in k)))
+                    for k in keys]
+        except (TypeError, ValueError) as exc:
+            raise InputDataError(f"seed and pattern keys must be non-negative integers: {exc}") from None
+
     def _per_start(self, array, dtype) -> np.ndarray:
         """Broadcast a (patterns, *spatial) or (patterns, starts, *spatial) array to the batch shape."""
         array = np.asarray(array)
@@ -123,14 +138,15 @@ class PhasingState:
         if np.ndim(threshold) == 0:
             return autocorrelation_support(self.iobs_host, self.valid_host, float(threshold), sigma, ndim)
         low, high = threshold
-        draws = self.rng.uniform(low, high, (self.n_patterns, self.n_starts) + (1,) * ndim)
+        draws = np.stack([rng.uniform(low, high, self.n_starts) for rng in self.rngs]).reshape(
+            (self.n_patterns, self.n_starts) + (1,) * ndim)
         amplitude = autocorrelation_amplitude(self.iobs_host, self.valid_host, sigma, ndim)[:, None]
         return amplitude > draws * amplitude.max(axis=tuple(range(2, 2 + ndim)), keepdims=True)
 
     def _random_starts(self):
         """Measured amplitudes with uniformly random phases, back-transformed, inside the support."""
         xp = self.xp
-        phase = self.rng.uniform(0, 2 * np.pi, self.batch_shape).astype(np.float32)
+        phase = np.stack([rng.uniform(0, 2 * np.pi, self.batch_shape[1:]).astype(np.float32) for rng in self.rngs])
         f0 = xp.asarray(np.sqrt(self.iobs_host)[:, None] * np.exp(1j * phase).astype(np.complex64))
         x = self.backend.ifft_(f0.astype(np.complex64))
         return (x * self.support_mask).astype(np.complex64)

@@ -176,7 +176,7 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     without free pixels) that agree with the first within ``max_difference`` are averaged.
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, positivity, reality, calc_llk, support_threshold, support_sigma, seed,
-    initial_support, initial_object, ndim, backend).
+    pattern_keys, initial_support, initial_object, ndim, backend).
     """
     schedule = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     if n_keep < 1:

@@ -75,7 +75,6 @@ class PhaseRetriever(Stage):
                            sigma=self.p.support_sigma, sigma_end=self.p.support_sigma_end)
         self.schedule = parse_recipe(self.p.recipe, sw_defaults=sw_defaults)
         self.backend = get_backend(self.context.device, ndim=2)
-        self._batches = 0
         self._resolutions: list[np.ndarray] = []
 
     def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
@@ -95,10 +94,13 @@ class PhaseRetriever(Stage):
         valid = np.fft.ifftshift(valid, axes=(-2, -1))
         usable = valid.any(axis=(1, 2))
         if usable.any():
-            seed = self.context.seed + self.p.seed + 1000003 * self._batches
+            # each frame's random starts come from (seed, trainId, pulseId): the same result whatever
+            # the batch size, the other frames of its batch, or the Dask partition it ran in
+            keys = np.stack([batch["train_id"], batch["pulse_id"]], axis=1)[usable]
             result = phase(patterns[usable], valid[usable], recipe=self.schedule, n_starts=self.p.n_starts,
                            n_keep=self.p.n_keep, selection=self.p.selection,
-                           max_difference=self.p.max_difference, backend=self.backend, seed=seed,
+                           max_difference=self.p.max_difference, backend=self.backend,
+                           seed=self.context.seed + self.p.seed, pattern_keys=keys,
                            support_threshold=tuple(self.p.support_init), positivity=self.p.positivity,
                            reality=self.p.reality, free_fraction=self.p.free_fraction, calc_llk=self.p.calc_llk)
             recon = result.reconstruction
@@ -110,7 +112,6 @@ class PhaseRetriever(Stage):
             curves = result.prtf[:, :size]
             out["prtf"][usable, :curves.shape[1]] = curves
             out["resolution_nm"][usable] = out["resolution_px"][usable] * self._real_space_pixel_nm(batch, size)
-        self._batches += 1
         self._resolutions.append(out["resolution_px"])
         return out
 
