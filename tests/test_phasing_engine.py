@@ -167,6 +167,23 @@ def test_start_ranking_prefers_the_solution_most_starts_reproduce():
         rank_starts(fts, llk, 0.15, selection="best")
 
 
+def test_a_significantly_better_free_fit_overrules_the_consensus():
+    from xfel_dl_plugins.phasing.multistart import significantly_better
+
+    rng = np.random.default_rng(3)
+    n_free = 2000
+    lead_dev = rng.chisquare(1, n_free)
+    clearly_better = lead_dev - 0.3 + 0.1 * rng.standard_normal(n_free)  # paired: lower on nearly every pixel
+    z = rng.standard_normal(n_free)
+    noisy = lead_dev - 0.02 + 2.0 * (z - z.mean())  # lower on average (ranks first), within the noise
+    dev = np.stack([noisy, lead_dev, clearly_better])
+    order = np.argsort(dev.mean(axis=1))  # by free LLK
+    assert list(order) == [2, 0, 1]
+    assert significantly_better(1, order, dev) == 2
+    assert significantly_better(1, np.argsort(dev[:2].mean(axis=1)), dev[:2]) == 1  # the noisy one does not overrule
+    assert significantly_better(2, order, dev) == 2  # nothing ranks before the lead
+
+
 def test_3d_volume_phasing():
     obj = make_object((24, 24, 24), "polygon", oversampling=2.4, rng=np.random.default_rng(7))
     iobs, valid, truth = diffraction(obj, 1e9, beam_stop_mask((24, 24, 24), 1.0), np.random.default_rng(3))

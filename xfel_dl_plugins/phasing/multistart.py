@@ -1,5 +1,5 @@
-"""Many random starts per pattern: run a schedule, select the most reproduced start (or the lowest free
-LLK), align the others on it, average.
+"""Many random starts per pattern: run a schedule, select the most reproduced start (unless another fits
+the held-out pixels significantly better), or the lowest free LLK; align the others on it, average.
 
 :func:`phase` is the engine's public entry point::
 
@@ -18,12 +18,14 @@ import scipy.fft as sfft
 from ..errors import InputDataError
 from .defaults import DEFAULT_RECIPE, SELECTIONS
 from .engine import PhasingState
-from .metrics import (ResolutionCurve, align_fourier, best_intensity_scale, poisson_llk, prtf, r_factor,
-                      radial_shells)
+from .metrics import (ResolutionCurve, align_fourier, best_intensity_scale, poisson_deviance, poisson_llk, prtf,
+                      r_factor, radial_shells)
 from .operators import Operator
 from .recipe import parse_recipe
 
-#: Shrink-wrap every 50 iterations through HIO and RAAR, then error reduction on the final support.
+#: A start overrules the consensus when its mean free-pixel deviance is lower by more than this many
+#: standard errors (paired over the free pixels; 3, not 2: pixels of one island are correlated).
+FREE_LLK_SIGNIFICANCE = 3.0
 
 
 @dataclass
@@ -100,15 +102,33 @@ def pairwise_differences(fts: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return dist
 
 
+def significantly_better(lead: int, order: np.ndarray, free_deviance: np.ndarray,
+                         z: float = FREE_LLK_SIGNIFICANCE) -> int:
+    """The first start of ``order`` whose free-pixel deviances (``free_deviance[start]``, one value per
+    free pixel) are lower than those of ``lead`` by more than ``z`` standard errors of the paired mean
+    difference; ``lead`` if none is."""
+    n = free_deviance.shape[1]
+    for k in order:
+        if k == lead:
+            break  # ordered by free LLK: the starts after the lead fit worse
+        diff = free_deviance[k] - free_deviance[lead]
+        if n > 1 and diff.mean() < -z * diff.std(ddof=1) / np.sqrt(n):
+            return int(k)
+    return int(lead)
+
+
 def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
-                selection: str = "consensus") -> np.ndarray:
+                selection: str = "consensus", free_deviance: np.ndarray | None = None) -> np.ndarray:
     """Order of the starts, the one to trust first.
 
     ``"llk"``: by ``start_llk``. ``"consensus"``: the start that the most other starts reproduce
-    within ``max_difference`` leads (ties: lower ``start_llk``), the rest follow by their difference
-    to it. A solution reached from several random starts is the safer pick where the (free) LLK is
-    dominated by photon noise (about 10^6 photons: a few thousand free photons), and it costs
-    n_starts^2 / 2 alignments. Starts with a non-finite LLK (diverged) always come last.
+    within ``max_difference`` leads (ties: lower ``start_llk``), unless, given ``free_deviance``
+    (starts x free pixels), a start with a lower free LLK fits the held-out pixels significantly
+    better (:func:`significantly_better`); the rest follow by their difference to the lead. A
+    solution reached from several random starts is the safer pick where the free LLK is dominated
+    by photon noise (about 10^6 photons: a few thousand free photons); where the free pixels can
+    tell, they decide. It costs n_starts^2 / 2 alignments. Starts with a non-finite LLK (diverged)
+    always come last.
     """
     _check_selection(selection)
     llk = np.where(np.isfinite(start_llk), start_llk, np.inf)
@@ -119,6 +139,8 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
     dist = pairwise_differences(fts, candidates)
     reproduced = (dist[np.ix_(candidates, candidates)] <= max_difference).sum(axis=1)
     lead = candidates[np.argmax(reproduced)]  # candidates are sorted by LLK: argmax keeps the lowest on ties
+    if free_deviance is not None and free_deviance.size:
+        lead = significantly_better(lead, candidates, free_deviance)
     rest = candidates[candidates != lead]
     rest = rest[np.argsort(dist[lead, rest], kind="stable")]
     return np.concatenate([[lead], rest, by_llk[len(candidates):]])
@@ -138,7 +160,8 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     solution differ at 10^6 photons.
     """
     fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
-    order = rank_starts(fts, start_llk, max_difference, selection)
+    free_deviance = poisson_deviance(iobs[free].astype(np.float64), np.abs(fts[:, free]) ** 2) if free.any() else None
+    order = rank_starts(fts, start_llk, max_difference, selection, free_deviance)
     top = order[:max(1, min(n_keep, len(order)))]
     f_ref = fts[top[0]]
     alignments = [align_fourier(f_ref, fts[k]) for k in top[1:]]
