@@ -177,11 +177,12 @@ def test_a_significantly_better_free_fit_overrules_the_consensus():
     z = rng.standard_normal(n_free)
     noisy = lead_dev - 0.02 + 2.0 * (z - z.mean())  # lower on average (ranks first), within the noise
     dev = np.stack([noisy, lead_dev, clearly_better])
-    order = np.argsort(dev.mean(axis=1))  # by free LLK
-    assert list(order) == [2, 0, 1]
-    assert significantly_better(1, order, dev) == 2
-    assert significantly_better(1, np.argsort(dev[:2].mean(axis=1)), dev[:2]) == 1  # the noisy one does not overrule
-    assert significantly_better(2, order, dev) == 2  # nothing ranks before the lead
+    assert list(np.argsort(dev.mean(axis=1))) == [2, 0, 1]  # by free LLK
+    starts = np.arange(3)
+    assert significantly_better(1, starts, dev) == 2
+    assert significantly_better(1, starts[:2], dev) == 1  # the noisy one does not overrule
+    assert significantly_better(1, np.array([0, 1]), dev) == 1  # only candidates may lead
+    assert significantly_better(2, starts, dev) == 2  # nothing fits better than the lead
 
 
 def test_3d_volume_phasing():

@@ -102,15 +102,16 @@ def pairwise_differences(fts: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     return dist
 
 
-def significantly_better(lead: int, order: np.ndarray, free_deviance: np.ndarray,
+def significantly_better(lead: int, candidates: np.ndarray, free_deviance: np.ndarray,
                          z: float = FREE_LLK_SIGNIFICANCE) -> int:
-    """The first start of ``order`` whose free-pixel deviances (``free_deviance[start]``, one value per
-    free pixel) are lower than those of ``lead`` by more than ``z`` standard errors of the paired mean
-    difference; ``lead`` if none is."""
+    """Among ``candidates``, the start with the lowest mean free-pixel deviance (``free_deviance[start]``,
+    one value per free pixel) whose deviances are lower than those of ``lead`` by more than ``z``
+    standard errors of the paired mean difference; ``lead`` if none is."""
     n = free_deviance.shape[1]
-    for k in order:
-        if k == lead:
-            break  # ordered by free LLK: the starts after the lead fit worse
+    means = free_deviance.mean(axis=1)
+    for k in candidates[np.argsort(means[candidates], kind="stable")]:
+        if means[k] >= means[lead]:
+            break  # this and all further starts fit the free pixels no better than the lead
         diff = free_deviance[k] - free_deviance[lead]
         if n > 1 and diff.mean() < -z * diff.std(ddof=1) / np.sqrt(n):
             return int(k)

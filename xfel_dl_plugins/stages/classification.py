@@ -170,12 +170,13 @@ class FewShotClassifier(_GridClassifier):
         self.cnn = self._load_cnn() if self.p.rule == "linear" else None
         support = self._read_support()
         embeddings = self.model.embed(support.patterns, support.valid, batch_size=self.p.batch_size)
-        self.prototypes = PrototypeClassifier(embeddings, support.labels)
+        # the class prototypes give every rule its 'similarity' output; knn and prototype also label with them
+        self.prototypes = PrototypeClassifier(embeddings, support.labels, k=self.p.k if self.p.rule == "knn" else 0)
         if self.p.rule == "linear":
             features = self._features(support.patterns, support.valid, embeddings)
             self.classifier = LinearProbeClassifier(features, support.labels)
         else:
-            self.classifier = PrototypeClassifier(embeddings, support.labels, k=self.p.k if self.p.rule == "knn" else 0)
+            self.classifier = self.prototypes
         names = list(self.classifier.label_names)
         if self.p.single_label not in names:
             raise StageError(f"single_label {self.p.single_label!r} is not among the support labels {names}")
