@@ -1,7 +1,7 @@
 """Training data for the classifiers: simulated frames on the model grid, cached, and augmented.
 
 Frames come from the project's simulator (:func:`xfel_dl_plugins.simulation.generate`), are mapped
-onto the model grid, and are cached once per (configuration, count, seed) as ``.npz`` under
+onto the model grid, and are cached per chunk of frames (configuration, seed, first frame) as ``.npz`` under
 ``$XFEL_DL_CACHE`` (default ``/tmp/xfel_dl_classify_cache``), never in the repository.
 
 :class:`Augmenter` perturbs batches the way real data differs from the simulation (after
@@ -64,8 +64,12 @@ class FrameSet:
 
     @staticmethod
     def concatenate(sets) -> FrameSet:
-        return FrameSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in
-                          ("patterns", "valid", "labels", "groups", "radius_nm")))
+        sets = list(sets)
+        return sets[0] if len(sets) == 1 else FrameSet(*(np.concatenate([getattr(s, f) for s in sets])
+                                                         for f in FRAMESET_FIELDS))
+
+
+FRAMESET_FIELDS = ("patterns", "valid", "labels", "groups", "radius_nm")
 
 
 def _cache_key(payload: dict) -> str:
@@ -95,40 +99,42 @@ def simulate(sim_config: dict, n: int, seed: int, start: int = 0) -> dict:
 
 def simulated_frames(sim_config: dict, n: int, seed: int, grid: dict, *, use_cache: bool = True,
                      simulator: str | None = None, log=None) -> FrameSet:
-    """``n`` simulated frames on the model ``grid`` (cached as .npz keyed by config, n, seed, grid and simulator).
+    """``n`` simulated frames on the model ``grid``, simulated and cached chunk by chunk.
 
+    Each chunk of :data:`SIMULATION_CHUNK` frames is cached as .npz keyed by config, seed, its first
+    frame, grid and simulator, so a larger set of the same config reuses the chunks of a smaller one.
     ``simulator`` pins the simulator version (source hash) the frames must come from: they are then
     taken from the cache, and it is an error if they are not there and the current simulator differs.
     """
     current = simulator_version()
     wanted = simulator or current
-    key = _cache_key({"config": sim_config, "n": n, "seed": seed, "grid": grid, "version": SIMULATION_CACHE_VERSION,
-                      "simulator": wanted})
-    path = cache_dir() / f"sim-{key}.npz"
-    if use_cache and path.is_file():
-        with np.load(path, allow_pickle=False) as f:
-            return FrameSet(f["patterns"], f["valid"], f["labels"], f["groups"], f["radius_nm"])
-    if wanted != current:
-        raise XfelDLError(f"frames from simulator version {wanted} are not cached in {cache_dir()} and the "
-                          f"current simulator is {current}: remove data.simulator_version to simulate anew")
     chunks = []
     for start in range(0, n, SIMULATION_CHUNK):  # binned chunk by chunk: native-pixel frames are large
         count = min(SIMULATION_CHUNK, n - start)
-        chunks.append(frames_on_grid(simulate(sim_config, count, seed, start), sim_config, grid))
+        key = _cache_key({"config": sim_config, "seed": seed, "start": start, "count": count, "grid": grid,
+                          "version": SIMULATION_CACHE_VERSION, "simulator": wanted})
+        path = cache_dir() / f"sim-{key}.npz"
+        if use_cache and path.is_file():
+            with np.load(path, allow_pickle=False) as f:
+                chunks.append(FrameSet(*(f[name] for name in FRAMESET_FIELDS)))
+            continue
+        if wanted != current:
+            raise XfelDLError(f"frames from simulator version {wanted} are not cached in {cache_dir()} and the "
+                              f"current simulator is {current}: remove data.simulator_version to simulate anew")
+        chunk = frames_on_grid(simulate(sim_config, count, seed, start), sim_config, grid)
+        if use_cache:
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **{name: getattr(chunk, name) for name in FRAMESET_FIELDS})
+            tmp.replace(path)
+        chunks.append(chunk)
         if log is not None and n > SIMULATION_CHUNK:
             log(f"simulated {start + count}/{n} frames")
-    frames = FrameSet.concatenate(chunks)
-    if use_cache:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, patterns=frames.patterns, valid=frames.valid, labels=frames.labels,
-                 groups=frames.groups, radius_nm=frames.radius_nm)
-        tmp.replace(path)
-    return frames
+    return FrameSet.concatenate(chunks)
 
 
 #: Bump when the mapping of simulator output onto FrameSets changes (invalidates the cache).
-SIMULATION_CACHE_VERSION = 1
-#: Frames simulated (and binned onto the model grid) per call of the simulator.
+SIMULATION_CACHE_VERSION = 2
+#: Frames simulated (and binned onto the model grid) per call of the simulator, and per cache file.
 SIMULATION_CHUNK = 2000
 
 
