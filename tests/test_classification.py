@@ -319,3 +319,33 @@ def test_cuda_requested_without_cuda_is_a_clear_error(classifier_weights):
         pytest.skip("a CUDA device is present")
     with pytest.raises(StageError, match="cuda"):
         ClassifierModel(path=classifier_weights, device="cuda")
+
+
+def test_fewshot_after_the_cnn_stage_reuses_its_frames_and_probabilities(tmp_path, encoder_weights, classifier_weights):
+    """In a chain cnn_classifier -> fewshot_classifier the frames are binned once and the CNN runs once per frame,
+    and the few-shot labels are those the few-shot stage gives alone."""
+    patterns, valid, labels = synthetic_frames(16, 3)
+    npz = tmp_path / "support.npz"
+    np.savez(npz, patterns=patterns, valid=valid, labels=np.array(CLASS_NAMES)[labels])
+    context = StageContext(geometry=_geometry())
+    cnn = CNNClassifier(context, weights_path=str(classifier_weights))
+    fewshot = FewShotClassifier(context, support=str(npz), weights_path=str(encoder_weights),
+                                classifier_weights_path=str(classifier_weights))
+    cnn.setup()
+    fewshot.setup()
+    alone = fewshot.process(_batch(10)[0])
+
+    batch = _batch(10)[0]
+    batch.fields.update(cnn.process(batch))
+    calls = []
+    fewshot.cnn.predict = lambda *a, **k: calls.append(a) or pytest.fail("the CNN ran a second time")
+    fewshot.to_grid = lambda *a: pytest.fail("the frames were binned a second time")
+    chained = fewshot.process(batch)
+    for name in alone:
+        np.testing.assert_array_equal(chained[name], alone[name])
+    # Another number of views is another result: not reused.
+    cnn4 = CNNClassifier(context, weights_path=str(classifier_weights), views=4)
+    cnn4.setup()
+    assert cnn4._probabilities_key(cnn4.model) != fewshot._probabilities_key(fewshot.cnn)
+    with pytest.raises(StageError, match=r"have: \['cell_id'"):
+        batch["no_such_field"]

@@ -127,7 +127,9 @@ class FrameBatch:
     ``fields`` holds per-frame arrays, first axis = frame: the source's ``data`` (detector-native
     layout: ``(n, 16, 512, 128)`` for AGIPD-1M modules, ``(n, H, W)`` for a flat detector), ``valid``
     (bool, True where a pixel may be used), ``train_id``, ``pulse_id``, ``cell_id``, and the outputs
-    of earlier stages. ``meta`` holds run-level objects that stages share (e.g. the reciprocal grid).
+    of earlier stages; names starting with ``_`` are per-batch memos that stages share and that are
+    never written (e.g. frames binned onto a model grid). ``meta`` holds run-level objects that stages
+    share (e.g. the reciprocal grid).
     """
 
     fields: dict[str, np.ndarray]
@@ -146,7 +148,8 @@ class FrameBatch:
         try:
             return self.fields[name]
         except KeyError:
-            raise StageError(f"no per-frame field '{name}' in this chain (have: {sorted(self.fields)})") from None
+            have = sorted(f for f in self.fields if not f.startswith("_"))  # "_...": stages' private per-batch memos
+            raise StageError(f"no per-frame field '{name}' in this chain (have: {have})") from None
 
     def _assemble(self) -> None:
         """Assemble detector-native data into 2D images once per batch (cached in ``fields``)."""

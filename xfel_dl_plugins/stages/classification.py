@@ -70,8 +70,20 @@ class _GridClassifier(Stage):
             return images.astype(np.float32), np.asarray(valid, bool)
         return frames_to_grid(images, valid, self.centre, self.size, self.binning)
 
+    def _grid_key(self) -> str:
+        return f"_model_grid:{self.size}:{self.binning}:{tuple(float(c) for c in self.centre)}"
+
     def _grid_of(self, batch: FrameBatch):
-        return self.to_grid(batch["image"], batch["image_valid"])
+        """The batch's frames on the model grid, binned once per batch for all classifier stages of a chain."""
+        key = self._grid_key()
+        if key + ":patterns" not in batch.fields:
+            patterns, valid = self.to_grid(batch["image"], batch["image_valid"])
+            batch.fields[key + ":patterns"], batch.fields[key + ":valid"] = patterns, valid
+        return batch.fields[key + ":patterns"], batch.fields[key + ":valid"]
+
+    def _probabilities_key(self, model) -> str:
+        """Where a batch keeps the calibrated probabilities of ``model`` on this grid (computed once per chain)."""
+        return f"_cnn_probabilities:{model.weights.sha256}:{model.views}:{self._grid_key()}"
 
     def provenance(self) -> dict[str, str]:
         """Which weights ran: recorded in the results file's provenance."""
@@ -112,6 +124,7 @@ class CNNClassifier(_GridClassifier):
     def process(self, batch: FrameBatch) -> dict:
         patterns, valid = self._grid_of(batch)
         result = self.model.predict(patterns, valid, batch_size=self.p.batch_size)
+        batch.fields[self._probabilities_key(self.model)] = result["probabilities"]  # for a few-shot stage after it
         p_single = result["probabilities"][:, CLASS_NAMES.index("single")]
         is_single = confident_singles(result, self.p.min_probability, self.p.max_ood)
         self.counts += np.bincount(result["class_index"], minlength=len(CLASS_NAMES))
@@ -196,12 +209,19 @@ class FewShotClassifier(_GridClassifier):
                              f"{self.model.grid}: give matching weights, or classifier_weights = '' for embeddings alone")
         return cnn
 
-    def _features(self, patterns, valid, embeddings):
+    def _features(self, patterns, valid, embeddings, batch: FrameBatch | None = None):
+        """Features of the linear rule; a batch reuses the probabilities of an earlier ``cnn_classifier``
+        stage that ran the same weights with the same views on the same grid."""
         from ..classification.fewshot import support_features
 
         if self.cnn is None:
             return support_features(embeddings)
+        key = self._probabilities_key(self.cnn)
+        if batch is not None and key in batch.fields:
+            return support_features(embeddings, batch.fields[key])
         probabilities = self.cnn.predict(patterns, valid, batch_size=self.p.batch_size)["probabilities"]
+        if batch is not None:
+            batch.fields[key] = probabilities
         return support_features(embeddings, probabilities)
 
     def _read_support(self):
@@ -224,7 +244,7 @@ class FewShotClassifier(_GridClassifier):
     def process(self, batch: FrameBatch) -> dict:
         patterns, valid = self._grid_of(batch)
         embeddings = self.model.embed(patterns, valid, batch_size=self.p.batch_size)
-        queries = self._features(patterns, valid, embeddings) if self.p.rule == "linear" else embeddings
+        queries = self._features(patterns, valid, embeddings, batch) if self.p.rule == "linear" else embeddings
         index = self.classifier.predict(queries)[0]
         similarity = self.prototypes.similarity(embeddings, index)
         self.counts += np.bincount(index, minlength=len(self.counts))
