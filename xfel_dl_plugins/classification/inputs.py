@@ -38,19 +38,23 @@ def network_input(patterns: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 #: Views of a pattern whose network outputs the classifier can average: the pattern, rotated by 90
-#: degrees, mirrored, transposed (training augments with all eight dihedral views).
-DIHEDRAL_VIEWS = (lambda a: a, lambda a: np.rot90(a, 1, (1, 2)), lambda a: a[:, ::-1], lambda a: np.swapaxes(a, 1, 2))
+#: degrees, mirrored, transposed (training augments with all eight dihedral views). They act on the
+#: last two axes, so they apply alike to patterns ``(n, S, S)`` and to network input ``(n, C, S, S)``.
+DIHEDRAL_VIEWS = (lambda a: a, lambda a: np.rot90(a, 1, (-2, -1)), lambda a: a[..., ::-1, :],
+                  lambda a: np.swapaxes(a, -2, -1))
 VIEW_COUNTS = (1, 2, 4)
 
 
-def average_over_views(forward, patterns: np.ndarray, valid: np.ndarray, views: int) -> np.ndarray:
-    """Mean of ``forward(patterns, valid)`` over the first ``views`` of :data:`DIHEDRAL_VIEWS`."""
+def average_over_views(forward, x: np.ndarray, views: int) -> np.ndarray:
+    """Mean of ``forward(view(x))`` over the first ``views`` of :data:`DIHEDRAL_VIEWS`.
+
+    ``x`` is network input (:func:`network_input`): computed once, since a view of the input is the
+    input of the view (the channels are pixel-wise)."""
     if views not in VIEW_COUNTS:
         raise InputDataError(f"views must be one of {VIEW_COUNTS}, got {views!r}")
-    patterns, valid = np.asarray(patterns), np.asarray(valid)
     total = 0
     for view in DIHEDRAL_VIEWS[:views]:
-        total = total + forward(np.ascontiguousarray(view(patterns)), np.ascontiguousarray(view(valid)))
+        total = total + forward(np.ascontiguousarray(view(x)))
     return total / views
 
 

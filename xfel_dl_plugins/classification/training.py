@@ -102,16 +102,14 @@ def _forward_all(model, frames: FrameSet, batch_size: int = 512, views: int = 1)
     """Network outputs for all frames, averaged over ``views`` orientations (see ``average_over_views``)."""
     import torch
 
-    def forward(patterns, valid):
-        out = []
-        with torch.inference_mode():
-            for s in range(0, len(patterns), batch_size):
-                x = network_input(patterns[s : s + batch_size], valid[s : s + batch_size])
-                out.append(model(torch.from_numpy(x)).numpy())
-        return np.concatenate(out)
+    def forward(x):
+        return model(torch.from_numpy(x)).numpy()
 
     model.eval()
-    return average_over_views(forward, frames.patterns, frames.valid, views)
+    with torch.inference_mode():
+        return np.concatenate([average_over_views(forward, network_input(frames.patterns[s : s + batch_size],
+                                                                         frames.valid[s : s + batch_size]), views)
+                               for s in range(0, len(frames), batch_size)])
 
 
 def supcon_loss(embeddings, labels, temperature: float):
