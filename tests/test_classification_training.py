@@ -49,12 +49,12 @@ def synthetic_simulation(monkeypatch):
     return training
 
 
-@pytest.mark.parametrize("kind", ["classifier", "embedding"])
-def test_training_is_reproducible_and_loadable(tmp_path, synthetic_simulation, kind):
+@pytest.mark.parametrize("kind,channels_last", [("classifier", False), ("embedding", False), ("classifier", True)])
+def test_training_is_reproducible_and_loadable(tmp_path, synthetic_simulation, kind, channels_last):
     from xfel_dl_plugins.classification.runtime import ClassifierModel, EncoderModel
 
     cfg = tmp_path / "cfg.toml"
-    cfg.write_text(CONFIG.format(type=kind))
+    cfg.write_text(CONFIG.format(type=kind) + f"channels_last = {str(channels_last).lower()}\n")
     silent = lambda *a: None  # noqa: E731
     first = synthetic_simulation.train_from_config(cfg, tmp_path / "a", log=silent)
     synthetic_simulation.train_from_config(cfg, tmp_path / "b", log=silent)

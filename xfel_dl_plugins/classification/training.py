@@ -188,6 +188,9 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
 
     arch = _arch(cfg)
     net = build_model(arch)
+    channels_last = bool(tcfg.get("channels_last", False))  # ~1.6x faster on the CPU; another (deterministic) rounding
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     epochs, batch_size = int(tcfg["epochs"]), int(tcfg["batch_size"])
     steps = epochs * (len(train) // batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr=float(tcfg["learning_rate"]), weight_decay=float(tcfg.get("weight_decay", 1e-4)))
@@ -247,7 +250,7 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
     else:
         config["metrics"] = _fewshot_validation(net, val_aug, rng)
     name = cfg["model"]["name"]
-    digest = save_weights(out_dir / f"{name}.safetensors", fused_state(net), config)
+    digest = save_weights(out_dir / f"{name}.safetensors", fused_state(net.to(memory_format=torch.contiguous_format)), config)
     (out_dir / f"{name}.md").write_text(model_card(name, config, config_path, digest))
     log(f"wrote {out_dir / name}.safetensors (sha256 {digest[:12]}…) in {train_seconds:.0f} s of training")
     return config
