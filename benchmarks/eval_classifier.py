@@ -184,7 +184,7 @@ def single_f1(labels, pred) -> float:
 VALIDATION_SEED_OFFSET = 17
 
 
-def test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
+def load_test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
     """(raw simulation, config, geometry, binning, frames on the model grid binned as the stages bin them)."""
     config = {**spec["config"], "detector": spec.get("detector", EVAL_DETECTOR)}
     raw = cached_simulation(config, n, spec["seed"] + seed_offset)
@@ -196,14 +196,14 @@ def test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
 def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
     results = {}
     for name, spec in TEST_SETS.items():
-        raw, config, geometry, binning, frames = test_set(spec, n, model.grid)
+        raw, config, geometry, binning, frames = load_test_set(spec, n, model.grid)
         t0 = time.perf_counter()
         out = model.predict(frames.patterns, frames.valid)
         cnn_pred = out["class_index"]
         kept = confident_singles(out, STAGE_DEFAULTS["min_probability"], STAGE_DEFAULTS["max_ood"])
         cnn_filter = np.where(kept, SINGLE, np.where(cnn_pred == SINGLE, OTHER, cnn_pred))
         log(f"{name}: CNN on {n} frames in {time.perf_counter() - t0:.1f} s")
-        val_raw, _, _, _, val_frames = test_set(spec, n, model.grid, VALIDATION_SEED_OFFSET)
+        val_raw, _, _, _, val_frames = load_test_set(spec, n, model.grid, VALIDATION_SEED_OFFSET)
         rule = tune_baseline(baseline_features(val_raw, config, binning), val_frames.labels, spec["expected_radius_nm"])
         base_pred = baseline_predict(baseline_features(raw, config, binning), rule)
         results[name] = {
@@ -283,8 +283,8 @@ def evaluate_adapted(encoder, classifier, n: int, repeats: int, log) -> dict:
 
     results = {}
     for name, spec in TEST_SETS.items():
-        sets = [test_set(spec, n, encoder.grid, offset)[-1] for offset in (0, VALIDATION_SEED_OFFSET)]
-        (test_features, support_pool) = [support_features(encoder.embed(f.patterns, f.valid),
+        sets = [load_test_set(spec, n, encoder.grid, offset)[-1] for offset in (0, VALIDATION_SEED_OFFSET)]
+        test_features, pool_features = [support_features(encoder.embed(f.patterns, f.valid),
                                                           classifier.predict(f.patterns, f.valid)["probabilities"])
                                          for f in sets]
         test, pool = sets
@@ -295,7 +295,7 @@ def evaluate_adapted(encoder, classifier, n: int, repeats: int, log) -> dict:
                 rng = np.random.default_rng(1000 * shots + r)
                 support = np.concatenate([rng.permutation(np.flatnonzero(pool.labels == c))[:shots]
                                           for c in range(len(CLASS_NAMES))])
-                head = LinearProbeClassifier(support_pool[support], pool.labels[support])
+                head = LinearProbeClassifier(pool_features[support], pool.labels[support])
                 pred = head.label_names[head.predict(test_features)[0]].astype(int)
                 f1.append(single_f1(test.labels, pred))
                 false_singles.append(int(np.sum((pred == SINGLE) & (test.labels != SINGLE))))
