@@ -60,7 +60,7 @@ class FrameSet:
         return len(self.labels)
 
     def take(self, index) -> FrameSet:
-        return FrameSet(self.patterns[index], self.valid[index], self.labels[index], self.groups[index], self.radius_nm[index])
+        return FrameSet(*(getattr(self, f)[index] for f in FRAMESET_FIELDS))
 
     @staticmethod
     def concatenate(sets) -> FrameSet:

@@ -161,7 +161,9 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     solution differ at 10^6 photons.
     """
     fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
-    free_deviance = poisson_deviance(iobs[free].astype(np.float64), np.abs(fts[:, free]) ** 2) if free.any() else None
+    free_deviance = None  # per start and free pixel: only the consensus rule's free-pixel test reads it
+    if selection == "consensus" and free.any():
+        free_deviance = poisson_deviance(iobs[free].astype(np.float64), np.abs(fts[:, free]) ** 2)
     order = rank_starts(fts, start_llk, max_difference, selection, free_deviance)
     top = order[:max(1, min(n_keep, len(order)))]
     f_ref = fts[top[0]]
