@@ -193,16 +193,28 @@ def load_test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
     return raw, config, geometry, binning, frames_on_grid(raw, config, {**model_grid, "binning": binning})
 
 
+def whole_photons(patterns: np.ndarray) -> np.ndarray:
+    """Frames rounded to whole photons, as photonised data and Poisson-only simulators (Condor) give
+    them: no sub-photon read-out noise. A model must not read the class from the noise floor."""
+    return np.rint(np.clip(patterns, 0, None))
+
+
+def cnn_decisions(model, patterns, valid):
+    """(model outputs, CNN argmax, singles the stage filter keeps, stage-filter classes: dropped singles -> other)."""
+    out = model.predict(patterns, valid)
+    cnn_pred = out["class_index"]
+    kept = confident_singles(out, STAGE_DEFAULTS["min_probability"], STAGE_DEFAULTS["max_ood"])
+    return out, cnn_pred, kept, np.where(kept, SINGLE, np.where(cnn_pred == SINGLE, OTHER, cnn_pred))
+
+
 def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
     results = {}
     for name, spec in TEST_SETS.items():
         raw, config, geometry, binning, frames = load_test_set(spec, n, model.grid)
         t0 = time.perf_counter()
-        out = model.predict(frames.patterns, frames.valid)
-        cnn_pred = out["class_index"]
-        kept = confident_singles(out, STAGE_DEFAULTS["min_probability"], STAGE_DEFAULTS["max_ood"])
-        cnn_filter = np.where(kept, SINGLE, np.where(cnn_pred == SINGLE, OTHER, cnn_pred))
+        out, cnn_pred, kept, cnn_filter = cnn_decisions(model, frames.patterns, frames.valid)
         log(f"{name}: CNN on {n} frames in {time.perf_counter() - t0:.1f} s")
+        _, whole_pred, whole_kept, whole_filter = cnn_decisions(model, whole_photons(frames.patterns), frames.valid)
         val_raw, _, _, _, val_frames = load_test_set(spec, n, model.grid, VALIDATION_SEED_OFFSET)
         rule = tune_baseline(baseline_features(val_raw, config, binning), val_frames.labels, spec["expected_radius_nm"])
         base_pred = baseline_predict(baseline_features(raw, config, binning), rule)
@@ -214,6 +226,9 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
             "cnn": classification_report(frames.labels, cnn_pred),
             "cnn_stage_filter": classification_report(frames.labels, cnn_filter),
             "baseline": classification_report(frames.labels, base_pred),
+            "whole_photons": {"cnn": classification_report(frames.labels, whole_pred),
+                              "cnn_stage_filter": classification_report(frames.labels, whole_filter),
+                              "false_singles_cnn_stage_filter": int(np.sum(whole_kept & (frames.labels != SINGLE)))},
             "baseline_rule": rule,
             "false_singles": {"cnn": int(np.sum((cnn_pred == SINGLE) & (frames.labels != SINGLE))),
                               "cnn_stage_filter": int(np.sum(kept & (frames.labels != SINGLE))),
@@ -248,15 +263,18 @@ def _fewshot_rules(embeddings, probabilities):
             "prototype": neighbours(0)}
 
 
-def evaluate_fewshot(encoder, classifier, types: dict, seed: int, n: int, repeats: int, log) -> dict:
-    """Accuracy of each few-shot rule on frames of ``types`` (10, 20, 50 labelled frames per class)."""
+def evaluate_fewshot(encoder, classifier, types: dict, seed: int, n: int, repeats: int, log,
+                     rounded: bool = False) -> dict:
+    """Accuracy of each few-shot rule on frames of ``types`` (10, 20, 50 labelled frames per class),
+    with ``rounded`` on the frames rounded to whole photons (support and query alike)."""
     results = {}
     for t, (name, species) in enumerate(types.items()):
         config = {"sample": [species], "hit_fractions": BALANCED, "detector": EVAL_DETECTOR}
         raw = cached_simulation(config, n, seed + t)
         frames = frames_on_grid(raw, config, encoder.grid)
-        emb = encoder.embed(frames.patterns, frames.valid)
-        probabilities = classifier.predict(frames.patterns, frames.valid)["probabilities"]
+        patterns = whole_photons(frames.patterns) if rounded else frames.patterns
+        emb = encoder.embed(patterns, frames.valid)
+        probabilities = classifier.predict(patterns, frames.valid)["probabilities"]
         rules = _fewshot_rules(emb, probabilities)
         entry = {"n": n, "cnn_accuracy": float(np.mean(probabilities.argmax(1) == frames.labels))}
         for shots in (10, 20, 50):
@@ -270,7 +288,7 @@ def evaluate_fewshot(encoder, classifier, types: dict, seed: int, n: int, repeat
                     accuracy[rule].append(float(np.mean(predict(support, frames.labels[support], query) == frames.labels[query])))
             entry[f"{shots}_shot"] = {rule: {"mean": float(np.mean(a)), "min": float(np.min(a))} for rule, a in accuracy.items()}
         results[name] = entry
-        log(f"few-shot {name}: " + ", ".join(f"{s}-shot {entry[f'{s}_shot']['linear']['mean']:.3f}" for s in (10, 20, 50))
+        log(f"few-shot {name}{' (whole photons)' if rounded else ''}: " + ", ".join(f"{s}-shot {entry[f'{s}_shot']['linear']['mean']:.3f}" for s in (10, 20, 50))
             + f" (linear rule); CNN {entry['cnn_accuracy']:.3f}")
     return results
 
@@ -394,10 +412,16 @@ def markdown(results: dict, command: str) -> str:
                   "Confusion matrices (rows true, columns predicted; order " + ", ".join(CLASS_NAMES) + "):", "",
                   f"- CNN: `{r['cnn']['confusion']}`", f"- baseline: `{r['baseline']['confusion']}` "
                   "(the baseline has no 'multiple': non-single hits count as 'other')", "",
+                  *([f"The same frames rounded to whole photons (photonised data; Poisson-only simulators such as Condor): "
+                     f"single F1 CNN {_fmt(r['whole_photons']['cnn']['per_class']['single']['f1'])}, stage filter "
+                     f"{_fmt(r['whole_photons']['cnn_stage_filter']['per_class']['single']['f1'])} with "
+                     f"{r['whole_photons']['false_singles_cnn_stage_filter']} false singles; CNN confusion "
+                     f"`{r['whole_photons']['cnn']['confusion']}`.", ""] if "whole_photons" in r else []),
                   "CNN singles called multiple by brightness (quartiles of photons on the model grid): " + ", ".join(
                       f"{lo:.0f}-{hi:.0f}: {bad}/{n}" for lo, hi, n, bad in r["singles_called_multiple_by_brightness"]) + ".", ""]
     for key, title in (("fewshot", "Few-shot classification of unseen particle types"),
-                       ("fewshot_selection", "Few-shot rule selection types (not in training, not in the table above)")):
+                       ("fewshot_selection", "Few-shot rule selection types (not in training, not in the table above)"),
+                       ("fewshot_whole_photons", "Few-shot classification of unseen particle types, frames rounded to whole photons")):
         if key not in results:
             continue
         lines += [f"### {title}", "",
@@ -469,6 +493,8 @@ def main():
         results["adapted"] = evaluate_adapted(encoder, classifier, args.n, args.repeats, print)
         results["fewshot_selection"] = evaluate_fewshot(encoder, classifier, SELECTION_TYPES, 920_000, args.n_fewshot,
                                                         args.repeats, print)
+        results["fewshot_whole_photons"] = evaluate_fewshot(encoder, classifier, UNSEEN_TYPES, 910_000, args.n_fewshot,
+                                                            args.repeats, print, rounded=True)
     if args.only in (None, "throughput"):
         results["throughput"] = [measure_throughput(classifier, args.device, args.threads, print)]
     command = "PYTHONPATH=. python benchmarks/eval_classifier.py" + (" --quick" if args.quick else "") + (

@@ -264,6 +264,16 @@ def test_augmenter_keeps_shapes_and_masks_invalid_pixels():
     assert np.all(v.sum((1, 2)) < valid.sum((1, 2)))  # at least a quadrant went missing in every frame
 
 
+def test_photonize_rounds_some_frames_to_whole_photons():
+    from xfel_dl_plugins.classification.data import AugmentConfig, Augmenter
+
+    patterns, valid, _ = synthetic_frames(40, 3)
+    config = AugmentConfig(p_missing_panel=0, p_missing_quadrant=0, max_patches=0, max_read_noise=0.3, p_photonize=0.5)
+    p, v = Augmenter(config, np.random.default_rng(1))(patterns, valid)
+    whole = np.array([np.all(frame == np.rint(frame)) and frame.min() >= 0 for frame in p])
+    assert 5 < whole.sum() < 35  # about half the frames, the others keep their read-out noise
+
+
 def test_batchnorm_folding_preserves_the_network():
     from xfel_dl_plugins.classification.inputs import network_input
     from xfel_dl_plugins.classification.models import build_model, fused_state

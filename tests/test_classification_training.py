@@ -49,12 +49,14 @@ def synthetic_simulation(monkeypatch):
     return training
 
 
-@pytest.mark.parametrize("kind,channels_last", [("classifier", False), ("embedding", False), ("classifier", True)])
-def test_training_is_reproducible_and_loadable(tmp_path, synthetic_simulation, kind, channels_last):
+@pytest.mark.parametrize("kind,options", [("classifier", ""), ("embedding", ""),
+                                          ("classifier", "channels_last = true\nbrightness_balance = true\n"
+                                                         "[augment]\np_photonize = 0.5\n")])
+def test_training_is_reproducible_and_loadable(tmp_path, synthetic_simulation, kind, options):
     from xfel_dl_plugins.classification.runtime import ClassifierModel, EncoderModel
 
     cfg = tmp_path / "cfg.toml"
-    cfg.write_text(CONFIG.format(type=kind) + f"channels_last = {str(channels_last).lower()}\n")
+    cfg.write_text(CONFIG.format(type=kind) + options)
     silent = lambda *a: None  # noqa: E731
     first = synthetic_simulation.train_from_config(cfg, tmp_path / "a", log=silent)
     synthetic_simulation.train_from_config(cfg, tmp_path / "b", log=silent)
@@ -96,3 +98,29 @@ def test_simulated_frames_do_not_depend_on_chunking(monkeypatch):
     assert whole.patterns.shape == (12, 16, 16)
     for name in ("patterns", "valid", "labels", "groups", "radius_nm"):
         np.testing.assert_array_equal(getattr(whole, name), getattr(chunked, name))
+
+
+def test_brightness_balancing_gives_singles_and_multiples_one_photon_count_distribution():
+    from xfel_dl_plugins.classification.data import FrameSet
+    from xfel_dl_plugins.classification.training import brightness_balancing_weights
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2, 3], [200, 2000, 1500, 200])
+    photons = np.exp(rng.normal(np.where(labels == 2, 8.5, 7.5), 0.8))  # multiples brighter
+    patterns = np.zeros((len(labels), 4, 4), np.float32)
+    patterns[:, 1, 1] = photons
+    patterns[:, 0, 0] = 1e6  # an invalid pixel: not counted
+    valid = np.ones_like(patterns, bool)
+    valid[:, 0, 0] = False
+    frames = FrameSet(patterns, valid, labels, np.full(len(labels), "x"), np.zeros(len(labels), np.float32))
+    w = brightness_balancing_weights(frames)
+    assert np.all(w[(labels == 0) | (labels == 3)] == 1)
+    single, multiple = labels == 1, labels == 2
+    log_p = np.log(photons)
+
+    def weighted_mean(m):
+        return np.sum(w[m] * log_p[m]) / np.sum(w[m])
+
+    assert abs(log_p[multiple].mean() - log_p[single].mean()) > 0.9  # a strong cue without the weights
+    assert abs(weighted_mean(multiple) - weighted_mean(single)) < 0.15  # nearly none with them
+    assert np.all((w >= 0.1) & (w <= 10))

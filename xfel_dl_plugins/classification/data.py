@@ -176,6 +176,9 @@ class AugmentConfig:
     # by default: thinning only the multiples makes bright frames look "not multiple" to the network
     # (with (0.2, 0.7) it called 2/3 of clean multiples single or other).
     multiple_keep: tuple = (1.0, 1.0)
+    # Chance that a frame is rounded to whole photons, as photonised calibrated data and Poisson-only
+    # simulators (Condor) give it: no sub-photon read-out noise for the network to lean on.
+    p_photonize: float = 0.0
 
 
 class Augmenter:
@@ -210,6 +213,9 @@ class Augmenter:
             p = p + rng.poisson(level[:, None, None], p.shape).astype(np.float32)
         if c.max_read_noise:
             p = p + (rng.uniform(0, c.max_read_noise, n)[:, None, None].astype(np.float32) * rng.standard_normal(p.shape, dtype=np.float32))
+        if c.p_photonize:
+            whole = rng.random(n) < c.p_photonize
+            p[whole] = np.rint(np.clip(p[whole], 0, None))
         return p.astype(np.float32, copy=False)
 
     def _geometry(self, p: np.ndarray, v: np.ndarray):

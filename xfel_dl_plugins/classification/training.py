@@ -136,6 +136,32 @@ def embedding_labels(frames: FrameSet) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1]
 
 
+def brightness_balancing_weights(frames: FrameSet, n_bins: int = 40, clip: tuple = (0.1, 10.0)) -> np.ndarray:
+    """Per-frame loss weights under which singles and multiples have the same photon-count distribution.
+
+    Multiple hits are brighter than single hits of the same sample, but how bright a frame is depends
+    as much on the fluence, the particle's place in the focus and its size and material, all of which
+    change from one experiment to the next. Weighting each single and multiple frame by
+    p(bin) N_class / n_class(bin), over quantile bins of the total photons of both classes together,
+    leaves the network nothing to learn from the photon count alone, so it must read the class from
+    the pattern's shape. Other classes keep weight 1.
+    """
+    single, multiple = CLASS_NAMES.index("single"), CLASS_NAMES.index("multiple")
+    weights = np.ones(len(frames), dtype=np.float64)
+    balanced = np.isin(frames.labels, (single, multiple))
+    if not np.any(frames.labels == single) or not np.any(frames.labels == multiple):
+        return weights
+    photons = np.array([float(np.sum(p, where=v)) for p, v in zip(frames.patterns, frames.valid)])
+    edges = np.quantile(photons[balanced], np.linspace(0, 1, n_bins + 1)[1:-1])
+    bins = np.searchsorted(edges, photons)
+    pooled = np.bincount(bins[balanced], minlength=n_bins) / balanced.sum()
+    for c in (single, multiple):
+        members = frames.labels == c
+        per_bin = np.bincount(bins[members], minlength=n_bins)
+        weights[members] = (pooled * members.sum() / np.maximum(per_bin, 1))[bins[members]]
+    return np.clip(weights, *clip)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The softmax temperature minimising the negative log-likelihood (grid search in log T)."""
     temps = np.exp(np.linspace(np.log(0.25), np.log(8.0), 241))
@@ -200,6 +226,9 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
         counts = np.bincount(train.labels, minlength=len(CLASS_NAMES)).astype(np.float64)
         class_weight = torch.tensor(len(train) / (len(CLASS_NAMES) * np.maximum(counts, 1)), dtype=torch.float32)
         targets_all = train.labels
+        # optional: photon count alone says nothing about single vs multiple (see brightness_balancing_weights)
+        sample_weight = (torch.from_numpy(brightness_balancing_weights(train).astype(np.float32))
+                         if tcfg.get("brightness_balance", False) else None)
     else:
         targets_all = embedding_labels(train)
         temperature = float(tcfg.get("contrastive_temperature", 0.1))
@@ -212,7 +241,13 @@ def train_from_config(config_path, out_dir, model: str | None = None, log=print)
             x = torch.from_numpy(network_input(p, v))
             y = torch.from_numpy(targets_all[idx])
             out = net(x)
-            loss = torch.nn.functional.cross_entropy(out, y, weight=class_weight) if is_classifier else supcon_loss(out, y, temperature)
+            if not is_classifier:
+                loss = supcon_loss(out, y, temperature)
+            elif sample_weight is None:
+                loss = torch.nn.functional.cross_entropy(out, y, weight=class_weight)
+            else:  # the weighted mean cross_entropy takes, with per-frame weights
+                w = class_weight[y] * sample_weight[torch.from_numpy(idx)]
+                loss = (torch.nn.functional.cross_entropy(out, y, reduction="none") * w).sum() / w.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
