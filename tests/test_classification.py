@@ -89,6 +89,22 @@ def test_cnn_stage_outputs_and_filter(classifier_weights):
     assert sum(summary[f"n_{c}"] for c in CLASS_NAMES) == len(batch)
 
 
+def test_cnn_stage_counts_frames_rounded_to_whole_photons(classifier_weights):
+    """Photonised frames are counted in the summary: the packaged CNN was trained with read-out noise."""
+    from xfel_dl_plugins.classification.inputs import whole_photon_frames
+
+    batch, _ = _batch(8)
+    noisy = batch["image"] + np.random.default_rng(0).normal(0, 0.2, batch["image"].shape).astype(np.float32)
+    rounded = np.rint(np.clip(noisy, 0, None))
+    assert not whole_photon_frames(noisy, batch["image_valid"]).any()
+    assert whole_photon_frames(rounded, batch["image_valid"]).all()
+    stage = CNNClassifier(StageContext(geometry=_geometry()), weights_path=str(classifier_weights))
+    stage.setup()
+    for images in (noisy, rounded):
+        stage.process(FrameBatch({**batch.fields, "image": images}))
+    assert stage.finish()["n_whole_photon_frames"] == len(rounded)
+
+
 def test_view_averaged_logits(classifier_weights):
     """views=4 averages the logits of the pattern, its 90-degree rotation, mirror and transpose."""
     from xfel_dl_plugins.classification.runtime import ClassifierModel
