@@ -27,6 +27,7 @@ import numpy as np
 
 from xfel_dl_plugins.classification import CLASS_NAMES, SINGLE
 from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, simulate
+from xfel_dl_plugins.classification.inputs import to_whole_photons
 from xfel_dl_plugins.classification.metrics import classification_report
 from xfel_dl_plugins.classification.runtime import confident_singles
 from xfel_dl_plugins.stages.classification import CNNClassifier, matched_binning
@@ -193,12 +194,6 @@ def load_test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
     return raw, config, geometry, binning, frames_on_grid(raw, config, {**model_grid, "binning": binning})
 
 
-def whole_photons(patterns: np.ndarray) -> np.ndarray:
-    """Frames rounded to whole photons, as photonised data and Poisson-only simulators (Condor) give
-    them: no sub-photon read-out noise. A model must not read the class from the noise floor."""
-    return np.rint(np.clip(patterns, 0, None))
-
-
 def cnn_decisions(model, patterns, valid):
     """(model outputs, CNN argmax, singles the stage filter keeps, stage-filter classes: dropped singles -> other)."""
     out = model.predict(patterns, valid)
@@ -214,7 +209,7 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
         t0 = time.perf_counter()
         out, cnn_pred, kept, cnn_filter = cnn_decisions(model, frames.patterns, frames.valid)
         log(f"{name}: CNN on {n} frames in {time.perf_counter() - t0:.1f} s")
-        _, whole_pred, whole_kept, whole_filter = cnn_decisions(model, whole_photons(frames.patterns), frames.valid)
+        _, whole_pred, whole_kept, whole_filter = cnn_decisions(model, to_whole_photons(frames.patterns), frames.valid)
         val_raw, _, _, _, val_frames = load_test_set(spec, n, model.grid, VALIDATION_SEED_OFFSET)
         rule = tune_baseline(baseline_features(val_raw, config, binning), val_frames.labels, spec["expected_radius_nm"])
         base_pred = baseline_predict(baseline_features(raw, config, binning), rule)
@@ -272,7 +267,7 @@ def evaluate_fewshot(encoder, classifier, types: dict, seed: int, n: int, repeat
         config = {"sample": [species], "hit_fractions": BALANCED, "detector": EVAL_DETECTOR}
         raw = cached_simulation(config, n, seed + t)
         frames = frames_on_grid(raw, config, encoder.grid)
-        patterns = whole_photons(frames.patterns) if rounded else frames.patterns
+        patterns = to_whole_photons(frames.patterns) if rounded else frames.patterns
         emb = encoder.embed(patterns, frames.valid)
         probabilities = classifier.predict(patterns, frames.valid)["probabilities"]
         rules = _fewshot_rules(emb, probabilities)
@@ -412,11 +407,11 @@ def markdown(results: dict, command: str) -> str:
                   "Confusion matrices (rows true, columns predicted; order " + ", ".join(CLASS_NAMES) + "):", "",
                   f"- CNN: `{r['cnn']['confusion']}`", f"- baseline: `{r['baseline']['confusion']}` "
                   "(the baseline has no 'multiple': non-single hits count as 'other')", "",
-                  *([f"The same frames rounded to whole photons (photonised data; Poisson-only simulators such as Condor): "
-                     f"single F1 CNN {_fmt(r['whole_photons']['cnn']['per_class']['single']['f1'])}, stage filter "
-                     f"{_fmt(r['whole_photons']['cnn_stage_filter']['per_class']['single']['f1'])} with "
-                     f"{r['whole_photons']['false_singles_cnn_stage_filter']} false singles; CNN confusion "
-                     f"`{r['whole_photons']['cnn']['confusion']}`.", ""] if "whole_photons" in r else []),
+                  f"The same frames rounded to whole photons (photonised data; Poisson-only simulators such as Condor): "
+                  f"single F1 CNN {_fmt(r['whole_photons']['cnn']['per_class']['single']['f1'])}, stage filter "
+                  f"{_fmt(r['whole_photons']['cnn_stage_filter']['per_class']['single']['f1'])} with "
+                  f"{r['whole_photons']['false_singles_cnn_stage_filter']} false singles; CNN confusion "
+                  f"`{r['whole_photons']['cnn']['confusion']}`.", "",
                   "CNN singles called multiple by brightness (quartiles of photons on the model grid): " + ", ".join(
                       f"{lo:.0f}-{hi:.0f}: {bad}/{n}" for lo, hi, n, bad in r["singles_called_multiple_by_brightness"]) + ".", ""]
     for key, title in (("fewshot", "Few-shot classification of unseen particle types"),

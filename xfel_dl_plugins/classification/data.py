@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import XfelDLError
 from ..io.grid import bin_to_grid
 from . import CLASS_NAMES
+from .inputs import to_whole_photons
 
 #: Simulator class names that map onto our classes (everything else is "other").
 CLASS_ALIASES = {"blank": "blank", "miss": "blank", "empty": "blank", "none": "blank",
@@ -215,7 +216,7 @@ class Augmenter:
             p = p + (rng.uniform(0, c.max_read_noise, n)[:, None, None].astype(np.float32) * rng.standard_normal(p.shape, dtype=np.float32))
         if c.p_photonize:
             whole = rng.random(n) < c.p_photonize
-            p[whole] = np.rint(np.clip(p[whole], 0, None))
+            p[whole] = to_whole_photons(p[whole])
         return p.astype(np.float32, copy=False)
 
     def _geometry(self, p: np.ndarray, v: np.ndarray):

@@ -37,18 +37,26 @@ def network_input(patterns: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def whole_photon_frames(images: np.ndarray, valid: np.ndarray, sample_stride: int = 97) -> np.ndarray:
+def to_whole_photons(patterns: np.ndarray) -> np.ndarray:
+    """Patterns rounded to whole, non-negative photons, as photonised data and Poisson-only
+    simulators (Condor) give them: no sub-photon read-out noise."""
+    return np.rint(np.clip(patterns, 0, None))
+
+
+def whole_photon_frames(images: np.ndarray, valid: np.ndarray, n_samples: int = 1024) -> np.ndarray:
     """Per frame: do its valid pixels hold whole numbers of photons (photonised data)?
 
     Calibrated AGIPD frames carry sub-photon read-out noise; photonised frames and Poisson-only
     simulations do not, and the packaged classifier, trained on the former, is unreliable on weak
-    hits of the latter (docs/classification.md, "Input"). Every ``sample_stride``-th pixel is read:
-    a frame with read-out noise has non-whole values among them almost surely.
+    hits of the latter (docs/classification.md, "Input"). About ``n_samples`` evenly spaced pixels
+    are read: a frame with read-out noise has non-whole values among them almost surely.
     """
     images = np.asarray(images)
-    flat = images.reshape(len(images), -1)[:, ::sample_stride]
-    mask = np.broadcast_to(np.asarray(valid, bool), images.shape).reshape(len(images), -1)[:, ::sample_stride]
-    return np.all((flat == np.rint(flat)) | ~mask, axis=1) & mask.any(axis=1)
+    flat = images.reshape(len(images), -1)
+    step = max(1, flat.shape[1] // n_samples)
+    sample = flat[:, ::step]
+    mask = np.broadcast_to(np.asarray(valid, bool), images.shape).reshape(len(images), -1)[:, ::step]
+    return np.all((sample == np.rint(sample)) | ~mask, axis=1) & mask.any(axis=1)
 
 
 #: Views of a pattern whose network outputs the classifier can average: the pattern, rotated by 90

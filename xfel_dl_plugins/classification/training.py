@@ -148,10 +148,10 @@ def brightness_balancing_weights(frames: FrameSet, n_bins: int = 40, clip: tuple
     """
     single, multiple = CLASS_NAMES.index("single"), CLASS_NAMES.index("multiple")
     weights = np.ones(len(frames), dtype=np.float64)
-    balanced = np.isin(frames.labels, (single, multiple))
     if not np.any(frames.labels == single) or not np.any(frames.labels == multiple):
         return weights
-    photons = np.array([float(np.sum(p, where=v)) for p, v in zip(frames.patterns, frames.valid)])
+    balanced = np.isin(frames.labels, (single, multiple))
+    photons = np.sum(frames.patterns, axis=(1, 2), where=frames.valid, dtype=np.float64)
     edges = np.quantile(photons[balanced], np.linspace(0, 1, n_bins + 1)[1:-1])
     bins = np.searchsorted(edges, photons)
     pooled = np.bincount(bins[balanced], minlength=n_bins) / balanced.sum()
