@@ -180,6 +180,14 @@ def single_f1(labels, pred) -> float:
     return 2 * tp / max(np.sum(pred == SINGLE) + np.sum(labels == SINGLE), 1)
 
 
+def single_f1_interval(labels, pred, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95 % interval of the single-hit F1 (frames resampled with replacement)."""
+    rng = np.random.default_rng(seed)
+    labels, pred = np.asarray(labels), np.asarray(pred)
+    f1 = [single_f1(labels[i], pred[i]) for i in rng.integers(0, len(labels), (draws, len(labels)))]
+    return float(np.quantile(f1, 0.025)), float(np.quantile(f1, 0.975))
+
+
 # -- evaluations -------------------------------------------------------------------------------
 #: A test set's validation twin (baseline tuning, few-shot support) has the test seed plus this.
 VALIDATION_SEED_OFFSET = 17
@@ -194,27 +202,33 @@ def load_test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
     return raw, config, geometry, binning, frames_on_grid(raw, config, {**model_grid, "binning": binning})
 
 
-def cnn_decisions(model, patterns, valid):
+def cnn_decisions(model, patterns, valid, binning, restore_noise: bool = True):
     """(model outputs, CNN argmax, singles the stage filter keeps, stage-filter classes: dropped singles -> other)."""
-    out = model.predict(patterns, valid)
+    out = model.predict(patterns, valid, binning=binning, restore_noise=restore_noise)
     cnn_pred = out["class_index"]
     kept = confident_singles(out, STAGE_DEFAULTS["min_probability"], STAGE_DEFAULTS["max_ood"])
     return out, cnn_pred, kept, np.where(kept, SINGLE, np.where(cnn_pred == SINGLE, OTHER, cnn_pred))
 
 
-def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
+def evaluate_cnn_and_baseline(model, n: int, n_validation: int, log) -> dict:
+    """CNN, CNN stage filter and baseline on each test set of ``n`` frames (the baseline tuned on the
+    set's validation twin of ``n_validation`` frames), as simulated and rounded to whole photons."""
     results = {}
     for name, spec in TEST_SETS.items():
         raw, config, geometry, binning, frames = load_test_set(spec, n, model.grid)
         t0 = time.perf_counter()
-        out, cnn_pred, kept, cnn_filter = cnn_decisions(model, frames.patterns, frames.valid)
+        out, cnn_pred, kept, cnn_filter = cnn_decisions(model, frames.patterns, frames.valid, binning)
         log(f"{name}: CNN on {n} frames in {time.perf_counter() - t0:.1f} s")
-        _, whole_pred, whole_kept, whole_filter = cnn_decisions(model, to_whole_photons(frames.patterns), frames.valid)
-        val_raw, _, _, _, val_frames = load_test_set(spec, n, model.grid, VALIDATION_SEED_OFFSET)
+        whole = to_whole_photons(frames.patterns)
+        # as the stage runs them (read-out noise restored), and as they are
+        _, whole_pred, whole_kept, whole_filter = cnn_decisions(model, whole, frames.valid, binning)
+        _, bare_pred, bare_kept, bare_filter = cnn_decisions(model, whole, frames.valid, binning, restore_noise=False)
+        val_raw, _, _, _, val_frames = load_test_set(spec, n_validation, model.grid, VALIDATION_SEED_OFFSET)
         rule = tune_baseline(baseline_features(val_raw, config, binning), val_frames.labels, spec["expected_radius_nm"])
         base_pred = baseline_predict(baseline_features(raw, config, binning), rule)
         results[name] = {
             "n": n,
+            "n_validation": n_validation,
             "binning": binning,
             "grid_size": int(model.size),
             "distance_m": geometry.distance_m,
@@ -224,6 +238,13 @@ def evaluate_cnn_and_baseline(model, n: int, log) -> dict:
             "whole_photons": {"cnn": classification_report(frames.labels, whole_pred),
                               "cnn_stage_filter": classification_report(frames.labels, whole_filter),
                               "false_singles_cnn_stage_filter": int(np.sum(whole_kept & (frames.labels != SINGLE)))},
+            "whole_photons_no_noise_restored": {
+                "cnn": classification_report(frames.labels, bare_pred),
+                "cnn_stage_filter": classification_report(frames.labels, bare_filter),
+                "false_singles_cnn_stage_filter": int(np.sum(bare_kept & (frames.labels != SINGLE)))},
+            "single_f1_interval_95": {"cnn": single_f1_interval(frames.labels, cnn_pred),
+                                      "cnn_stage_filter": single_f1_interval(frames.labels, cnn_filter),
+                                      "baseline": single_f1_interval(frames.labels, base_pred)},
             "baseline_rule": rule,
             "false_singles": {"cnn": int(np.sum((cnn_pred == SINGLE) & (frames.labels != SINGLE))),
                               "cnn_stage_filter": int(np.sum(kept & (frames.labels != SINGLE))),
@@ -288,7 +309,7 @@ def evaluate_fewshot(encoder, classifier, types: dict, seed: int, n: int, repeat
     return results
 
 
-def evaluate_adapted(encoder, classifier, n: int, repeats: int, log) -> dict:
+def evaluate_adapted(encoder, classifier, n: int, n_validation: int, repeats: int, log) -> dict:
     """Single-hit F1 of the few-shot stage's default (linear) rule on each test set, its support drawn
     from the set's validation twin (another run of the same sample): what labelling a few frames of
     one's own run gives, next to the CNN alone."""
@@ -296,11 +317,12 @@ def evaluate_adapted(encoder, classifier, n: int, repeats: int, log) -> dict:
 
     results = {}
     for name, spec in TEST_SETS.items():
-        sets = [load_test_set(spec, n, encoder.grid, offset)[-1] for offset in (0, VALIDATION_SEED_OFFSET)]
-        test_features, pool_features = [support_features(encoder.embed(f.patterns, f.valid),
-                                                          classifier.predict(f.patterns, f.valid)["probabilities"])
-                                         for f in sets]
-        test, pool = sets
+        binning, test = load_test_set(spec, n, encoder.grid)[3:]
+        pool = load_test_set(spec, n_validation, encoder.grid, VALIDATION_SEED_OFFSET)[-1]
+        test_features, pool_features = [
+            support_features(encoder.embed(f.patterns, f.valid),
+                             classifier.predict(f.patterns, f.valid, binning=binning)["probabilities"])
+            for f in (test, pool)]
         entry = {}
         for shots in (10, 20, 50):
             f1, false_singles = [], []
@@ -330,18 +352,21 @@ def measure_throughput(model, device: str, threads: int, log) -> dict:
     rng = np.random.default_rng(0)
     size = model.size
     n = 4096 if device == "cuda" else 1024
-    patterns = rng.poisson(0.3, (n, size, size)).astype(np.float32)
+    photonised = rng.poisson(0.3, (n, size, size)).astype(np.float32)
+    patterns = photonised + rng.normal(0, 0.3, photonised.shape).astype(np.float32)  # calibrated: read-out noise
     valid = np.ones_like(patterns, bool)
     model.predict(patterns[:256], valid[:256], batch_size=256)  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
     result = {"device": device, "threads": threads, "input": f"{size}x{size}", "views": model.views}
-    for batch_size in (64, 512) if device == "cpu" else (512, 4096):
-        t0 = time.perf_counter()
-        model.predict(patterns, valid, batch_size=batch_size)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        result[f"classifier_patterns_per_s_batch{batch_size}"] = n / (time.perf_counter() - t0)
+    batch_sizes = (64, 512) if device == "cpu" else (512, 4096)
+    for label, frames in (("", patterns), ("_photonised", photonised)):  # photonised: read-out noise restored first
+        for batch_size in batch_sizes[-1:] if label else batch_sizes:
+            t0 = time.perf_counter()
+            model.predict(frames, valid, batch_size=batch_size)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            result[f"classifier_patterns_per_s_batch{batch_size}{label}"] = n / (time.perf_counter() - t0)
     # The lit-pixel baseline on full AGIPD-1M frames (16 x 512 x 128 calibrated pixels), as it runs in a chain.
     frames = rng.poisson(0.02, (32, 16, 512, 128)).astype(np.float32)
     ids = np.arange(32, dtype=np.uint64)
@@ -371,7 +396,7 @@ def _fmt(x):
 
 def markdown(results: dict, command: str) -> str:
     lines = ["## Single-hit classification", "",
-             f"Reproduce: `{command}` (about 10 min on 2 cores from scratch, 3 min once the test sets are cached; simulated sets are cached under "
+             f"Reproduce: `{command}` (about 17 min on 2 cores once the test sets are cached, about 5 min more to simulate them; simulated sets are cached under "
              "`$XFEL_DL_CACHE`, default `/tmp/xfel_dl_classify_cache`). All sets are simulated with seeds disjoint "
              "from training; the few-shot sets use particle types absent from training. The machine is shared by "
              "several engineers, so throughput is only compared side by side within one run.", "",
@@ -401,17 +426,21 @@ def markdown(results: dict, command: str) -> str:
                 lines.append(f"| {method} | {cls} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {m['support']} |")
         fs = r["false_singles"]
         ratio = fs["baseline"] / max(fs["cnn_stage_filter"], 1)
-        lines += ["", f"False singles: CNN {fs['cnn']}, CNN stage filter {fs['cnn_stage_filter']}, "
+        ci = r["single_f1_interval_95"]
+        lines += ["", "Single F1, bootstrap 95 % interval over the frames: " + ", ".join(
+            f"{method} {lo:.3f}-{hi:.3f}" for method, (lo, hi) in ci.items()) + ".",
+                  "", f"False singles: CNN {fs['cnn']}, CNN stage filter {fs['cnn_stage_filter']}, "
                   f"baseline {fs['baseline']} ({ratio:.1f}x fewer with the CNN filter). "
-                  f"Baseline rule (tuned on validation): `{json.dumps(r['baseline_rule'])}`.", "",
+                  f"Baseline rule (tuned on a validation set of {r['n_validation']} frames): `{json.dumps(r['baseline_rule'])}`.", "",
                   "Confusion matrices (rows true, columns predicted; order " + ", ".join(CLASS_NAMES) + "):", "",
                   f"- CNN: `{r['cnn']['confusion']}`", f"- baseline: `{r['baseline']['confusion']}` "
                   "(the baseline has no 'multiple': non-single hits count as 'other')", "",
-                  f"The same frames rounded to whole photons (photonised data; Poisson-only simulators such as Condor): "
-                  f"single F1 CNN {_fmt(r['whole_photons']['cnn']['per_class']['single']['f1'])}, stage filter "
-                  f"{_fmt(r['whole_photons']['cnn_stage_filter']['per_class']['single']['f1'])} with "
-                  f"{r['whole_photons']['false_singles_cnn_stage_filter']} false singles; CNN confusion "
-                  f"`{r['whole_photons']['cnn']['confusion']}`.", "",
+                  "The same frames rounded to whole photons (photonised data; Poisson-only simulators such as Condor), "
+                  + "; ".join(f"{how}: single F1 CNN {_fmt(w['cnn']['per_class']['single']['f1'])}, stage filter "
+                              f"{_fmt(w['cnn_stage_filter']['per_class']['single']['f1'])} with "
+                              f"{w['false_singles_cnn_stage_filter']} false singles, CNN confusion `{w['cnn']['confusion']}`"
+                              for how, w in (("as the stage runs them (read-out noise restored)", r["whole_photons"]),
+                                             ("without the noise restored", r["whole_photons_no_noise_restored"]))) + ".", "",
                   "CNN singles called multiple by brightness (quartiles of photons on the model grid): " + ", ".join(
                       f"{lo:.0f}-{hi:.0f}: {bad}/{n}" for lo, hi, n, bad in r["singles_called_multiple_by_brightness"]) + ".", ""]
     for key, title in (("fewshot", "Few-shot classification of unseen particle types"),
@@ -457,7 +486,9 @@ def markdown(results: dict, command: str) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1000, help="frames per test set")
+    parser.add_argument("--n", type=int, default=5000, help="frames per test set")
+    parser.add_argument("--n-validation", type=int, default=1000,
+                        help="frames per validation twin (baseline tuning, few-shot support pool)")
     parser.add_argument("--n-fewshot", type=int, default=400, help="frames per unseen particle type")
     parser.add_argument("--repeats", type=int, default=5, help="random support draws per shot count")
     parser.add_argument("--quick", action="store_true", help="small sets (smoke run)")
@@ -471,7 +502,7 @@ def main():
     parser.add_argument("--json", help="write all numbers here")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.n_fewshot, args.repeats = 400, 320, 2
+        args.n, args.n_validation, args.n_fewshot, args.repeats = 400, 400, 320, 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
@@ -481,11 +512,11 @@ def main():
     classifier = ClassifierModel(path=args.classifier_weights, device=args.device, views=args.views)
     results = {}
     if args.only in (None, "cnn"):
-        results["cnn"] = evaluate_cnn_and_baseline(classifier, args.n, print)
+        results["cnn"] = evaluate_cnn_and_baseline(classifier, args.n, args.n_validation, print)
     if args.only in (None, "fewshot"):
         encoder = EncoderModel(path=args.encoder_weights, device=args.device)
         results["fewshot"] = evaluate_fewshot(encoder, classifier, UNSEEN_TYPES, 910_000, args.n_fewshot, args.repeats, print)
-        results["adapted"] = evaluate_adapted(encoder, classifier, args.n, args.repeats, print)
+        results["adapted"] = evaluate_adapted(encoder, classifier, args.n, args.n_validation, args.repeats, print)
         results["fewshot_selection"] = evaluate_fewshot(encoder, classifier, SELECTION_TYPES, 920_000, args.n_fewshot,
                                                         args.repeats, print)
         results["fewshot_whole_photons"] = evaluate_fewshot(encoder, classifier, UNSEEN_TYPES, 910_000, args.n_fewshot,
@@ -493,6 +524,7 @@ def main():
     if args.only in (None, "throughput"):
         results["throughput"] = [measure_throughput(classifier, args.device, args.threads, print)]
     command = "PYTHONPATH=. python benchmarks/eval_classifier.py" + (" --quick" if args.quick else "") + (
+        f" --n {args.n}" if args.n != 5000 and not args.quick else "") + (
         f" --views {args.views}" if args.views != 2 else "") + (
         f" --out {args.out}" if args.out else "")
     if args.out:

@@ -90,7 +90,7 @@ def test_cnn_stage_outputs_and_filter(classifier_weights):
 
 
 def test_cnn_stage_counts_frames_rounded_to_whole_photons(classifier_weights):
-    """Photonised frames are counted in the summary: the packaged CNN was trained with read-out noise."""
+    """Photonised frames are counted in the summary, and the network sees them with read-out noise restored."""
     from xfel_dl_plugins.classification.inputs import whole_photon_frames
 
     batch, _ = _batch(8)
@@ -100,9 +100,44 @@ def test_cnn_stage_counts_frames_rounded_to_whole_photons(classifier_weights):
     assert whole_photon_frames(rounded, batch["image_valid"]).all()
     stage = CNNClassifier(StageContext(geometry=_geometry()), weights_path=str(classifier_weights))
     stage.setup()
-    for images in (noisy, rounded):
-        stage.process(FrameBatch({**batch.fields, "image": images}))
+    outputs = [stage.process(FrameBatch({**batch.fields, "image": images})) for images in (noisy, rounded)]
     assert stage.finish()["n_whole_photon_frames"] == len(rounded)
+    bare = stage.model.predict(rounded, batch["image_valid"], restore_noise=False)
+    assert not np.allclose(outputs[1]["class_probabilities"], bare["probabilities"])
+
+
+def test_whole_photon_frames_on_the_model_grid():
+    """Binned photonised frames are still found (blocks cut by gaps are scaled, so not every value is whole)."""
+    from xfel_dl_plugins.classification.inputs import frames_to_grid, whole_photon_frames
+
+    rng = np.random.default_rng(1)
+    photons = rng.poisson(0.5, (6, 256, 256)).astype(np.float32)
+    valid = np.ones(photons.shape, bool)
+    valid[:, 126:130, :] = False  # a gap
+    valid[:, 5::9, 3::7] = False  # dead pixels: their 2 x 2 blocks are scaled by 4/3
+    noisy = photons + rng.normal(0, 0.15, photons.shape).astype(np.float32)
+    grid_photons, grid_valid = frames_to_grid(photons, valid, (128.0, 128.0), 128, 2)
+    grid_noisy, _ = frames_to_grid(noisy, valid, (128.0, 128.0), 128, 2)
+    assert not np.all(grid_photons[grid_valid] == np.rint(grid_photons[grid_valid]))  # the scaled blocks
+    assert whole_photon_frames(grid_photons, grid_valid).all()
+    assert not whole_photon_frames(grid_noisy, grid_valid).any()
+
+
+def test_restored_readout_noise_depends_only_on_the_frame():
+    """Noise of the requested rms on the chosen frames only, the same for a frame in any batch."""
+    from xfel_dl_plugins.classification.inputs import restore_readout_noise
+
+    rng = np.random.default_rng(2)
+    patterns = rng.poisson(1.0, (5, 64, 64)).astype(np.float32)
+    chosen = np.array([True, False, True, True, False])
+    out = restore_readout_noise(patterns, chosen, 0.3)
+    np.testing.assert_array_equal(out[~chosen], patterns[~chosen])
+    added = (out - patterns)[chosen]
+    assert abs(added.std() - 0.3) < 0.01 and abs(added.mean()) < 0.01
+    assert not np.array_equal(added[0], added[1])  # frames differ, so does their noise
+    reordered = restore_readout_noise(patterns[::-1], chosen[::-1], 0.3)[::-1]
+    np.testing.assert_array_equal(reordered, out)
+    assert restore_readout_noise(patterns, np.zeros(5, bool), 0.3) is patterns
 
 
 def test_view_averaged_logits(classifier_weights):

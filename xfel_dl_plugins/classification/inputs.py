@@ -10,6 +10,8 @@ Both learned classifiers see the same two channels, computed here and nowhere el
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from ..errors import InputDataError
@@ -43,20 +45,42 @@ def to_whole_photons(patterns: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(patterns, 0, None))
 
 
-def whole_photon_frames(images: np.ndarray, valid: np.ndarray, n_samples: int = 1024) -> np.ndarray:
+def whole_photon_frames(images: np.ndarray, valid: np.ndarray, n_samples: int = 1024,
+                        min_fraction: float = 0.9) -> np.ndarray:
     """Per frame: do its valid pixels hold whole numbers of photons (photonised data)?
 
     Calibrated AGIPD frames carry sub-photon read-out noise; photonised frames and Poisson-only
-    simulations do not, and the packaged classifier, trained on the former, is unreliable on weak
-    hits of the latter (docs/classification.md, "Input"). About ``n_samples`` evenly spaced pixels
-    are read: a frame with read-out noise has non-whole values among them almost surely.
+    simulations do not. About ``n_samples`` evenly spaced pixels are read; a frame counts as whole
+    photons when at least ``min_fraction`` of its valid ones are whole numbers (not all: on the model
+    grid, blocks cut by gaps or the beam stop are scaled up to a full block's area). A frame with
+    read-out noise has almost no whole values.
     """
     images = np.asarray(images)
     flat = images.reshape(len(images), -1)
     step = max(1, flat.shape[1] // n_samples)
     sample = flat[:, ::step]
     mask = np.broadcast_to(np.asarray(valid, bool), images.shape).reshape(len(images), -1)[:, ::step]
-    return np.all((sample == np.rint(sample)) | ~mask, axis=1) & mask.any(axis=1)
+    n_valid = mask.sum(axis=1)
+    n_whole = np.sum((sample == np.rint(sample)) & mask, axis=1)
+    return (n_valid > 0) & (n_whole >= min_fraction * n_valid)
+
+
+def restore_readout_noise(patterns: np.ndarray, frames: np.ndarray, sigma: float) -> np.ndarray:
+    """``patterns`` with Gaussian noise of rms ``sigma`` photons added to the ``frames`` chosen (bool).
+
+    Dithering: photonised frames lost the sub-photon read-out noise that the packaged networks were
+    trained with, and part of the classifier's decision rests on it (docs/classification.md, "Input").
+    Each frame's noise is seeded by its own content, so a frame gets the same noise in any batch and
+    any run. Returns the input itself when no frame is chosen.
+    """
+    frames = np.asarray(frames, bool)
+    if not frames.any():
+        return patterns
+    out = np.array(patterns, dtype=np.float32)
+    for i in np.flatnonzero(frames):
+        rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(out[i]).tobytes()))
+        out[i] += np.float32(sigma) * rng.standard_normal(out[i].shape, dtype=np.float32)
+    return out
 
 
 #: Views of a pattern whose network outputs the classifier can average: the pattern, rotated by 90

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import StageError, WeightsError
 from ..learned_weights import LoadedWeights, load_into_torch_module, load_weights
 from . import SINGLE
-from .inputs import VIEW_COUNTS, average_over_views, network_input
+from .inputs import VIEW_COUNTS, average_over_views, network_input, restore_readout_noise, whole_photon_frames
 
 
 def energy_score(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -100,12 +100,26 @@ class _TorchModel:
         return np.concatenate(outputs)
 
 
+def training_readout_noise(config: dict) -> float:
+    """Read-out noise (rms photons per detector pixel) of the simulated frames a weights sidecar's
+    network was trained on: its training config's, else the simulator's default."""
+    from ..simulation.config import DetectorConfig
+
+    training = config.get("training") if isinstance(config.get("training"), dict) else {}
+    detector = training.get("config", {}).get("data", {}).get("simulation", {}).get("detector", {})
+    return float(detector.get("readout_noise_photons", DetectorConfig.readout_noise_photons))
+
+
 class ClassifierModel(_TorchModel):
     """The hit classifier with its temperature and OOD calibration.
 
     ``views`` (1, 2 or 4): logits are averaged over that many views of each pattern
     (:data:`~.inputs.DIHEDRAL_VIEWS`), at that many times the cost; the calibration fitted for that
-    number of views is used where the weights carry one."""
+    number of views is used where the weights carry one.
+
+    Frames holding whole photons (photonised data) get the read-out noise of the training frames back
+    before the network (:func:`~.inputs.restore_readout_noise`), since the network reads part of its
+    decision from that noise floor."""
 
     expected_type = "classifier"
 
@@ -124,12 +138,22 @@ class ClassifierModel(_TorchModel):
             raise WeightsError(f"weights sidecar of '{name}' lacks calibration.temperature/energy_quantiles or class_names") from None
         if not self.temperature > 0 or self.energy_quantiles.ndim != 1 or len(self.energy_quantiles) < 2:
             raise WeightsError(f"weights sidecar of '{name}' has an invalid calibration")
+        self.readout_noise = training_readout_noise(self.weights.config)
 
     def logits(self, patterns, valid, batch_size: int = 256) -> np.ndarray:
         return self._forward(patterns, valid, batch_size, self.views).reshape(len(patterns), len(self.class_names))
 
-    def predict(self, patterns, valid, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Class index, calibrated probabilities and OOD score (0..1, ~1 = unlike anything seen in training)."""
+    def predict(self, patterns, valid, batch_size: int = 256, *, binning: int | None = None,
+                restore_noise: bool = True) -> dict[str, np.ndarray]:
+        """Class index, calibrated probabilities, OOD score (0..1, ~1 = unlike anything seen in training)
+        and ``whole_photons`` (frames found photonised).
+
+        ``binning``: detector pixels per model pixel of ``patterns`` (default: the training grid's); the
+        read-out noise restored to photonised frames is the training frames' per detector pixel, summed
+        over a block. ``restore_noise=False`` gives the network photonised frames as they are."""
+        whole = whole_photon_frames(patterns, valid)
+        if restore_noise:
+            patterns = restore_readout_noise(patterns, whole, self.readout_noise * (binning or self.binning))
         logits = self.logits(patterns, valid, batch_size)
         probabilities = softmax(logits, self.temperature).astype(np.float32)
         energy = energy_score(logits, self.temperature)
@@ -139,6 +163,7 @@ class ClassifierModel(_TorchModel):
             "class_index": probabilities.argmax(axis=1).astype(np.int8),
             "probabilities": probabilities,
             "ood_score": ood.astype(np.float32),
+            "whole_photons": whole,
         }
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..classification import CLASS_NAMES
 from ..classification.fewshot import FEWSHOT_RULES
-from ..classification.inputs import frames_to_grid, whole_photon_frames
+from ..classification.inputs import frames_to_grid
 from ..classification.runtime import confident_singles
 from ..errors import StageError
 from ..io.geometry import wavelength_m
@@ -120,17 +120,17 @@ class CNNClassifier(_GridClassifier):
         self._setup_grid(self.model)
         self.counts = np.zeros(len(CLASS_NAMES), dtype=np.int64)
         self.n_single = 0
-        self.n_whole_photons = 0  # frames rounded to whole photons: the CNN was trained with read-out noise
+        self.n_whole_photons = 0  # photonised frames, given the training frames' read-out noise back
 
     def process(self, batch: FrameBatch) -> dict:
         patterns, valid = self._grid_of(batch)
-        result = self.model.predict(patterns, valid, batch_size=self.p.batch_size)
+        result = self.model.predict(patterns, valid, batch_size=self.p.batch_size, binning=self.binning)
         batch.fields[self._probabilities_key(self.model)] = result["probabilities"]  # for a few-shot stage after it
         p_single = result["probabilities"][:, CLASS_NAMES.index("single")]
         is_single = confident_singles(result, self.p.min_probability, self.p.max_ood)
         self.counts += np.bincount(result["class_index"], minlength=len(CLASS_NAMES))
         self.n_single += int(is_single.sum())
-        self.n_whole_photons += int(whole_photon_frames(batch["image"], batch["image_valid"]).sum())
+        self.n_whole_photons += int(result["whole_photons"].sum())
         return {
             "hit_class": result["class_index"],
             "class_probabilities": result["probabilities"],
@@ -143,7 +143,7 @@ class CNNClassifier(_GridClassifier):
         return {
             **{f"n_{name}": int(c) for name, c in zip(CLASS_NAMES, self.counts)},
             "n_kept_single": self.n_single,
-            "n_whole_photon_frames": self.n_whole_photons,  # > 0: see docs/classification.md, "Input"
+            "n_whole_photon_frames": self.n_whole_photons,  # photonised: read-out noise restored (docs/classification.md, "Input")
             "binning": int(self.binning),
             "weights_sha256": self.model.weights.sha256,
         }
@@ -222,7 +222,7 @@ class FewShotClassifier(_GridClassifier):
         key = self._probabilities_key(self.cnn)
         if batch is not None and key in batch.fields:
             return support_features(embeddings, batch.fields[key])
-        probabilities = self.cnn.predict(patterns, valid, batch_size=self.p.batch_size)["probabilities"]
+        probabilities = self.cnn.predict(patterns, valid, batch_size=self.p.batch_size, binning=self.binning)["probabilities"]
         if batch is not None:
             batch.fields[key] = probabilities
         return support_features(embeddings, probabilities)
