@@ -89,7 +89,8 @@ def simulator_version() -> str:
 
 def simulate(sim_config: dict, n: int, seed: int, start: int = 0) -> dict:
     """Run the simulator: frames ``start .. start+n-1`` as per-frame arrays on its flat detector grid
-    (``patterns``, ``valid``, truth...); a frame does not depend on which call simulated it."""
+    (``patterns``, ``valid``, truth...); a frame does not depend on which call simulated it (bit for
+    bit at a given BLAS thread count; another count moves a few Poisson draws by one photon)."""
     from ..simulation import generate
     from ..simulation.config import config_from_dict
 
