@@ -48,6 +48,10 @@ TEST_SETS = {
     "pr772_far_detector": {"config": {"sample": [PR772]}, "seed": 900_003, "expected_radius_nm": (25.0, 42.0),
                            "detector": {"pixel_size_m": 0.2e-3, "binning": 1, "shape": [384, 384],
                                         "distance_m": 1.06, "beam_stop_radius_m": 5.0e-3}},
+    # A mask no training frame had, over the realistic set's frames (same seed): the shadow of a
+    # beam-stop holder and two dead ASICs (see holder_mask).
+    "pr772_holder_mask": {"config": {"sample": [PR772]}, "seed": 900_001, "expected_radius_nm": (25.0, 42.0),
+                          "extra_mask": "holder"},
 }
 #: Particle types absent from both training configs, for the few-shot embedding (and the CNN).
 UNSEEN_TYPES = {
@@ -193,10 +197,30 @@ def single_f1_interval(labels, pred, draws: int = 2000, seed: int = 0) -> tuple[
 VALIDATION_SEED_OFFSET = 17
 
 
+def holder_mask(shape, pixel_size_m: float, beam_stop_radius_m: float = 3.0e-3) -> np.ndarray:
+    """True where a mask unlike any in training hides the detector (native pixels, beam at the centre):
+    the 2 mm wide shadow of a rod holding the beam stop, from the beam to the edge at 35 degrees, and
+    two dead 64 x 64-pixel AGIPD ASICs."""
+    h, w = shape
+    y, x = np.indices(shape, dtype=np.float64)
+    y, x = (y - h // 2) * pixel_size_m, (x - w // 2) * pixel_size_m
+    angle = np.deg2rad(35.0)
+    along = x * np.cos(angle) + y * np.sin(angle)
+    across = -x * np.sin(angle) + y * np.cos(angle)
+    mask = (along > 0) & (np.abs(across) < 1.0e-3) & (np.hypot(x, y) > beam_stop_radius_m)
+    mask[h // 2 + 20 : h // 2 + 84, w // 2 - 100 : w // 2 - 36] = True
+    mask[h // 2 - 110 : h // 2 - 46, w // 2 + 30 : w // 2 + 94] = True
+    return mask
+
+
 def load_test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
     """(raw simulation, config, geometry, binning, frames on the model grid binned as the stages bin them)."""
     config = {**spec["config"], "detector": spec.get("detector", EVAL_DETECTOR)}
     raw = cached_simulation(config, n, spec["seed"] + seed_offset)
+    if spec.get("extra_mask") == "holder":
+        hidden = holder_mask(raw["patterns"].shape[1:], config["detector"]["pixel_size_m"])
+        raw = {**raw, "valid": np.asarray(raw["valid"], bool) & ~hidden,
+               "patterns": np.where(hidden, np.float32(0), raw["patterns"])}
     geometry = sim_geometry(config, raw["patterns"].shape[1:])
     binning = matched_binning(model_grid, geometry)  # as the stages choose it (binning = 0)
     return raw, config, geometry, binning, frames_on_grid(raw, config, {**model_grid, "binning": binning})

@@ -325,6 +325,30 @@ def test_photonize_rounds_some_frames_to_whole_photons():
     assert 5 < whole.sum() < 35  # about half the frames, the others keep their read-out noise
 
 
+def test_straight_shadows_are_rays_from_the_beam_or_lines_across():
+    from xfel_dl_plugins.classification.data import straight_shadow
+
+    ray = straight_shadow(64, np.deg2rad(35.0), 3.0)
+    assert 100 < ray.sum() < 130  # ~3 px wide, ~39 px from the beam to the edge (32 / cos 35 deg)
+    assert not ray[:31, :31].any()  # nothing behind the beam
+    assert ray[32 + 10, 32 + 14] and not ray[32 - 10, 32 - 14]  # along the ray (y = x tan 35 deg), not behind the beam
+    wire = straight_shadow(64, 0.0, 3.0, wire=True, offset=5.0)
+    assert wire[36:39].all() and wire.sum() == 3 * 64  # a 3-px horizontal line centred 5 px from the beam
+
+
+def test_shadow_augmentation_masks_a_straight_line():
+    from xfel_dl_plugins.classification.data import AugmentConfig, Augmenter
+
+    patterns, valid, _ = synthetic_frames(8, 4)
+    off = dict(p_missing_panel=0, p_missing_quadrant=0, max_patches=0, max_beamstop_px=0, max_shift_px=0, rotate=False,
+               p_thinning=0, max_background=0, max_read_noise=0)
+    _, v = Augmenter(AugmentConfig(**off, p_shadow=1.0, max_shadow_px=3.0), np.random.default_rng(2))(patterns, valid)
+    _, v0 = Augmenter(AugmentConfig(**off), np.random.default_rng(2))(patterns, valid)
+    np.testing.assert_array_equal(v0, valid)
+    lost = (valid & ~v).sum((1, 2))
+    assert np.all(lost >= 20) and np.all(lost <= 3 * 64 + 10)  # a ray or a line, at most ~3 px x the frame
+
+
 def test_batchnorm_folding_preserves_the_network():
     from xfel_dl_plugins.classification.inputs import network_input
     from xfel_dl_plugins.classification.models import build_model, fused_state

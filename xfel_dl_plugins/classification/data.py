@@ -181,6 +181,24 @@ class AugmentConfig:
     # Chance that a frame is rounded to whole photons, as photonised calibrated data and Poisson-only
     # simulators (Condor) give it: no sub-photon read-out noise for the network to lean on.
     p_photonize: float = 0.0
+    # Chance of a straight shadow across the frame: the rod holding the beam stop (a ray from the beam)
+    # or a wire (a line across), at any angle, up to max_shadow_px wide on the grid. Masks are
+    # otherwise axis-aligned (modules, quadrants, ASIC patches), and a diagonal masked line is
+    # read as a streak ("other") by a network that never saw one.
+    p_shadow: float = 0.0
+    max_shadow_px: float = 4.0
+
+
+def straight_shadow(size: int, angle: float, width: float, wire: bool = False, offset: float = 0.0) -> np.ndarray:
+    """True on a ``size`` x ``size`` grid (beam at ``[size//2, size//2]``) under a straight shadow ``width``
+    pixels wide at ``angle``: a ray from the beam outwards (a beam-stop holder), or with ``wire`` a line
+    across the frame ``offset`` pixels from the beam."""
+    y, x = np.indices((size, size), dtype=np.float64) - size // 2
+    along = x * np.cos(angle) + y * np.sin(angle)
+    across = -x * np.sin(angle) + y * np.cos(angle)
+    if wire:
+        return np.abs(across - offset) < width / 2
+    return (along > 0) & (np.abs(across) < width / 2)
 
 
 class Augmenter:
@@ -256,6 +274,9 @@ class Augmenter:
         for _ in range(int(rng.integers(0, c.max_patches + 1))):
             y, x = rng.integers(0, size - side, 2)
             v[y : y + side, x : x + side] = False
+        if c.p_shadow and rng.random() < c.p_shadow:
+            v &= ~straight_shadow(size, rng.uniform(0, 2 * np.pi), rng.uniform(1.0, c.max_shadow_px),
+                                  wire=rng.random() < 0.5, offset=rng.uniform(-size / 4, size / 4))
         if c.max_beamstop_px:
             r = rng.uniform(0, c.max_beamstop_px)
             yy, xx = np.ogrid[:size, :size]
