@@ -52,6 +52,14 @@ TEST_SETS = {
     # beam-stop holder and two dead ASICs (see holder_mask).
     "pr772_holder_mask": {"config": {"sample": [PR772]}, "seed": 900_001, "expected_radius_nm": (25.0, 42.0),
                           "extra_mask": "holder"},
+    # Another mask no training frame had, over the same frames: the round shadow of an aperture
+    # (corners lost), a rectangular beam stop off the beam axis, 1 % dead pixels (see aperture_mask).
+    "pr772_aperture_mask": {"config": {"sample": [PR772]}, "seed": 900_001, "expected_radius_nm": (25.0, 42.0),
+                            "extra_mask": "aperture"},
+    # A mask of kinds in neither the detector's masks nor the training augmentation: a 50-degree
+    # sector shadow from the beam and a thin masked ring (see wedge_mask).
+    "pr772_wedge_mask": {"config": {"sample": [PR772]}, "seed": 900_001, "expected_radius_nm": (25.0, 42.0),
+                         "extra_mask": "wedge"},
 }
 #: Particle types absent from both training configs, for the few-shot embedding (and the CNN).
 UNSEEN_TYPES = {
@@ -213,12 +221,40 @@ def holder_mask(shape, pixel_size_m: float, beam_stop_radius_m: float = 3.0e-3) 
     return mask
 
 
+def aperture_mask(shape, pixel_size_m: float) -> np.ndarray:
+    """True where another unfamiliar mask hides the detector (native pixels, beam at the centre): beyond
+    22 mm from the beam (an aperture's round shadow), a 4 x 8 mm beam stop centred 1 mm off the beam,
+    and 1 % of the pixels dead (fixed draw)."""
+    h, w = shape
+    y, x = np.indices(shape, dtype=np.float64)
+    y, x = (y - h // 2) * pixel_size_m, (x - w // 2) * pixel_size_m
+    mask = np.hypot(x, y) > 22e-3
+    mask |= (np.abs(x - 1e-3) < 2e-3) & (np.abs(y) < 4e-3)
+    mask |= np.random.default_rng(7).random(shape) < 0.01
+    return mask
+
+
+def wedge_mask(shape, pixel_size_m: float) -> np.ndarray:
+    """True where a third unfamiliar mask hides the detector (native pixels, beam at the centre): a
+    50-degree sector from the beam (a nozzle or catcher shadow, 200-250 degrees) and a 1.2 mm wide
+    ring at 15.4 mm from the beam (an ice-ring cut)."""
+    h, w = shape
+    y, x = np.indices(shape, dtype=np.float64)
+    y, x = (y - h // 2) * pixel_size_m, (x - w // 2) * pixel_size_m
+    angle = np.degrees(np.arctan2(y, x)) % 360
+    r = np.hypot(x, y)
+    return ((angle > 200) & (angle < 250) & (r > 3e-3)) | (np.abs(r - 15.4e-3) < 0.6e-3)
+
+
+EXTRA_MASKS = {"holder": holder_mask, "aperture": aperture_mask, "wedge": wedge_mask}
+
+
 def load_test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
     """(raw simulation, config, geometry, binning, frames on the model grid binned as the stages bin them)."""
     config = {**spec["config"], "detector": spec.get("detector", EVAL_DETECTOR)}
     raw = cached_simulation(config, n, spec["seed"] + seed_offset)
-    if spec.get("extra_mask") == "holder":
-        hidden = holder_mask(raw["patterns"].shape[1:], config["detector"]["pixel_size_m"])
+    if "extra_mask" in spec:
+        hidden = EXTRA_MASKS[spec["extra_mask"]](raw["patterns"].shape[1:], config["detector"]["pixel_size_m"])
         raw = {**raw, "valid": np.asarray(raw["valid"], bool) & ~hidden,
                "patterns": np.where(hidden, np.float32(0), raw["patterns"])}
     geometry = sim_geometry(config, raw["patterns"].shape[1:])

@@ -336,17 +336,20 @@ def test_straight_shadows_are_rays_from_the_beam_or_lines_across():
     assert wire[36:39].all() and wire.sum() == 3 * 64  # a 3-px horizontal line centred 5 px from the beam
 
 
-def test_shadow_augmentation_masks_a_straight_line():
-    from xfel_dl_plugins.classification.data import AugmentConfig, Augmenter
+def test_extra_mask_augmentation_hides_part_of_some_frames():
+    from xfel_dl_plugins.classification.data import AugmentConfig, Augmenter, random_masks
 
-    patterns, valid, _ = synthetic_frames(8, 4)
+    patterns, valid, _ = synthetic_frames(16, 4)
     off = dict(p_missing_panel=0, p_missing_quadrant=0, max_patches=0, max_beamstop_px=0, max_shift_px=0, rotate=False,
                p_thinning=0, max_background=0, max_read_noise=0)
-    _, v = Augmenter(AugmentConfig(**off, p_shadow=1.0, max_shadow_px=3.0), np.random.default_rng(2))(patterns, valid)
+    _, v = Augmenter(AugmentConfig(**off, p_extra_mask=0.5), np.random.default_rng(2))(patterns, valid)
     _, v0 = Augmenter(AugmentConfig(**off), np.random.default_rng(2))(patterns, valid)
     np.testing.assert_array_equal(v0, valid)
     lost = (valid & ~v).sum((1, 2))
-    assert np.all(lost >= 20) and np.all(lost <= 3 * 64 + 10)  # a ray or a line, at most ~3 px x the frame
+    assert 3 <= np.sum(lost > 0) <= 13  # about half the frames
+    assert np.all(lost < 0.9 * valid[0].size)
+    rng = np.random.default_rng(3)
+    assert all(0 < random_masks(64, rng).sum() < 64 * 64 for _ in range(20))
 
 
 def test_batchnorm_folding_preserves_the_network():

@@ -51,7 +51,7 @@ def synthetic_simulation(monkeypatch):
 
 @pytest.mark.parametrize("kind,options", [("classifier", ""), ("embedding", ""),
                                           ("classifier", "channels_last = true\nbrightness_balance = true\n"
-                                                         "[augment]\np_photonize = 0.5\np_shadow = 0.5\n")])
+                                                         "[augment]\np_photonize = 0.5\np_extra_mask = 0.5\n")])
 def test_training_is_reproducible_and_loadable(tmp_path, synthetic_simulation, kind, options):
     from xfel_dl_plugins.classification.runtime import ClassifierModel, EncoderModel
 

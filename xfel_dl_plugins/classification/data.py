@@ -181,12 +181,12 @@ class AugmentConfig:
     # Chance that a frame is rounded to whole photons, as photonised calibrated data and Poisson-only
     # simulators (Condor) give it: no sub-photon read-out noise for the network to lean on.
     p_photonize: float = 0.0
-    # Chance of a straight shadow across the frame: the rod holding the beam stop (a ray from the beam)
-    # or a wire (a line across), at any angle, up to max_shadow_px wide on the grid. Masks are
-    # otherwise axis-aligned (modules, quadrants, ASIC patches), and a diagonal masked line is
-    # read as a streak ("other") by a network that never saw one.
-    p_shadow: float = 0.0
-    max_shadow_px: float = 4.0
+    # Chance that a frame gets 1-3 masks of kinds the detector's own masks never show (random_masks):
+    # shadows of a beam-stop holder or a wire at any angle (up to max_shadow_px wide on the grid), an
+    # aperture's round shadow, a beam stop of another shape, dead pixels. Without them the network
+    # reads an unfamiliar mask as signal: a diagonal masked line turns blanks into "other" (streaks).
+    p_extra_mask: float = 0.0
+    max_shadow_px: float = 6.0
 
 
 def straight_shadow(size: int, angle: float, width: float, wire: bool = False, offset: float = 0.0) -> np.ndarray:
@@ -199,6 +199,29 @@ def straight_shadow(size: int, angle: float, width: float, wire: bool = False, o
     if wire:
         return np.abs(across - offset) < width / 2
     return (along > 0) & (np.abs(across) < width / 2)
+
+
+def random_masks(size: int, rng: np.random.Generator, max_shadow_px: float = 6.0) -> np.ndarray:
+    """1-3 masks (True = hidden) on a ``size`` x ``size`` grid with the beam at ``[size//2, size//2]``,
+    each of a kind drawn at random: a holder's shadow (a ray from the beam) or a wire's (a line across),
+    up to ``max_shadow_px`` wide at any angle; the round shadow of an aperture (all beyond a circle
+    around the beam); a rectangular beam stop near the beam; up to 2 % dead pixels."""
+    y, x = np.indices((size, size), dtype=np.float64) - size // 2
+    mask = np.zeros((size, size), bool)
+    for kind in rng.integers(0, 5, int(rng.integers(1, 4))):
+        if kind < 2:  # 0: holder ray, 1: wire line
+            mask |= straight_shadow(size, rng.uniform(0, 2 * np.pi), rng.uniform(1.0, max_shadow_px),
+                                    wire=bool(kind), offset=rng.uniform(-size / 4, size / 4))
+        elif kind == 2:
+            cy, cx = rng.normal(0, 0.05 * size, 2)
+            mask |= np.hypot(y - cy, x - cx) > rng.uniform(0.55, 0.95) * size / 2
+        elif kind == 3:
+            cy, cx = rng.uniform(-size / 16, size / 16, 2)
+            hy, hx = rng.uniform(2, size / 8, 2)
+            mask |= (np.abs(y - cy) < hy) & (np.abs(x - cx) < hx)
+        else:
+            mask |= rng.random((size, size)) < rng.uniform(0, 0.02)
+    return mask
 
 
 class Augmenter:
@@ -274,9 +297,8 @@ class Augmenter:
         for _ in range(int(rng.integers(0, c.max_patches + 1))):
             y, x = rng.integers(0, size - side, 2)
             v[y : y + side, x : x + side] = False
-        if c.p_shadow and rng.random() < c.p_shadow:
-            v &= ~straight_shadow(size, rng.uniform(0, 2 * np.pi), rng.uniform(1.0, c.max_shadow_px),
-                                  wire=rng.random() < 0.5, offset=rng.uniform(-size / 4, size / 4))
+        if c.p_extra_mask and rng.random() < c.p_extra_mask:
+            v &= ~random_masks(size, rng, c.max_shadow_px)
         if c.max_beamstop_px:
             r = rng.uniform(0, c.max_beamstop_px)
             yy, xx = np.ogrid[:size, :size]
