@@ -456,7 +456,7 @@ def _fmt(x):
 
 def markdown(results: dict, command: str) -> str:
     lines = ["## Single-hit classification", "",
-             f"Reproduce: `{command}` (about 5 min on 2 cores once the test sets are cached, about 10 min from scratch; simulated sets are cached under "
+             f"Reproduce: `{command}` (about 15 min on 2 cores once the test sets are cached, about 20 min from scratch; simulated sets are cached under "
              "`$XFEL_DL_CACHE`, default `/tmp/xfel_dl_classify_cache`). All sets are simulated with seeds disjoint "
              "from training; the few-shot sets use particle types absent from training. The machine is shared by "
              "several engineers, so throughput is only compared side by side within one run.", "",
