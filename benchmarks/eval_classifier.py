@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from xfel_dl_plugins.classification import CLASS_NAMES, SINGLE
-from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, simulate
+from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, simulate, straight_shadow
 from xfel_dl_plugins.classification.inputs import to_whole_photons
 from xfel_dl_plugins.classification.metrics import classification_report
 from xfel_dl_plugins.classification.runtime import confident_singles
@@ -205,17 +205,19 @@ def single_f1_interval(labels, pred, draws: int = 2000, seed: int = 0) -> tuple[
 VALIDATION_SEED_OFFSET = 17
 
 
+def _offsets_m(shape, pixel_size_m: float):
+    """(y, x) of every native pixel from the beam at the frame's centre, in metres."""
+    y, x = np.indices(shape, dtype=np.float64)
+    return (y - shape[0] // 2) * pixel_size_m, (x - shape[1] // 2) * pixel_size_m
+
+
 def holder_mask(shape, pixel_size_m: float, beam_stop_radius_m: float = 3.0e-3) -> np.ndarray:
     """True where a mask unlike any in training hides the detector (native pixels, beam at the centre):
     the 2 mm wide shadow of a rod holding the beam stop, from the beam to the edge at 35 degrees, and
     two dead 64 x 64-pixel AGIPD ASICs."""
     h, w = shape
-    y, x = np.indices(shape, dtype=np.float64)
-    y, x = (y - h // 2) * pixel_size_m, (x - w // 2) * pixel_size_m
-    angle = np.deg2rad(35.0)
-    along = x * np.cos(angle) + y * np.sin(angle)
-    across = -x * np.sin(angle) + y * np.cos(angle)
-    mask = (along > 0) & (np.abs(across) < 1.0e-3) & (np.hypot(x, y) > beam_stop_radius_m)
+    y, x = _offsets_m(shape, pixel_size_m)
+    mask = straight_shadow(h, np.deg2rad(35.0), 2.0e-3 / pixel_size_m) & (np.hypot(x, y) > beam_stop_radius_m)
     mask[h // 2 + 20 : h // 2 + 84, w // 2 - 100 : w // 2 - 36] = True
     mask[h // 2 - 110 : h // 2 - 46, w // 2 + 30 : w // 2 + 94] = True
     return mask
@@ -225,9 +227,7 @@ def aperture_mask(shape, pixel_size_m: float) -> np.ndarray:
     """True where another unfamiliar mask hides the detector (native pixels, beam at the centre): beyond
     22 mm from the beam (an aperture's round shadow), a 4 x 8 mm beam stop centred 1 mm off the beam,
     and 1 % of the pixels dead (fixed draw)."""
-    h, w = shape
-    y, x = np.indices(shape, dtype=np.float64)
-    y, x = (y - h // 2) * pixel_size_m, (x - w // 2) * pixel_size_m
+    y, x = _offsets_m(shape, pixel_size_m)
     mask = np.hypot(x, y) > 22e-3
     mask |= (np.abs(x - 1e-3) < 2e-3) & (np.abs(y) < 4e-3)
     mask |= np.random.default_rng(7).random(shape) < 0.01
@@ -238,9 +238,7 @@ def wedge_mask(shape, pixel_size_m: float) -> np.ndarray:
     """True where a third unfamiliar mask hides the detector (native pixels, beam at the centre): a
     50-degree sector from the beam (a nozzle or catcher shadow, 200-250 degrees) and a 1.2 mm wide
     ring at 15.4 mm from the beam (an ice-ring cut)."""
-    h, w = shape
-    y, x = np.indices(shape, dtype=np.float64)
-    y, x = (y - h // 2) * pixel_size_m, (x - w // 2) * pixel_size_m
+    y, x = _offsets_m(shape, pixel_size_m)
     angle = np.degrees(np.arctan2(y, x)) % 360
     r = np.hypot(x, y)
     return ((angle > 200) & (angle < 250) & (r > 3e-3)) | (np.abs(r - 15.4e-3) < 0.6e-3)
