@@ -40,6 +40,25 @@ def test_packaged_classifier_on_fresh_simulation():
     assert abs(out["probabilities"].max(1).mean() - report["accuracy"]) < 0.12
 
 
+def test_packaged_classifier_holds_on_masks_unlike_agipds_own():
+    """A beam-stop holder's shadow and a wire across the detector (masks no AGIPD frame has) must not
+    turn blanks into "other" (the weights shipped before 2026-11-26 16:40 called all of them so)."""
+    from xfel_dl_plugins.classification.data import frames_on_grid, simulate, straight_shadow
+    from xfel_dl_plugins.classification.metrics import classification_report
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    config = {"sample": [PR772], "hit_fractions": BALANCED, "detector": DETECTOR}
+    model = ClassifierModel()
+    raw = simulate(config, 120, 434343)
+    size = raw["patterns"].shape[-1]
+    hidden = straight_shadow(size, 2.2, 10.0) | straight_shadow(size, 1.2, 4.0, wire=True, offset=30.0)
+    raw = {**raw, "valid": np.asarray(raw["valid"], bool) & ~hidden, "patterns": np.where(hidden, 0, raw["patterns"])}
+    frames = frames_on_grid(raw, config, model.grid)
+    report = classification_report(frames.labels, model.predict(frames.patterns, frames.valid)["class_index"])
+    assert report["per_class"]["blank"]["recall"] >= 0.9, report
+    assert report["per_class"]["single"]["f1"] >= 0.75, report
+
+
 def test_packaged_encoder_few_shot_on_unseen_particles():
     from xfel_dl_plugins.classification.fewshot import LinearProbeClassifier, PrototypeClassifier, support_features
     from xfel_dl_plugins.classification.runtime import ClassifierModel, EncoderModel
