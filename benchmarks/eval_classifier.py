@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from xfel_dl_plugins.classification import CLASS_NAMES, SINGLE
-from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, simulate, straight_shadow
+from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, hide_pixels, simulate, straight_shadow
 from xfel_dl_plugins.classification.inputs import to_whole_photons
 from xfel_dl_plugins.classification.metrics import classification_report
 from xfel_dl_plugins.classification.runtime import confident_singles
@@ -252,9 +252,7 @@ def load_test_set(spec: dict, n: int, model_grid: dict, seed_offset: int = 0):
     config = {**spec["config"], "detector": spec.get("detector", EVAL_DETECTOR)}
     raw = cached_simulation(config, n, spec["seed"] + seed_offset)
     if "extra_mask" in spec:
-        hidden = EXTRA_MASKS[spec["extra_mask"]](raw["patterns"].shape[1:], config["detector"]["pixel_size_m"])
-        raw = {**raw, "valid": np.asarray(raw["valid"], bool) & ~hidden,
-               "patterns": np.where(hidden, np.float32(0), raw["patterns"])}
+        raw = hide_pixels(raw, EXTRA_MASKS[spec["extra_mask"]](raw["patterns"].shape[1:], config["detector"]["pixel_size_m"]))
     geometry = sim_geometry(config, raw["patterns"].shape[1:])
     binning = matched_binning(model_grid, geometry)  # as the stages choose it (binning = 0)
     return raw, config, geometry, binning, frames_on_grid(raw, config, {**model_grid, "binning": binning})
