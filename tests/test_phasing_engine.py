@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xfel_dl_plugins.errors import InputDataError, StageError
-from xfel_dl_plugins.phasing import DM, ER, HIO, RAAR, PhasingState, get_backend, kernels, metrics, phase
+from xfel_dl_plugins.phasing import DM, ER, HIO, RAAR, SW, PhasingState, get_backend, kernels, metrics, phase
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
 from xfel_dl_plugins.phasing.multistart import rank_starts
 from xfel_dl_plugins.phasing.support import autocorrelation_support, free_pixel_mask
@@ -211,36 +211,57 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_available(), reason="needs CuPy and a CUDA device")
 def test_gpu_matches_cpu():
+    """Each step gives the CPU's result to float rounding. Long runs are not compared array to array:
+    HIO and RAAR amplify rounding differences (50 iterations turned 3e-7 into 5e-3 on an H100), so the
+    end result is judged by its error instead."""
     obj = make_object((64, 64), "complex_blobs", rng=np.random.default_rng(8))
     iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((64, 64), 1.0), np.random.default_rng(4))
     support = np.abs(truth) > 0.02 * np.abs(truth).max()
-    schedule = HIO() ** 20 * RAAR() ** 20 * ER() ** 10
-    results = {}
-    for device in ("cpu", "cuda"):
-        state = PhasingState(iobs, valid, n_starts=2, initial_support=support[None], backend=device, seed=3)
-        schedule.apply(state)
-        state.update_llk()
-        results[device] = (state.objects(), state.llk)
-    x_cpu, x_gpu = results["cpu"][0], results["cuda"][0]
-    assert np.linalg.norm(x_cpu - x_gpu) / np.linalg.norm(x_cpu) < 1e-3
-    np.testing.assert_allclose(results["cpu"][1], results["cuda"][1], rtol=1e-3)
+
+    def both(schedule):
+        states = {d: PhasingState(iobs, valid, n_starts=2, initial_support=support[None], backend=d, seed=3, calc_llk=1)
+                  for d in ("cpu", "cuda")}
+        for state in states.values():
+            schedule.apply(state)
+        return states["cpu"], states["cuda"]
+
+    for schedule in (ER(), HIO(), RAAR(), DM()):
+        cpu, gpu = both(schedule)
+        assert np.linalg.norm(cpu.objects() - gpu.objects()) / np.linalg.norm(cpu.objects()) < 1e-5, schedule
+        np.testing.assert_allclose(cpu.llk, gpu.llk, rtol=1e-4)
+    cpu, gpu = both(HIO() ** 10 * SW())
+    assert (cpu.supports() != gpu.supports()).sum() <= 2  # a pixel at the threshold may fall either way
     full = phase(iobs, valid, n_starts=4, device="cuda", seed=0)
+    assert full.device == "cuda"
     assert metrics.ambiguity_error(truth, full.reconstruction[0]) < 0.15
 
 
 @pytest.fixture
 def numpy_as_cupy(monkeypatch):
-    """Stand-ins for cupy/cupyx built on NumPy: ``cupy.fuse`` returns the plain function (as real
-    CuPy does for NumPy inputs) and cuFFT becomes scipy.fft. Exercises the GPU backend's logic
-    (fused-expression updates, float masks, returned rather than in-place arrays) without a GPU."""
+    """Stand-ins for cupy/cupyx built on NumPy: each CUDA elementwise kernel of the GPU backend becomes
+    its reference expression in :mod:`kernels` (written into the kernel's in-place output) and cuFFT
+    becomes scipy.fft. Exercises the GPU backend's logic (argument order, float masks, in-place
+    outputs) without a GPU."""
     import sys
     import types
 
     import scipy.fft
 
+    reference = {"xfel_fourier_projection": lambda amp, fixed, y: kernels.fourier_projection(y, amp, fixed),
+                 "xfel_er": lambda y, s, x: kernels.er_update(y, s),
+                 "xfel_hio": lambda y, s, beta, x: kernels.hio_update(x, y, s, beta),
+                 "xfel_raar": lambda y, s, beta, x: kernels.raar_update(x, y, s, beta)}
+
+    def elementwise_kernel(in_params, out_params, body, name):
+        def run(*args):
+            out = args[-1]
+            out[...] = reference[name](*args)
+            return out
+        return run
+
     fake = types.ModuleType("cupy")
     fake.__dict__.update({k: v for k, v in np.__dict__.items() if not k.startswith("__")})
-    fake.fuse = lambda func: func
+    fake.ElementwiseKernel = elementwise_kernel
     fake.asnumpy = np.asarray
     fft = types.ModuleType("cupyx.scipy.fft")
     fft.get_fft_plan = lambda a, axes=None, value_type="C2C": None
@@ -253,7 +274,6 @@ def numpy_as_cupy(monkeypatch):
 
 
 def test_gpu_backend_logic_matches_cpu_with_numpy_standin(numpy_as_cupy):
-    from xfel_dl_plugins.phasing import SW
     from xfel_dl_plugins.phasing.backend import CupyBackend
 
     obj = make_object((32, 32), "polygon", rng=np.random.default_rng(9))

@@ -4,8 +4,8 @@ Both backends expose the same small interface used by the operators: in-place ba
 the trailing spatial axes, the Fourier-modulus projection, and the real-space update rules of
 :mod:`.kernels`. Update methods return the updated array, which the caller rebinds: the CPU
 backend works in place (ufuncs with ``out=``, gather/scatter over the support), the GPU
-backend returns the output of one fused kernel per rule (built with ``cupy.fuse`` from the same
-expressions the CPU backend is tested against).
+backend runs one CUDA elementwise kernel per rule (:data:`CUDA_KERNELS`), also in place; the
+NumPy stand-in of the tests replaces each by its reference expression in :mod:`.kernels`.
 """
 
 from __future__ import annotations
@@ -228,13 +228,27 @@ class NumpyBackend(ArrayBackend):
     def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
         return self._feedback_(x, y, support, beta, 1.0 - 2.0 * beta, y_scale)
 
-    def copy_(self, dst, src):
+    def projection_input(self, dst, src):
+        """The array to Fourier-transform for a projection of ``src``: a copy in ``dst`` (the FFT works in place)."""
         np.copyto(dst, src)
         return dst
 
 
+#: The rules of :mod:`.kernels` as CUDA elementwise kernels, each writing its last argument in place:
+#: name -> (inputs, in-place output, body). ``s`` (support) and ``fixed`` are 0/1 floats.
+CUDA_KERNELS = {
+    "xfel_fourier_projection": ("float32 amp, float32 fixed", "complex64 y",
+                                f"if (fixed == 0.0f) y = y * (amp / (abs(y) + {kernels.TINY}f));"),
+    "xfel_er": ("complex64 y, float32 s", "complex64 x", "x = y * s;"),
+    "xfel_hio": ("complex64 y, float32 s, float32 beta", "complex64 x", "x = (s != 0.0f) ? y : x - y * beta;"),
+    "xfel_raar": ("complex64 y, float32 s, float32 beta", "complex64 x",
+                  "x = (s != 0.0f) ? y : x * beta + y * (1.0f - 2.0f * beta);"),
+}
+
+
 class CupyBackend(ArrayBackend):
-    """GPU: CuPy arrays, cuFFT plans cached per shape, one fused kernel per update rule."""
+    """GPU: CuPy arrays, cuFFT plans cached per shape (forward out of place, inverse in place), one
+    in-place elementwise kernel per rule: an iteration is four passes over the batch."""
 
     name = "cuda"
 
@@ -246,10 +260,8 @@ class CupyBackend(ArrayBackend):
         self.xp = cupy
         self._cufft = cufft
         self._plans: dict[tuple, object] = {}
-        self._project = cupy.fuse(kernels.fourier_projection)
-        self._er = cupy.fuse(kernels.er_update)
-        self._hio = cupy.fuse(kernels.hio_update)
-        self._raar = cupy.fuse(kernels.raar_update)
+        self._kernel = {name: cupy.ElementwiseKernel(ins, out, body, name)
+                        for name, (ins, out, body) in CUDA_KERNELS.items()}
 
     def to_numpy(self, a) -> np.ndarray:
         return self.xp.asnumpy(a) if isinstance(a, self.xp.ndarray) else np.asarray(a)
@@ -262,25 +274,27 @@ class CupyBackend(ArrayBackend):
         return plan
 
     def fft_(self, a):
-        return self._cufft.fftn(a, axes=self.spatial_axes(a.ndim), overwrite_x=True, plan=self._plan(a))
+        """Out of place (cuFFT reads ``a`` once and writes a new array): ``a`` needs no copy first."""
+        return self._cufft.fftn(a, axes=self.spatial_axes(a.ndim), overwrite_x=False, plan=self._plan(a))
 
     def ifft_(self, a):
         return self._cufft.ifftn(a, axes=self.spatial_axes(a.ndim), overwrite_x=True, plan=self._plan(a))
 
     def fourier_project_(self, y, constraint: FourierConstraint, scale: float = 1.0):
-        return self._project(y, constraint.amp, constraint.fixed)  # feedback_scale is always 1 here
+        return self._kernel["xfel_fourier_projection"](constraint.amp, constraint.fixed, y)  # scale is always 1 here
 
     def er_(self, x, y, support: Support, y_scale: float = 1.0):
-        return self._er(y, support.weights)
+        return self._kernel["xfel_er"](y, support.weights, x)
 
     def hio_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
-        return self._hio(x, y, support.weights, np.float32(beta))
+        return self._kernel["xfel_hio"](y, support.weights, np.float32(beta), x)
 
     def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
-        return self._raar(x, y, support.weights, np.float32(beta))
+        return self._kernel["xfel_raar"](y, support.weights, np.float32(beta), x)
 
-    def copy_(self, dst, src):
-        return src.copy()
+    def projection_input(self, dst, src):
+        """``src`` itself: the forward FFT is out of place, so a copy would only cost a pass over memory."""
+        return src
 
 
 def cuda_available() -> bool:

@@ -179,7 +179,7 @@ class PhasingState:
         src_f, y_f = self._flat(src), self._flat(self.y)
         out = []
         for k, c in enumerate(self.chunks):
-            out.append(self._project_chunk(k, self.backend.copy_(y_f[c], src_f[c]), 1.0, record))
+            out.append(self._project_chunk(k, self.backend.projection_input(y_f[c], src_f[c]), 1.0, record))
         if len(out) == 1:
             return out[0].reshape(self.batch_shape)
         return self.y
@@ -194,7 +194,7 @@ class PhasingState:
             c = self.chunks[k]
             x, support = x_f[c], self.chunk_supports[k]
             # ER discards x after its projection: transform x itself, no copy into the scratch array
-            source = x if rule == "er" and not self.reality else self.backend.copy_(y_f[c], x)
+            source = x if rule == "er" and not self.reality else self.backend.projection_input(y_f[c], x)
             y = self._project_chunk(k, source, scale, record)
             if self.reality:
                 new = self.backend.constrained_update(rule, x, y, support, beta, self.positivity, self.reality)
@@ -262,7 +262,7 @@ class PhasingState:
         """Figures of merit of the current iterates themselves (no projection)."""
         x_f, y_f = self._flat(self.x), self._flat(self.y)
         for c in self.chunks:
-            self._record_llk(self.backend.fft_(self.backend.copy_(y_f[c], x_f[c])), c)
+            self._record_llk(self.backend.fft_(self.backend.projection_input(y_f[c], x_f[c])), c)
 
     # -- results -------------------------------------------------------------------------------
     def objects(self) -> np.ndarray:

@@ -1,9 +1,8 @@
 """Elementwise update rules of iterative phase retrieval, written once as pure expressions.
 
-Each function uses only arithmetic and ``abs`` on its arguments, so the same source runs on NumPy
-arrays (the reference semantics, used by the tests) and compiles to one fused CUDA kernel per rule
-under ``cupy.fuse`` (the GPU backend). The CPU backend applies the same rules in place with
-ufunc passes and is tested against these expressions.
+These are the reference semantics. The CPU backend applies the same rules in place with ufunc
+passes, the GPU backend as CUDA elementwise kernels (``backend.CUDA_KERNELS``); both are tested
+against these expressions (the GPU's through a NumPy stand-in here and on a CUDA device).
 
 Notation: ``x`` the current iterate (real space), ``y = P_M x`` its Fourier-constrained version,
 ``s`` the support as 0/1 floats, ``fixed`` 1.0 where the modulus is not constrained (masked, missing
