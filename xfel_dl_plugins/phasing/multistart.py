@@ -9,6 +9,8 @@ the held-out pixels significantly better), or the lowest free LLK; align the oth
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -214,8 +216,22 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     state.update_llk()
     objects, supports = state.objects(), state.supports()
     ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
-    results = [combine_starts(objects[i], supports[i], ranking[i], state.iobs_host[i], state.constrained_host[i],
-                              state.free_host[i], n_keep, max_difference, selection) for i in range(state.n_patterns)]
+    results = _map_patterns(lambda i: combine_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
+                                                     state.constrained_host[i], state.free_host[i], n_keep,
+                                                     max_difference, selection), state.n_patterns)
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None,
                          supports if keep_starts else None)
+
+
+def _map_patterns(func, n_patterns: int) -> list:
+    """``[func(i) for i in range(n_patterns)]`` on all cores: one thread per pattern at a time, BLAS
+    single-threaded meanwhile (its threads would fight over the cores and the small products in
+    the alignment gain nothing from them). After a GPU run this host work is most of the time."""
+    workers = min(n_patterns, len(os.sched_getaffinity(0)))
+    if workers <= 1:
+        return [func(i) for i in range(n_patterns)]
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(func, range(n_patterns)))
