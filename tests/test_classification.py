@@ -400,6 +400,26 @@ def test_classifier_on_cuda_matches_cpu(classifier_weights):
     np.testing.assert_allclose(gpu["probabilities"], cpu["probabilities"], atol=1e-4)
 
 
+def test_network_input_built_from_tensors_equals_the_numpy_one(classifier_weights):
+    """The GPU path builds the network input and its views from torch tensors on the device: the same
+    values as from NumPy arrays (checked here on the CPU), including NaN, negative and masked pixels."""
+    from xfel_dl_plugins.classification.inputs import average_over_views, network_input
+    from xfel_dl_plugins.classification.runtime import ClassifierModel
+
+    patterns, valid, _ = synthetic_frames(6, 7)
+    patterns[0, 5, 5], patterns[1, 7, 9], valid[2, :3] = np.nan, -4.0, False
+    reference = network_input(patterns, valid)
+    from_tensors = network_input(torch.from_numpy(patterns), torch.from_numpy(valid))
+    np.testing.assert_allclose(from_tensors.numpy(), reference, rtol=1e-6)  # log1p may differ in the last bit
+    for views in (1, 2, 4):
+        got = average_over_views(lambda x: x.numpy(), from_tensors, views)
+        np.testing.assert_allclose(got, average_over_views(lambda x: x, reference, views), rtol=1e-6)
+    model = ClassifierModel(path=classifier_weights)
+    expected = model.predict(patterns, valid)["probabilities"]
+    model.inputs_on_device = True  # the GPU's route, taken on the CPU
+    np.testing.assert_allclose(model.predict(patterns, valid)["probabilities"], expected, atol=1e-5)
+
+
 def test_cuda_requested_without_cuda_is_a_clear_error(classifier_weights):
     from xfel_dl_plugins.classification.runtime import ClassifierModel
 

@@ -21,22 +21,32 @@ from ..io.grid import bin_to_grid
 LOG_SCALE = 6.0
 
 
-def network_input(patterns: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``(n, 2, S, S)`` float32 network input from photon patterns and their validity."""
-    patterns = np.asarray(patterns, dtype=np.float32)
-    valid = np.asarray(valid, dtype=bool)
-    if patterns.ndim != 3 or patterns.shape != valid.shape:
+def network_input(patterns, valid):
+    """``(n, 2, S, S)`` float32 network input from photon patterns and their validity.
+
+    NumPy arrays give a NumPy array; torch tensors give a tensor on their device (the classifier
+    builds its input on the GPU that way: the same operations, so the same values)."""
+    xp = _namespace(patterns)
+    if xp is np:
+        patterns = np.asarray(patterns, dtype=np.float32)
+        valid = np.asarray(valid, dtype=bool)
+    if patterns.ndim != 3 or tuple(patterns.shape) != tuple(valid.shape):
         raise InputDataError(
             f"classifier input must be (n, S, S) patterns with a validity mask of the same shape, "
-            f"got {patterns.shape} and {valid.shape}"
+            f"got {tuple(patterns.shape)} and {tuple(valid.shape)}"
         )
-    finite = np.isfinite(patterns)
-    valid = valid & finite
-    out = np.empty((len(patterns), 2) + patterns.shape[1:], dtype=np.float32)
-    np.log1p(np.clip(np.where(valid, patterns, 0), 0, None), out=out[:, 0])
-    out[:, 0] *= 1.0 / LOG_SCALE
-    out[:, 1] = valid
-    return out
+    valid = valid & xp.isfinite(patterns)
+    signal = xp.log1p(xp.clip(xp.where(valid, patterns, 0), 0, None)) * (1.0 / LOG_SCALE)
+    return xp.stack([signal, valid.float() if xp is not np else valid.astype(np.float32)], 1)
+
+
+def _namespace(a):
+    """numpy, or torch for a torch tensor (both have the functions used here under the same names)."""
+    if type(a).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
 
 
 def to_whole_photons(patterns: np.ndarray) -> np.ndarray:
@@ -85,22 +95,25 @@ def restore_readout_noise(patterns: np.ndarray, frames: np.ndarray, sigma: float
 
 #: Views of a pattern whose network outputs the classifier can average: the pattern, rotated by 90
 #: degrees, mirrored, transposed (training augments with all eight dihedral views). They act on the
-#: last two axes, so they apply alike to patterns ``(n, S, S)`` and to network input ``(n, C, S, S)``.
-DIHEDRAL_VIEWS = (lambda a: a, lambda a: np.rot90(a, 1, (-2, -1)), lambda a: a[..., ::-1, :],
-                  lambda a: np.swapaxes(a, -2, -1))
+#: last two axes, so they apply alike to patterns ``(n, S, S)`` and to network input ``(n, C, S, S)``,
+#: and on NumPy arrays as on torch tensors (``xp``: numpy or torch).
+DIHEDRAL_VIEWS = (lambda a, xp: a, lambda a, xp: xp.rot90(a, 1, (-2, -1)), lambda a, xp: xp.flip(a, (-2,)),
+                  lambda a, xp: xp.swapaxes(a, -2, -1))
 VIEW_COUNTS = (1, 2, 4)
 
 
-def average_over_views(forward, x: np.ndarray, views: int) -> np.ndarray:
+def average_over_views(forward, x, views: int):
     """Mean of ``forward(view(x))`` over the first ``views`` of :data:`DIHEDRAL_VIEWS`.
 
-    ``x`` is network input (:func:`network_input`): computed once, since a view of the input is the
-    input of the view (the channels are pixel-wise)."""
+    ``x`` is network input (:func:`network_input`, an array or a tensor): computed once, since a view
+    of the input is the input of the view (the channels are pixel-wise)."""
     if views not in VIEW_COUNTS:
         raise InputDataError(f"views must be one of {VIEW_COUNTS}, got {views!r}")
+    xp = _namespace(x)
+    contiguous = np.ascontiguousarray if xp is np else (lambda a: a.contiguous())
     total = 0
     for view in DIHEDRAL_VIEWS[:views]:
-        total = total + forward(np.ascontiguousarray(view(x)))
+        total = total + forward(contiguous(view(x, xp)))
     return total / views
 
 
