@@ -13,7 +13,7 @@ the same run mean anything):
      starts each, the same schedule in both codes: fraction of starts that converge, and the error
      (after removing translation, twin and global phase) of our automatically selected result vs
      PyNX's best start;
-  4. on a CUDA machine: pattern-iterations/s of a 256^2 batch vs the memory-bandwidth bound.
+GPU figures come from benchmarks/bench_gpu.py (run on a CUDA machine).
 PyNX runs in a subprocess (benchmarks/pynx_worker.py) with its own interpreter.
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from xfel_dl_plugins.phasing import HIO, PhasingState, metrics, phase
-from xfel_dl_plugins.phasing.backend import NumpyBackend, cuda_available, get_backend
+from xfel_dl_plugins.phasing.backend import NumpyBackend
 from xfel_dl_plugins.phasing.multistart import combine_starts
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
@@ -201,26 +201,6 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
                 pynx_objects=runs["pynx_default"], cases=cases)
 
 
-def bench_gpu(n: int, batch: int, n_iter: int, bandwidth: float) -> dict | None:
-    if not cuda_available():
-        return None
-    import cupy
-
-    iobs, valid, _ = _pattern(n)
-    state = PhasingState(np.repeat(iobs[None], batch, 0), np.repeat(valid[None], batch, 0), n_starts=1, calc_llk=0,
-                         backend=get_backend("cuda"), seed=0)
-    (HIO() ** 5).apply(state)
-    cupy.cuda.Device().synchronize()
-    t0 = time.perf_counter()
-    (HIO() ** n_iter).apply(state)
-    cupy.cuda.Device().synchronize()
-    seconds = time.perf_counter() - t0
-    rate = batch * n_iter / seconds
-    bound = bandwidth / (112 * n * n)
-    return dict(size=n, batch=batch, rate=rate, bound=bound, fraction=rate / bound,
-                device=cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
-
-
 def figures(q: dict, outdir: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -272,7 +252,7 @@ def figures(q: dict, outdir: Path) -> list[str]:
     return names
 
 
-def markdown(args, timing, batch, quality, gpu, figs) -> str:
+def markdown(args, timing, batch, quality, figs) -> str:
     cpu = os.cpu_count()
     lines = ["## Phase retrieval (`xfel_dl_plugins.phasing`) vs PyNX", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this {cpu}-core machine, shared with other "
@@ -338,15 +318,8 @@ def markdown(args, timing, batch, quality, gpu, figs) -> str:
         lines += [f"Other draws of our random starts (seeds {', '.join(map(str, seeds))}; the table shows seed {seeds[0]}): "
                   "selected result at or below PyNX's best start on " + ", ".join(f"{w}/{len(rows)}" for w in per_seed)
                   + " patterns; mean selected error " + ", ".join(f"{m:.3f}" for m in means) + ".", ""]
-    lines += ["### GPU", ""]
-    if gpu:
-        lines.append(f"{gpu['device']}: {gpu['rate']:.3g} pattern-iterations/s for a batch of {gpu['batch']} x {gpu['size']}^2 "
-                     f"(HIO), {gpu['fraction']:.2f} of the bandwidth bound {gpu['bound']:.3g}/s (112 N^2 bytes per "
-                     f"iteration at {args.bandwidth:.2g} B/s).")
-    else:
-        lines.append("Not measured: no CUDA device in this run (the CuPy path is exercised by the `gpu`-marked test "
-                     "`tests/test_phasing_engine.py::test_gpu_matches_cpu` where one is available).")
-    lines += ["", "### Figures", ""] + [f"![{f}](figures/{f})" for f in figs] + [""]
+    lines += ["### GPU", "", "Measured by `benchmarks/bench_gpu.py` on a CUDA machine: see the GPU section of this page.",
+              "", "### Figures", ""] + [f"![{f}](figures/{f})" for f in figs] + [""]
     return "\n".join(lines)
 
 
@@ -362,7 +335,6 @@ def main(argv=None):
                     help="sections not measured again (timing and batch are then read from the .json sidecar)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="seeds of our random starts in the quality test (the table shows the first)")
-    ap.add_argument("--bandwidth", type=float, default=3.0e12, help="GPU memory bandwidth (B/s) for the bound")
     args = ap.parse_args(argv)
     pynx = PyNX(args.pynx_dir)
     # Skipped sections are taken from the JSON written beside the markdown by an earlier run.
@@ -382,10 +354,9 @@ def main(argv=None):
         quality = bench_quality(pynx, kinds, photons, 128, 10, 2.0, tuple(args.seeds))
     else:
         quality = None
-    gpu = bench_gpu(256, 1024, 50, args.bandwidth)
     figs = figures(quality, args.figures) if (args.figures and quality) else []
     if args.markdown and timing and batch and quality:
-        args.markdown.write_text(markdown(args, timing, batch, quality, gpu, figs))
+        args.markdown.write_text(markdown(args, timing, batch, quality, figs))
         print(f"wrote {args.markdown}")
 
 
