@@ -1,11 +1,12 @@
 """Array backends of the phasing engine: NumPy + scipy.fft on the CPU, CuPy + cuFFT on a GPU.
 
-Both backends expose the same small interface used by the operators: in-place batched FFTs over
-the trailing spatial axes, the Fourier-modulus projection, and the real-space update rules of
-:mod:`.kernels`. Update methods return the updated array, which the caller rebinds: the CPU
-backend works in place (ufuncs with ``out=``, gather/scatter over the support), the GPU
-backend runs one CUDA elementwise kernel per rule (:data:`CUDA_KERNELS`), also in place; the
-NumPy stand-in of the tests replaces each by its reference expression in :mod:`.kernels`.
+Both backends expose the same small interface used by the operators: batched FFTs over the
+trailing spatial axes (in place, except the GPU's forward FFT: out of place saves a copy), the
+Fourier-modulus projection, and the real-space update rules of :mod:`.kernels`. Update methods
+return the updated array, which the caller rebinds: the CPU backend works in place (ufuncs with
+``out=``, gather/scatter over the support), the GPU backend runs one CUDA elementwise kernel per
+rule (:data:`CUDA_KERNELS`), also in place; the NumPy stand-in of the tests replaces each by its
+reference expression in :mod:`.kernels`.
 """
 
 from __future__ import annotations
