@@ -335,6 +335,9 @@ def main(argv=None):
                     help="sections not measured again (timing and batch are then read from the .json sidecar)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="seeds of our random starts in the quality test (the table shows the first)")
+    ap.add_argument("--size", type=int, default=128, help="pattern size of the quality test (objects scale with it)")
+    ap.add_argument("--stop", type=float, default=None, help="beam-stop radius in pixels (default: size / 64)")
+    ap.add_argument("--photons", type=float, nargs="+", default=None, help="photon levels (default 1e6 1e7 1e8 1e9)")
     args = ap.parse_args(argv)
     pynx = PyNX(args.pynx_dir)
     # Skipped sections are taken from the JSON written beside the markdown by an earlier run.
@@ -350,8 +353,9 @@ def main(argv=None):
         sidecar.write_text(json.dumps({"timing": timing, "batch": batch}, indent=1))
     if "quality" not in args.skip:
         kinds = ("polygon", "blobs") if args.quick else ("polygon", "blobs", "complex_blobs", "cell")
-        photons = (1e6, 1e8) if args.quick else (1e6, 1e7, 1e8, 1e9)
-        quality = bench_quality(pynx, kinds, photons, 128, 10, 2.0, tuple(args.seeds))
+        photons = args.photons or ((1e6, 1e8) if args.quick else (1e6, 1e7, 1e8, 1e9))
+        stop = args.stop if args.stop is not None else args.size / 64
+        quality = bench_quality(pynx, kinds, tuple(photons), args.size, 10, stop, tuple(args.seeds))
     else:
         quality = None
     figs = figures(quality, args.figures) if (args.figures and quality) else []
