@@ -9,11 +9,11 @@ Needs CuPy with a CUDA device (and a CUDA build of PyTorch for the classifier se
      pattern-iterations/s, as a fraction of the bandwidth bound of the field notes (one iteration
      moves ~112 N^2 bytes) and against a bare cuFFT forward + inverse pair on the same batch;
      the CPU backend on the same machine (all cores) for the same batch;
-  3. agreement: the same iterations on CPU and GPU from the same start (relative difference), and
-     the full multi-start ``phase()`` on the benchmark's 16 quality patterns on both devices
-     (error after removing ambiguities, per pattern, and wall time; run last, it is the longest);
-  4. classifier throughput on the GPU (frames/s) beside the CPU in the same run;
-  5. end-to-end phasing throughput: patterns of 256^2, 8 starts each, the default recipe.
+  3. agreement: the same start iterated on CPU and GPU, step by step (relative difference);
+  4. classifier throughput on the GPU (frames/s) beside the CPU in the same run, and agreement;
+  5. end-to-end phasing throughput: patterns of 256^2, 8 starts each, the default recipe;
+  6. quality: the CPU benchmark's 16 patterns phased by ``phase()`` on each device (error after
+     removing ambiguities, per pattern, and wall time; last, it is the longest).
 Each section is independent: one that fails is reported and the others still run.
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_phasing import RECIPE, _pattern  # noqa: E402  (same test patterns as the CPU benchmark)
+from bench_phasing import QUALITY_KINDS, QUALITY_PHOTONS, RECIPE, _pattern, quality_cases  # noqa: E402  (same test patterns as the CPU benchmark)
 
 from xfel_dl_plugins.phasing import ER, HIO, RAAR, SW, PhasingState, metrics, phase  # noqa: E402
 from xfel_dl_plugins.phasing.backend import NumpyBackend, get_backend  # noqa: E402
@@ -168,14 +168,8 @@ def iterate_agreement() -> dict:
 
 def quality_agreement(n_starts: int = 10, seed: int = 1) -> dict:
     """The CPU benchmark's 16 quality patterns phased on each device: selected error per pattern and time."""
-    kinds, photon_levels = ("polygon", "blobs", "complex_blobs", "cell"), (1e6, 1e7, 1e8, 1e9)
-    cases, iobs, valid, truths = [], [], [], []
-    for k, kind in enumerate(kinds):
-        for p, photons in enumerate(photon_levels):
-            i, v, t = _pattern(128, kind, photons, seed=100 + 10 * k + p, stop=2.0)
-            cases.append(f"{kind} {photons:.0e}")
-            iobs.append(i), valid.append(v), truths.append(t)
-    iobs, valid = np.stack(iobs), np.stack(valid)
+    cases, iobs, valid, truths = quality_cases(QUALITY_KINDS, QUALITY_PHOTONS, 128, 2.0)
+    cases = [f"{kind} {photons:.0e}" for kind, photons in cases]
     res = {"cases": cases}
     for device in ("cuda", "cpu"):
         t0 = time.perf_counter()
@@ -195,8 +189,8 @@ def phasing_throughput(n_patterns: int, n_starts: int, cpu_workers: int) -> dict
     phase(iobs[:2], valid[:2], n_starts=2, recipe="HIO**5", device="cuda")  # warm-up: kernels compiled, plans made
     for device, count in (("cuda", n_patterns), ("cpu", max(2, n_patterns // 8))):
         t0 = time.perf_counter()
-        out = phase(iobs[:count], valid[:count], n_starts=n_starts, device=device,
-                    **({"backend": NumpyBackend(2, cpu_workers)} if device == "cpu" else {}))
+        backend = NumpyBackend(2, cpu_workers) if device == "cpu" else "cuda"
+        out = phase(iobs[:count], valid[:count], n_starts=n_starts, backend=backend)
         seconds = time.perf_counter() - t0
         res[f"{device}_patterns"] = count
         res[f"{device}_s"] = seconds

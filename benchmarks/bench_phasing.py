@@ -147,14 +147,23 @@ def _llk(obj, iobs, valid):
     return metrics.poisson_llk(iobs, icalc, valid)
 
 
-def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop: float, seeds=(1,)) -> dict:
+QUALITY_KINDS = ("polygon", "blobs", "complex_blobs", "cell")
+QUALITY_PHOTONS = (1e6, 1e7, 1e8, 1e9)
+
+
+def quality_cases(kinds, photon_levels, n: int, stop: float):
+    """The quality test's patterns: ([(kind, photons)], iobs, valid, truths), each from its own seed."""
     cases, iobs, valid, truths = [], [], [], []
     for k, kind in enumerate(kinds):
         for p, photons in enumerate(photon_levels):
             i, v, t = _pattern(n, kind, photons, seed=100 + 10 * k + p, stop=stop)
             cases.append((kind, photons))
             iobs.append(i), valid.append(v), truths.append(t)
-    iobs, valid = np.stack(iobs), np.stack(valid)
+    return cases, np.stack(iobs), np.stack(valid), truths
+
+
+def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop: float, seeds=(1,)) -> dict:
+    cases, iobs, valid, truths = quality_cases(kinds, photon_levels, n, stop)
     t0 = time.perf_counter()
     ours = phase(iobs, valid, recipe=RECIPE, n_starts=n_starts, n_keep=4, seed=seeds[0], device="cpu", keep_starts=True)
     ours_s = time.perf_counter() - t0
@@ -352,8 +361,8 @@ def main(argv=None):
     if sidecar:
         sidecar.write_text(json.dumps({"timing": timing, "batch": batch}, indent=1))
     if "quality" not in args.skip:
-        kinds = ("polygon", "blobs") if args.quick else ("polygon", "blobs", "complex_blobs", "cell")
-        photons = args.photons or ((1e6, 1e8) if args.quick else (1e6, 1e7, 1e8, 1e9))
+        kinds = ("polygon", "blobs") if args.quick else QUALITY_KINDS
+        photons = args.photons or ((1e6, 1e8) if args.quick else QUALITY_PHOTONS)
         stop = args.stop if args.stop is not None else args.size / 64
         quality = bench_quality(pynx, kinds, tuple(photons), args.size, 10, stop, tuple(args.seeds))
     else:

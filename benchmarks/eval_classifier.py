@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from xfel_dl_plugins.classification import CLASS_NAMES, SINGLE
-from xfel_dl_plugins.classification.data import cache_dir, frames_on_grid, hide_pixels, simulate, straight_shadow
+from xfel_dl_plugins.classification.data import (beam_offsets, cache_dir, frames_on_grid, hide_pixels, simulate,
+                                                 straight_shadow)
 from xfel_dl_plugins.classification.inputs import to_whole_photons
 from xfel_dl_plugins.classification.metrics import classification_report
 from xfel_dl_plugins.classification.runtime import confident_singles
@@ -207,8 +208,8 @@ VALIDATION_SEED_OFFSET = 17
 
 def _offsets_m(shape, pixel_size_m: float):
     """(y, x) of every native pixel from the beam at the frame's centre, in metres."""
-    y, x = np.indices(shape, dtype=np.float64)
-    return (y - shape[0] // 2) * pixel_size_m, (x - shape[1] // 2) * pixel_size_m
+    y, x = beam_offsets(shape)
+    return y * pixel_size_m, x * pixel_size_m
 
 
 def holder_mask(shape, pixel_size_m: float, beam_stop_radius_m: float = 3.0e-3) -> np.ndarray:

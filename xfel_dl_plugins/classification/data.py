@@ -189,10 +189,10 @@ class AugmentConfig:
     max_shadow_px: float = 6.0
 
 
-def _beam_offsets(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(y, x) pixel offsets from the beam at ``[size//2, size//2]`` on a ``size`` x ``size`` grid."""
-    y, x = np.indices((size, size), dtype=np.float64) - size // 2
-    return y, x
+def beam_offsets(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) pixel offsets of every pixel from the beam at ``[h//2, w//2]``."""
+    y, x = np.indices(shape, dtype=np.float64)
+    return y - shape[0] // 2, x - shape[1] // 2
 
 
 def hide_pixels(frames: dict, hidden: np.ndarray) -> dict:
@@ -206,7 +206,7 @@ def straight_shadow(size: int, angle: float, width: float, wire: bool = False, o
     """True on a ``size`` x ``size`` grid (beam at ``[size//2, size//2]``) under a straight shadow ``width``
     pixels wide at ``angle``: a ray from the beam outwards (a beam-stop holder), or with ``wire`` a line
     across the frame ``offset`` pixels from the beam."""
-    y, x = _beam_offsets(size)
+    y, x = beam_offsets((size, size))
     along = x * np.cos(angle) + y * np.sin(angle)
     across = -x * np.sin(angle) + y * np.cos(angle)
     if wire:
@@ -219,7 +219,7 @@ def random_masks(size: int, rng: np.random.Generator, max_shadow_px: float = 6.0
     each of a kind drawn at random: a holder's shadow (a ray from the beam) or a wire's (a line across),
     up to ``max_shadow_px`` wide at any angle; the round shadow of an aperture (all beyond a circle
     around the beam); a rectangular beam stop near the beam; up to 2 % dead pixels."""
-    y, x = _beam_offsets(size)
+    y, x = beam_offsets((size, size))
     mask = np.zeros((size, size), bool)
     for kind in rng.integers(0, 5, int(rng.integers(1, 4))):
         if kind < 2:  # 0: holder ray, 1: wire line
