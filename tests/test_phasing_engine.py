@@ -285,6 +285,7 @@ def test_gpu_backend_logic_matches_cpu_with_numpy_standin(numpy_as_cupy):
         schedule.apply(state)
         state.update_llk()
     assert len(states[1].chunks) == 1 and len(states[0].chunks) >= 1
+    assert states[1].y is None  # the GPU keeps no scratch copy of the batch
     cpu, gpu = (s.objects() for s in states)
     assert np.linalg.norm(cpu - gpu) / np.linalg.norm(cpu) < 1e-4
     np.testing.assert_array_equal(states[0].supports(), states[1].supports())

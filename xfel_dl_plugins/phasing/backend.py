@@ -103,6 +103,10 @@ class ArrayBackend:
         """How many arrays of ``n_pixels`` to iterate together (the GPU takes the whole batch)."""
         return 1 << 30
 
+    def scratch_like(self, x):
+        """A scratch array the forward FFT of an iterate works in (None: the FFT is out of place)."""
+        return self.xp.empty_like(x)
+
     def intensity(self, y):
         """|y|^2 as float32."""
         a = abs(y)
@@ -292,6 +296,10 @@ class CupyBackend(ArrayBackend):
 
     def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
         return self._kernel["xfel_raar"](y, support.weights, np.float32(beta), x)
+
+    def scratch_like(self, x):
+        """None: the forward FFT is out of place, so no scratch copy of the batch is needed."""
+        return None
 
     def projection_input(self, dst, src):
         """``src`` itself: the forward FFT is out of place, so a copy would only cost a pass over memory."""

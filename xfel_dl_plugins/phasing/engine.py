@@ -108,7 +108,7 @@ class PhasingState:
             self.x = self._random_starts()
         else:
             self.x = xp.asarray(self._per_start(initial_object, np.complex64)) * self.support_mask
-        self.y = xp.empty_like(self.x)
+        self.y = self.backend.scratch_like(self.x)  # the CPU's FFT-in-place buffer; None on the GPU
         self.llk = np.full((self.n_patterns, self.n_starts), np.nan)
         self.llk_free = np.full((self.n_patterns, self.n_starts), np.nan)
 
@@ -161,6 +161,10 @@ class PhasingState:
     def _flat(self, a):
         return a.reshape((-1,) + self.spatial)
 
+    def _scratch(self, chunk: slice):
+        """The chunk's part of the scratch array (None where the backend's FFT is out of place)."""
+        return None if self.y is None else self._flat(self.y)[chunk]
+
     # -- iterations ----------------------------------------------------------------------------
     def _llk_due(self) -> bool:
         return bool(self.calc_llk) and self.iteration % self.calc_llk == 0
@@ -176,10 +180,10 @@ class PhasingState:
     def _project_modulus(self, src):
         """P_M src for the whole batch (a new array on the GPU, the scratch buffer on the CPU)."""
         record = self._llk_due()
-        src_f, y_f = self._flat(src), self._flat(self.y)
+        src_f = self._flat(src)
         out = []
         for k, c in enumerate(self.chunks):
-            out.append(self._project_chunk(k, self.backend.projection_input(y_f[c], src_f[c]), 1.0, record))
+            out.append(self._project_chunk(k, self.backend.projection_input(self._scratch(c), src_f[c]), 1.0, record))
         if len(out) == 1:
             return out[0].reshape(self.batch_shape)
         return self.y
@@ -187,14 +191,14 @@ class PhasingState:
     def iterate(self, rule: str, beta: float) -> None:
         """One iteration of ER ('er'), HIO ('hio') or RAAR ('raar'), chunk by chunk."""
         record = self._llk_due()
-        x_f, y_f = self._flat(self.x), self._flat(self.y)
+        x_f = self._flat(self.x)
         scale = 1.0 if self.reality else self.backend.feedback_scale(rule, beta)
 
         def chunk_iteration(k: int) -> None:
             c = self.chunks[k]
             x, support = x_f[c], self.chunk_supports[k]
             # ER discards x after its projection: transform x itself, no copy into the scratch array
-            source = x if rule == "er" and not self.reality else self.backend.projection_input(y_f[c], x)
+            source = x if rule == "er" and not self.reality else self.backend.projection_input(self._scratch(c), x)
             y = self._project_chunk(k, source, scale, record)
             if self.reality:
                 new = self.backend.constrained_update(rule, x, y, support, beta, self.positivity, self.reality)
@@ -260,9 +264,9 @@ class PhasingState:
 
     def update_llk(self) -> None:
         """Figures of merit of the current iterates themselves (no projection)."""
-        x_f, y_f = self._flat(self.x), self._flat(self.y)
+        x_f = self._flat(self.x)
         for c in self.chunks:
-            self._record_llk(self.backend.fft_(self.backend.projection_input(y_f[c], x_f[c])), c)
+            self._record_llk(self.backend.fft_(self.backend.projection_input(self._scratch(c), x_f[c])), c)
 
     # -- results -------------------------------------------------------------------------------
     def objects(self) -> np.ndarray:
