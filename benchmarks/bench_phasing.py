@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import scipy.fft as sfft
 
-from xfel_dl_plugins.phasing import HIO, PhasingState, metrics, phase
+from xfel_dl_plugins.phasing import HIO, SW, PhasingState, metrics, phase
 from xfel_dl_plugins.phasing.backend import NumpyBackend
 from xfel_dl_plugins.phasing.multistart import combine_starts
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
@@ -171,8 +171,9 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
     other_draws = [phase(iobs, valid, recipe=RECIPE, n_starts=n_starts, n_keep=4, seed=s, device="cpu").reconstruction
                    for s in seeds[1:]]
     runs = {}
+    our_sigma = SW().widths((n, n))  # ours scales with the array: 2 -> 1 px at 128^2, 4 -> 2 px at 256^2
     for label, (thr, method, sigma) in {"pynx_default": (0.25, "rms", (2.0, 0.5)),
-                                        "pynx_oursw": (0.15, "max", (2.0, 1.0))}.items():
+                                        "pynx_oursw": (0.15, "max", our_sigma)}.items():
         t0 = time.perf_counter()
         runs[label] = pynx.run("quality", iobs=iobs, valid=valid, n_starts=n_starts, seed=1, sw_threshold=thr,
                                sw_method=method, sw_sigma=np.array(sigma))["objects"]
@@ -293,7 +294,8 @@ def markdown(args, timing, batch, quality, figs) -> str:
               f"oversampling 2.5 per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
               f"{quality['n_starts']} random starts per pattern, schedule `{RECIPE}` in both codes (PyNX: "
               "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom). "
-              "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5) and with ours (max 0.15, sigma 2->1). "
+              "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max 0.15, sigma "
+              f"{quality['size'] / 64:g}->{quality['size'] / 128:g} px, i.e. 1/64 -> 1/128 of the array side). "
               "Errors: ||truth - c T rec|| / ||truth|| minimised over translation (sub-pixel), global complex factor "
               "and twin. *Converged*: start error <= max(1.5 x, +0.02) the best error any start of any code reached "
               f"on that pattern, and <= {CONVERGED_MAX}. *Floor*: Poisson LLK (best scale) <= 2 x the LLK of the true object. *Selected*: our "

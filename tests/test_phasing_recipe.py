@@ -10,7 +10,7 @@ class RecordingState:
     """Stands in for a PhasingState and records what the operators ask of it."""
 
     def __init__(self):
-        self.calls, self.iteration = [], 0
+        self.calls, self.iteration, self.spatial = [], 0, (128, 128)
 
     def iterate(self, rule, beta):
         self.calls.append((rule, beta))
@@ -51,9 +51,26 @@ def test_sw_defaults_and_sigma_decay():
     op = parse_recipe("SW * ER * SW(sigma=4)", sw_defaults={"threshold": 0.15, "sigma": 3.0, "sigma_end": 1.0, "decay": 10})
     sw1, sw2 = op.ops[0], op.ops[2]
     assert (sw1.threshold, sw1.sigma, sw2.sigma, sw2.threshold) == (0.15, 3.0, 4.0, 0.15)
-    assert sw1.current_sigma(0) == pytest.approx(3.0)
-    assert sw1.current_sigma(5) == pytest.approx(3 ** 0.5)
-    assert sw1.current_sigma(100) == pytest.approx(1.0)
+    assert sw1.current_sigma(0, (64, 64)) == pytest.approx(3.0)
+    assert sw1.current_sigma(5, (64, 64)) == pytest.approx(3 ** 0.5)
+    assert sw1.current_sigma(100, (64, 64)) == pytest.approx(1.0)
+
+
+def test_sw_widths_scale_with_the_array_unless_given():
+    auto = parse_recipe("SW * ER").ops[0]
+    assert auto.widths((128, 128)) == (2.0, 1.0)
+    assert auto.widths((256, 256)) == (4.0, 2.0)
+    assert auto.widths((64, 64, 64)) == (1.0, 0.5)
+    assert auto.current_sigma(0, (256, 256)) == pytest.approx(4.0)
+    assert auto.current_sigma(10_000, (256, 256)) == pytest.approx(2.0)
+    fixed = SW(sigma=3, sigma_end=1.5)
+    assert fixed.widths((256, 256)) == (3.0, 1.5)
+    assert SW(sigma=3).widths((256, 256)) == (3.0, 2.0)  # an end not given still scales
+    assert parse_recipe(repr(auto) + " * ER").ops[0].widths((256, 256)) == (4.0, 2.0)  # repr parses back
+    with pytest.raises(StageError, match="sigma"):
+        SW(sigma=-1)
+    with pytest.raises(RecipeError, match="sigma"):
+        parse_recipe("SW(sigma=wide) * ER")
 
 
 def test_python_operator_algebra_matches_recipe():

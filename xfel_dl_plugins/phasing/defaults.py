@@ -6,3 +6,8 @@ DEFAULT_RECIPE = "(SW*HIO**50)**12 * (SW*RAAR**50)**8 * ER**100"
 #: How the start that the others are aligned on and averaged with is picked: the one most other
 #: starts reproduce (consensus), or the lowest free LLK (llk).
 SELECTIONS = ("consensus", "llk")
+
+#: Shrink-wrap smoothing widths where a recipe does not give them: from 1/64 to 1/128 of the array's
+#: largest side (2 -> 1 px at 128^2, 4 -> 2 px at 256^2), the same width relative to a particle
+#: sampled alike at any array size. Fixed widths in pixels failed most 256^2 test patterns.
+AUTO_SIGMA = (1 / 64, 1 / 128)

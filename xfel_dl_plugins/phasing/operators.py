@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..errors import StageError
+from .defaults import AUTO_SIGMA
 
 
 class Operator:
@@ -157,7 +158,8 @@ class SW(Operator):
     """Shrink-wrap support update.
 
     The amplitude |x| is smoothed by a Gaussian whose width (pixels) decays geometrically from
-    ``sigma`` to ``sigma_end`` over the first ``decay`` iterations of the run; the new support is
+    ``sigma`` to ``sigma_end`` over the first ``decay`` iterations of the run (``None`` or ``auto``:
+    :data:`~.defaults.AUTO_SIGMA` of the array side, 2 -> 1 px at 128^2); the new support is
     where the smoothed amplitude exceeds ``threshold`` times its maximum (``method='max'``) or
     ``threshold_rms`` times its root-mean-square inside the current support (``method='rms'``).
     ``method='both'`` (default) gives every other start the rms rule: compact uniform particles
@@ -167,8 +169,8 @@ class SW(Operator):
 
     threshold: float = 0.15
     threshold_rms: float = 0.25
-    sigma: float = 2.0
-    sigma_end: float = 1.0
+    sigma: float | None = None
+    sigma_end: float | None = None
     decay: int = 500
     method: str = "both"
     force_shrink: bool = False
@@ -180,23 +182,33 @@ class SW(Operator):
             raise StageError(f"SW: threshold (relative to the maximum) must be in (0, 1), got {self.threshold}")
         if not 0.0 < self.threshold_rms < 10.0:
             raise StageError(f"SW: threshold_rms must be in (0, 10), got {self.threshold_rms}")
-        if self.sigma < 0 or self.sigma_end < 0:
-            raise StageError("SW: sigma and sigma_end must be >= 0")
+        self.sigma, self.sigma_end = (None if value == "auto" else value for value in (self.sigma, self.sigma_end))
+        for value in (self.sigma, self.sigma_end):
+            if value is not None and (isinstance(value, (str, bool)) or value < 0):
+                raise StageError(f"SW: sigma and sigma_end must be >= 0 px or 'auto', got {value!r}")
         if int(self.decay) < 1:
             raise StageError(f"SW: decay must be >= 1 iteration, got {self.decay}")
         self.decay = int(self.decay)
         self.force_shrink = bool(self.force_shrink)
 
-    def current_sigma(self, iteration: int) -> float:
-        if self.sigma == 0 or self.sigma_end == 0:
-            return float(self.sigma if iteration < self.decay else self.sigma_end)
+    def widths(self, shape: tuple[int, ...]) -> tuple[float, float]:
+        """Smoothing width at the start and after the decay (pixels) for arrays of ``shape``."""
+        side = max(shape)
+        return (float(self.sigma) if self.sigma is not None else AUTO_SIGMA[0] * side,
+                float(self.sigma_end) if self.sigma_end is not None else AUTO_SIGMA[1] * side)
+
+    def current_sigma(self, iteration: int, shape: tuple[int, ...]) -> float:
+        start, end = self.widths(shape)
+        if start == 0 or end == 0:
+            return start if iteration < self.decay else end
         frac = min(iteration / self.decay, 1.0)
-        return float(self.sigma * (self.sigma_end / self.sigma) ** frac)
+        return start * (end / start) ** frac
 
     def apply(self, state) -> None:
-        state.shrink_wrap(self.threshold, self.threshold_rms, self.current_sigma(state.iteration), self.method,
-                          self.force_shrink)
+        state.shrink_wrap(self.threshold, self.threshold_rms, self.current_sigma(state.iteration, state.spatial),
+                          self.method, self.force_shrink)
 
     def __repr__(self) -> str:
-        return (f"SW(threshold={self.threshold:g}, threshold_rms={self.threshold_rms:g}, sigma={self.sigma:g}, "
-                f"sigma_end={self.sigma_end:g}, decay={self.decay}, method={self.method})")
+        sigma, sigma_end = ("auto" if v is None else f"{v:g}" for v in (self.sigma, self.sigma_end))
+        return (f"SW(threshold={self.threshold:g}, threshold_rms={self.threshold_rms:g}, sigma={sigma}, "
+                f"sigma_end={sigma_end}, decay={self.decay}, method={self.method})")

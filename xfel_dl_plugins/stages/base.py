@@ -55,6 +55,8 @@ class Param:
     def validate(self, name: str, value: Any) -> Any:
         """Return ``value`` converted to this parameter's type, or raise StageError naming the problem."""
         expected = _TYPE_NAMES.get(self.type, self.type.__name__)
+        if value is None and self.default is None:
+            return None  # a default of None: the stage chooses (e.g. from the data's size)
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if self.type is list and isinstance(value, tuple):

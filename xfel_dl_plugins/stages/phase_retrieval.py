@@ -41,8 +41,10 @@ class PhaseRetriever(Stage):
                                        min=0.0, max=10.0),
         "support_method": Param("both", str, "shrink-wrap rule: max, rms, or both (alternating over starts)",
                                 choices=("max", "rms", "both")),
-        "support_sigma": Param(2.0, float, "shrink-wrap smoothing width at the start", "px", min=0.0),
-        "support_sigma_end": Param(1.0, float, "shrink-wrap smoothing width after the decay", "px", min=0.0),
+        "support_sigma": Param(None, float, "shrink-wrap smoothing width at the start (default: 1/64 of size, "
+                               "4 px at 256)", "px", min=0.0),
+        "support_sigma_end": Param(None, float, "shrink-wrap smoothing width after the decay (default: 1/128 "
+                                   "of size, 2 px at 256)", "px", min=0.0),
         "support_init": Param([0.08, 0.2], list, "autocorrelation support threshold range (relative to its "
                               "maximum), drawn per start"),
         "positivity": Param(False, bool, "real, non-negative density inside the support"),
