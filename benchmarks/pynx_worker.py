@@ -6,7 +6,8 @@ Tasks:
   timing   : ``iobs``, ``valid``, ``n_iter``  -> seconds per iteration of ER, HIO, RAAR (calc_llk off)
   batch    : ``iobs`` (n, ny, nx), ``valid``, ``n_iter`` -> seconds for HIO**n_iter on each pattern, one by one
   quality  : ``iobs`` (n, ny, nx), ``valid``, ``n_starts``, ``seed``, ``sw_threshold``, ``sw_method``,
-             ``sw_sigma`` (start, end) -> final objects (n, n_starts, ny, nx) of the benchmark schedule
+             ``sw_sigma`` (start, end), ``sw_raar_scale`` (the RAAR stage's threshold factor)
+             -> final objects (n, n_starts, ny, nx) of the benchmark schedule
              from PyNX's own random starts (autocorrelation support, random object).
 Arrays are FFT-centred (PyNX's convention too). PyNX runs on the CPU (PYNX_PU=cpu).
 """
@@ -55,19 +56,21 @@ def batch(d):
 
 
 def quality(d):
-    """(SW*HIO**50)**12 * (SW*RAAR**50)**8 * ER**100 with the given shrink-wrap parameters."""
+    """(SW*HIO**50)**12 * (SW(scale)*RAAR**50)**8 * ER**100 with the given shrink-wrap parameters."""
     np.random.seed(int(d["seed"]))
     threshold, method = float(d["sw_threshold"]), str(d["sw_method"])
     smooth = tuple(float(v) for v in d["sw_sigma"]) + (500,)
+    raar_scale = float(d["sw_raar_scale"]) if "sw_raar_scale" in d else 1.0
     objects, seconds = [], []
     for iobs, valid in zip(d["iobs"], d["valid"]):
         row = []
         for _ in range(int(d["n_starts"])):
             t0 = time.perf_counter()
             sup = SupportUpdate(threshold_relative=threshold, smooth_width=smooth, method=method)
+            sup_raar = SupportUpdate(threshold_relative=threshold * raar_scale, smooth_width=smooth, method=method)
             try:
                 cdi = _start(iobs, valid)
-                cdi = ER() ** 100 * (sup * RAAR() ** 50) ** 8 * (sup * HIO() ** 50) ** 12 * cdi
+                cdi = ER() ** 100 * (sup_raar * RAAR() ** 50) ** 8 * (sup * HIO() ** 50) ** 12 * cdi
                 row.append(cdi.get_obj())
             except Exception as exc:  # SupportTooLarge/Small: a failed start
                 print(f"PyNX start failed: {type(exc).__name__}: {str(exc)[:80]}", file=sys.stderr)

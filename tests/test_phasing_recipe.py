@@ -69,6 +69,16 @@ def test_sw_widths_scale_with_the_array_unless_given():
     assert parse_recipe(repr(auto) + " * ER").ops[0].widths((256, 256)) == (4.0, 2.0)  # repr parses back
     with pytest.raises(StageError, match="sigma"):
         SW(sigma=-1)
+
+
+def test_sw_scale_loosens_both_thresholds_and_survives_repr():
+    op = parse_recipe("SW(scale=0.5, method=max) * ER * SW(scale=0.5, method=rms) * ER")
+    state = RecordingState()
+    op.apply(state)
+    assert state.calls[0][1] == pytest.approx(0.075) and state.calls[2][1] == pytest.approx(0.125)
+    assert "scale=0.5" in repr(op) and parse_recipe(repr(op)).ops[0].scale == 0.5
+    with pytest.raises(RecipeError, match="scale"):
+        parse_recipe("SW(scale=7) * ER")  # 0.15 x 7 > 1: no pixel could pass the max rule
     with pytest.raises(RecipeError, match="sigma"):
         parse_recipe("SW(sigma=wide) * ER")
 

@@ -164,7 +164,8 @@ class SW(Operator):
     ``threshold_rms`` times its root-mean-square inside the current support (``method='rms'``).
     ``method='both'`` (default) gives every other start the rms rule: compact uniform particles
     favour the max rule, textured ones with weak parts the rms rule, and the (free) LLK selects
-    among the starts. ``force_shrink`` only removes pixels.
+    among the starts. ``scale`` multiplies both thresholds: below 1 the support takes in weaker
+    parts (the default recipe's RAAR stage uses 0.67). ``force_shrink`` only removes pixels.
     """
 
     threshold: float = 0.15
@@ -174,6 +175,7 @@ class SW(Operator):
     decay: int = 500
     method: str = "both"
     force_shrink: bool = False
+    scale: float = 1.0
 
     def __post_init__(self):
         if self.method not in ("rms", "max", "both"):
@@ -182,6 +184,8 @@ class SW(Operator):
             raise StageError(f"SW: threshold (relative to the maximum) must be in (0, 1), got {self.threshold}")
         if not 0.0 < self.threshold_rms < 10.0:
             raise StageError(f"SW: threshold_rms must be in (0, 10), got {self.threshold_rms}")
+        if isinstance(self.scale, (str, bool)) or not 0.0 < self.scale * self.threshold < 1.0:
+            raise StageError(f"SW: scale must be > 0 and keep threshold x scale below 1, got {self.scale!r}")
         self.sigma, self.sigma_end = (None if value == "auto" else value for value in (self.sigma, self.sigma_end))
         for value in (self.sigma, self.sigma_end):
             if value is not None and (isinstance(value, (str, bool)) or value < 0):
@@ -205,10 +209,12 @@ class SW(Operator):
         return start * (end / start) ** frac
 
     def apply(self, state) -> None:
-        state.shrink_wrap(self.threshold, self.threshold_rms, self.current_sigma(state.iteration, state.spatial),
-                          self.method, self.force_shrink)
+        state.shrink_wrap(self.threshold * self.scale, self.threshold_rms * self.scale,
+                          self.current_sigma(state.iteration, state.spatial), self.method, self.force_shrink)
 
     def __repr__(self) -> str:
         sigma, sigma_end = ("auto" if v is None else f"{v:g}" for v in (self.sigma, self.sigma_end))
         return (f"SW(threshold={self.threshold:g}, threshold_rms={self.threshold_rms:g}, sigma={sigma}, "
-                f"sigma_end={sigma_end}, decay={self.decay}, method={self.method})")
+                f"sigma_end={sigma_end}, decay={self.decay}, method={self.method}"
+                + (f", scale={self.scale:g}" if self.scale != 1 else "")
+                + (", force_shrink=true" if self.force_shrink else "") + ")")
