@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import scipy.fft as sfft
 
-from xfel_dl_plugins.phasing import DEFAULT_RECIPE, HIO, SW, PhasingState, metrics, phase
+from xfel_dl_plugins.phasing import DEFAULT_RECIPE, HIO, SW, Operator, PhasingState, metrics, parse_recipe, phase
 from xfel_dl_plugins.phasing.backend import NumpyBackend
 from xfel_dl_plugins.phasing.multistart import combine_starts
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
@@ -162,6 +162,20 @@ def quality_cases(kinds, photon_levels, n: int, stop: float):
     return cases, np.stack(iobs), np.stack(valid), truths
 
 
+def _shrink_wraps(op: Operator) -> tuple[SW, SW]:
+    """The first and last SW step of a schedule (the HIO and the RAAR stage's in the default recipe)."""
+    found = []
+
+    def walk(o):
+        if isinstance(o, SW):
+            found.append(o)
+        for child in getattr(o, "ops", []) + ([o.op] if hasattr(o, "op") else []):
+            walk(child)
+
+    walk(op)
+    return found[0], found[-1]
+
+
 def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop: float, seeds=(1,)) -> dict:
     cases, iobs, valid, truths = quality_cases(kinds, photon_levels, n, stop)
     t0 = time.perf_counter()
@@ -171,10 +185,12 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
     other_draws = [phase(iobs, valid, recipe=RECIPE, n_starts=n_starts, n_keep=4, seed=s, device="cpu").reconstruction
                    for s in seeds[1:]]
     runs = {}
-    our_sigma = SW().widths((n, n))  # ours scales with the array: 2 -> 1 px at 128^2, 4 -> 2 px at 256^2
-    # PyNX's default, and PyNX with our rule: max 0.15, our widths, the RAAR stage's threshold x 0.67
+    # PyNX's default, and PyNX with our rule as the recipe sets it: max rule, our widths (they scale
+    # with the array), the RAAR stage's threshold factor
+    hio_sw, raar_sw = _shrink_wraps(parse_recipe(RECIPE))
+    ours = (hio_sw.threshold, "max", hio_sw.widths((n, n)), raar_sw.scale / hio_sw.scale)
     for label, (thr, method, sigma, raar_scale) in {"pynx_default": (0.25, "rms", (2.0, 0.5), 1.0),
-                                                    "pynx_oursw": (0.15, "max", our_sigma, 0.67)}.items():
+                                                    "pynx_oursw": ours}.items():
         t0 = time.perf_counter()
         runs[label] = pynx.run("quality", iobs=iobs, valid=valid, n_starts=n_starts, seed=1, sw_threshold=thr,
                                sw_method=method, sw_sigma=np.array(sigma), sw_raar_scale=raar_scale)["objects"]
