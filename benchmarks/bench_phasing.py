@@ -188,9 +188,9 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
     # PyNX's default, and PyNX with our rule as the recipe sets it: max rule, our widths (they scale
     # with the array), the RAAR stage's threshold factor
     hio_sw, raar_sw = _shrink_wraps(parse_recipe(RECIPE))
-    ours = (hio_sw.threshold, "max", hio_sw.widths((n, n)), raar_sw.scale / hio_sw.scale)
+    our_sw = (hio_sw.threshold, "max", hio_sw.widths((n, n)), raar_sw.scale / hio_sw.scale)
     for label, (thr, method, sigma, raar_scale) in {"pynx_default": (0.25, "rms", (2.0, 0.5), 1.0),
-                                                    "pynx_oursw": ours}.items():
+                                                    "pynx_oursw": our_sw}.items():
         t0 = time.perf_counter()
         runs[label] = pynx.run("quality", iobs=iobs, valid=valid, n_starts=n_starts, seed=1, sw_threshold=thr,
                                sw_method=method, sw_sigma=np.array(sigma), sw_raar_scale=raar_scale)["objects"]
@@ -216,10 +216,11 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
             row[label + "_median_err"] = float(np.median(e))
         row["ours_selected_err"] = metrics.ambiguity_error(truth, ours.reconstruction[c])
         row["ours_selected_err_seeds"] = [row["ours_selected_err"]] + [metrics.ambiguity_error(truth, r[c]) for r in other_draws]
-        # The previous rule (lowest free LLK leads), on the same starts; only its reconstruction is used.
-        by_free_llk = combine_starts(ours.start_objects[c], ours.start_supports[c], ours.start_llk_free[c], iobs[c],
-                                     measured, np.zeros_like(measured), 4, selection="llk")
-        row["ours_free_llk_pick_err"] = metrics.ambiguity_error(truth, by_free_llk.reconstruction)
+        # The previous rule (the most reproduced start leads), on the same starts; only its reconstruction is used.
+        free = ours.free_pixels[c]
+        by_consensus = combine_starts(ours.start_objects[c], ours.start_supports[c], ours.start_llk_free[c], iobs[c],
+                                      measured & ~free, free, 4, selection="consensus")
+        row["ours_consensus_err"] = metrics.ambiguity_error(truth, by_consensus.reconstruction)
         row["ours_resolution_px"] = float(ours.resolution_px[c])
         rows.append(row)
         print("quality: " + json.dumps(row), flush=True)
@@ -317,28 +318,28 @@ def markdown(args, timing, batch, quality, figs) -> str:
               "Errors: ||truth - c T rec|| / ||truth|| minimised over translation (sub-pixel), global complex factor "
               "and twin. *Converged*: start error <= max(1.5 x, +0.02) the best error any start of any code reached "
               f"on that pattern, and <= {CONVERGED_MAX}. *Floor*: Poisson LLK (best scale) <= 2 x the LLK of the true object. *Selected*: our "
-              "automatic output (default `selection=\"consensus\"`: the start that most other starts reproduce within "
-              "0.15 after alignment, ties by free LLK, unless a start with a lower free LLK fits the free pixels better "
-              "by more than 3 standard errors (paired over the free pixels); averaged with up to 3 others within 0.15 "
-              "of it); *free-LLK rule*: "
-              "the same with `selection=\"llk\"` (the lowest free LLK leads). PyNX *best*: its lowest-error start "
+              "automatic output (default `selection=\"bic\"`: among the starts whose free-pixel deviance is at most "
+              "1.5 x the lowest, the lowest constrained deviance + 2 ln(n) x support size; averaged with up to 3 "
+              "others within 0.15 of it after alignment); *consensus rule*: the previous default on the same starts "
+              "(`selection=\"consensus\"`: the start most others reproduce within 0.15, unless one with a lower free "
+              "LLK fits the free pixels better by more than 3 standard errors). PyNX *best*: its lowest-error start "
               "(an oracle choice); *LLK pick*: its lowest-LLK start.", "",
               "| object | photons | converged ours | conv. PyNX | conv. PyNX(our SW) | floor ours | floor PyNX | "
-              "ours selected err | ours free-LLK rule err | PyNX best err | PyNX LLK-pick err | PyNX(our SW) best | "
+              "ours selected err | ours consensus rule err | PyNX best err | PyNX LLK-pick err | PyNX(our SW) best | "
               "ours resolution px |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['photons']:.0e} | {r['ours_converged']:.1f} | {r['pynx_default_converged']:.1f} | "
                      f"{r['pynx_oursw_converged']:.1f} | {r['ours_floor']:.1f} | {r['pynx_default_floor']:.1f} | "
-                     f"{r['ours_selected_err']:.3f} | {r['ours_free_llk_pick_err']:.3f} | {r['pynx_default_best_err']:.3f} | {r['pynx_default_llk_pick_err']:.3f} | "
+                     f"{r['ours_selected_err']:.3f} | {r['ours_consensus_err']:.3f} | {r['pynx_default_best_err']:.3f} | {r['pynx_default_llk_pick_err']:.3f} | "
                      f"{r['pynx_oursw_best_err']:.3f} | {r['ours_resolution_px']:.2f} |")
     conv = np.mean([r["ours_converged"] for r in rows]), np.mean([r["pynx_default_converged"] for r in rows])
     wins = sum(r["ours_selected_err"] <= r["pynx_default_best_err"] + 1e-9 for r in rows)
     wins_pick = sum(r["ours_selected_err"] <= r["pynx_default_llk_pick_err"] + 1e-9 for r in rows)
-    wins_free = sum(r["ours_free_llk_pick_err"] <= r["pynx_default_best_err"] + 1e-9 for r in rows)
+    wins_consensus = sum(r["ours_consensus_err"] <= r["pynx_default_best_err"] + 1e-9 for r in rows)
     lines += ["", f"Mean converged fraction: ours {conv[0]:.2f}, PyNX {conv[1]:.2f}. Our selected result at or below "
               f"PyNX's best (oracle) start on {wins}/{len(rows)} patterns, at or below PyNX's lowest-LLK start on "
-              f"{wins_pick}/{len(rows)}; with the free-LLK rule at or below PyNX's best on {wins_free}/{len(rows)}. Wall time for all starts: ours {quality['ours_s']:.0f} s (one batch), PyNX "
+              f"{wins_pick}/{len(rows)}; with the consensus rule at or below PyNX's best on {wins_consensus}/{len(rows)}. Wall time for all starts: ours {quality['ours_s']:.0f} s (one batch), PyNX "
               f"{quality['pynx_default_s']:.0f} s.", ""]
     seeds = quality.get("seeds", [1])
     if len(seeds) > 1:

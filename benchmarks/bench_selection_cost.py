@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD python benchmarks/bench_selection_cost.py
 
 Prints the wall time of ``phase`` and, within it, of ``combine_starts`` (selection, alignment,
-averaging, figures of merit) for ``selection="consensus"`` and ``"llk"``.
+averaging, figures of merit) for each ``selection`` rule (bic, consensus, llk).
 """
 
 import time
@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from xfel_dl_plugins.phasing import multistart
+from xfel_dl_plugins.phasing.defaults import SELECTIONS
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
 
@@ -27,7 +28,7 @@ def main() -> None:
 
     multistart.combine_starts = timed_combine
     try:
-        for selection in ("consensus", "llk"):
+        for selection in SELECTIONS:
             spent.clear()
             t0 = time.perf_counter()
             multistart.phase(iobs[None], valid[None], n_starts=8, n_keep=4, selection=selection, device="cpu", seed=0)

@@ -6,7 +6,7 @@ import pytest
 from xfel_dl_plugins.errors import InputDataError, StageError
 from xfel_dl_plugins.phasing import DM, ER, HIO, RAAR, SW, PhasingState, get_backend, kernels, metrics, phase
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
-from xfel_dl_plugins.phasing.multistart import rank_starts
+from xfel_dl_plugins.phasing.multistart import StartFits, rank_starts
 from xfel_dl_plugins.phasing.support import autocorrelation_support, free_pixel_mask
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
@@ -160,11 +160,50 @@ def test_start_ranking_prefers_the_solution_most_starts_reproduce():
               variant(a, (0, -2), True), variant(a, (2, 2), False), variant(a, (0, 0), False)]
     fts = np.stack([np.fft.fftn(s) for s in starts])
     llk = np.array([1.0, 2.0, 1.1, 2.2, 2.1, np.nan])
-    consensus = rank_starts(fts, llk, max_difference=0.15)
+    consensus = rank_starts(fts, llk, max_difference=0.15, selection="consensus")
     assert consensus[0] == 1 and set(consensus[1:3]) == {3, 4} and consensus[-1] == 5
     assert list(rank_starts(fts, llk, 0.15, selection="llk")) == [0, 2, 1, 4, 3, 5]
     with pytest.raises(InputDataError, match="selection"):
         rank_starts(fts, llk, 0.15, selection="best")
+
+
+def test_bic_selection_screens_over_fitting_supports_then_prices_support_size():
+    """A start whose large support fits the constrained pixels but not the held-out ones is screened
+    out; of two starts fitting alike, the smaller support wins; a clearly better fit wins anyway."""
+    n = 10_000
+    free = np.ones((4, 500))
+    free[0] *= 40.0  # over-fitting: constrained deviance ~0, free pixels missed by 40x
+    fits = StartFits(np.array([10.0, 5_000.0, 5_040.0, 20_000.0]), free, np.array([5_000, 1_000, 900, 500]), n)
+    assert fits.lowest_bic(np.arange(4)) == 2  # 1 and 2 fit alike: 100 px fewer cost 2 ln(n) x 100 = 1842
+    fits.constrained_deviance[1] = 2_000.0
+    assert fits.lowest_bic(np.arange(4)) == 1  # 3040 better in deviance outweighs 100 px
+    assert fits.lowest_bic(np.array([0, 3])) == 3  # only candidates compete; the screen is among them
+    fits.free_deviance = None
+    assert fits.lowest_bic(np.arange(4)) == 1  # without free pixels the criterion alone: 4000 px more cost 73,700
+
+
+def test_start_fits_measured_on_a_simulated_pattern():
+    """On a 10^7-photon pattern the true object beats a blurred copy on the same support, and a start
+    that reproduces the constrained pixels exactly (any phases) but not the free ones is screened."""
+    rng = np.random.default_rng(5)
+    truth = make_object((64, 64), "blobs", rng=rng)
+    iobs, valid, truth = diffraction(truth, 1e7, beam_stop_mask((64, 64), 1.5), rng)
+    free = free_pixel_mask(valid, 0.05, rng=rng)
+    constrained = valid & ~free
+    support = np.abs(truth) > 0.05 * np.abs(truth).max()
+    blurred = np.fft.ifftn(np.fft.fftn(truth) * np.exp(-0.5 * (np.fft.fftfreq(64)[:, None] ** 2
+                                                                 + np.fft.fftfreq(64) ** 2) / 0.15 ** 2))
+    overfit_ft = np.where(constrained, np.sqrt(iobs), 0) * np.exp(2j * np.pi * rng.random(iobs.shape))
+    fts = np.stack([np.fft.fftn(truth), np.fft.fftn(blurred), overfit_ft])
+    supports = np.stack([support, support, support])
+    fits = StartFits.measure(fts, supports, iobs, constrained, free)
+    assert fits.constrained_deviance[2] < 1e-6 * fits.constrained_deviance[0]
+    assert fits.constrained_deviance[0] < fits.constrained_deviance[1]
+    assert fits.lowest_bic(np.arange(3)) == 0
+    ranked = rank_starts(fts, np.zeros(3), 0.15, "bic", fits)
+    assert ranked[0] == 0 and sorted(ranked) == [0, 1, 2]
+    with pytest.raises(ValueError, match="fits"):
+        rank_starts(fts, np.zeros(3), 0.15, "bic")
 
 
 def test_a_significantly_better_free_fit_overrules_the_consensus():

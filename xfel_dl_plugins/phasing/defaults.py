@@ -5,9 +5,10 @@
 #: HIO stage has found its shape (tighter supports cut them and the fit stalls at high photon counts).
 DEFAULT_RECIPE = "(SW*HIO**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100"
 
-#: How the start that the others are aligned on and averaged with is picked: the one most other
-#: starts reproduce (consensus), or the lowest free LLK (llk).
-SELECTIONS = ("consensus", "llk")
+#: How the start that the others are aligned on and averaged with is picked: the lowest Bayesian
+#: information criterion among starts that fit the free pixels (bic, the default), the one most
+#: other starts reproduce (consensus), or the lowest free LLK (llk).
+SELECTIONS = ("bic", "consensus", "llk")
 
 #: Shrink-wrap smoothing widths where a recipe does not give them: from 1/64 to 1/128 of the array's
 #: largest side (2 -> 1 px at 128^2, 4 -> 2 px at 256^2), the same width relative to a particle

@@ -1,5 +1,5 @@
-"""Many random starts per pattern: run a schedule, select the most reproduced start (unless another fits
-the held-out pixels significantly better), or the lowest free LLK; align the others on it, average.
+"""Many random starts per pattern: run a schedule, select a start (by default the lowest Bayesian
+information criterion among those that fit the held-out pixels), align the others on it, average.
 
 :func:`phase` is the engine's public entry point::
 
@@ -28,6 +28,11 @@ from .recipe import parse_recipe
 #: A start overrules the consensus when its mean free-pixel deviance is lower by more than this many
 #: standard errors (paired over the free pixels; 3, not 2: pixels of one island are correlated).
 FREE_LLK_SIGNIFICANCE = 3.0
+
+#: The BIC selection considers only starts whose free-pixel deviance is at most this many times the
+#: lowest: a support that grew too large fits the constrained pixels by over-fitting them and misses
+#: the held-out ones by factors of 3 to 10^4, while starts of one solution differ by tens of percent.
+FREE_DEVIANCE_SCREEN = 1.5
 
 
 @dataclass
@@ -59,6 +64,7 @@ class PhasingResult:
     device: str
     start_objects: np.ndarray | None = field(default=None, repr=False)  # (patterns, starts, *spatial) if kept
     start_supports: np.ndarray | None = field(default=None, repr=False)  # the same shape, bool, if kept
+    free_pixels: np.ndarray | None = field(default=None, repr=False)  # (patterns, *spatial) held-out pixels, if kept
 
     def __getattr__(self, name):
         if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "kept"):
@@ -70,6 +76,43 @@ class PhasingResult:
     @property
     def prtf_frequency(self) -> np.ndarray:
         return self.patterns[0].prtf.frequency
+
+
+@dataclass
+class StartFits:
+    """How well each start of one pattern fits the measured pixels: what the selection reads."""
+
+    constrained_deviance: np.ndarray  # (starts,) Poisson deviance summed over the constrained pixels
+    free_deviance: np.ndarray | None  # (starts, free pixels), None without free pixels
+    support_size: np.ndarray  # (starts,) pixels
+    n_constrained: int
+    params_per_pixel: int = 2  # real parameters per support pixel: 2 for a complex object, 1 for a real one
+
+    @classmethod
+    def measure(cls, fts: np.ndarray, supports: np.ndarray, iobs: np.ndarray, constrained: np.ndarray,
+                free: np.ndarray, params_per_pixel: int = 2) -> "StartFits":
+        """Deviances of every start's intensity |FT|^2 at its maximum-likelihood scale."""
+        iobs = np.asarray(iobs, np.float64)
+        icalc = np.abs(fts) ** 2
+        scale = np.array([best_intensity_scale(iobs, i, constrained) for i in icalc])[:, None]
+        constrained_dev = poisson_deviance(iobs[constrained], scale * icalc[:, constrained]).sum(axis=1)
+        free_dev = poisson_deviance(iobs[free], scale * icalc[:, free]) if free.any() else None
+        return cls(constrained_dev, free_dev, supports.reshape(len(supports), -1).sum(axis=1),
+                   int(constrained.sum()), params_per_pixel)
+
+    @property
+    def bic(self) -> np.ndarray:
+        """Bayesian information criterion per start: deviance + ln(n measured) x parameters."""
+        return self.constrained_deviance + np.log(self.n_constrained) * self.params_per_pixel * self.support_size
+
+    def lowest_bic(self, candidates: np.ndarray) -> int:
+        """Among ``candidates``, the start with the lowest BIC whose free-pixel deviance is within
+        :data:`FREE_DEVIANCE_SCREEN` x the lowest (all candidates without free pixels)."""
+        bic = self.bic[candidates]
+        if self.free_deviance is not None:
+            free = self.free_deviance[candidates].sum(axis=1)
+            bic = np.where(free <= FREE_DEVIANCE_SCREEN * free.min(), bic, np.inf)
+        return int(candidates[np.argmin(bic)])
 
 
 def _circular_centre(mask: np.ndarray) -> np.ndarray:
@@ -121,52 +164,61 @@ def significantly_better(lead: int, candidates: np.ndarray, free_deviance: np.nd
 
 
 def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
-                selection: str = "consensus", free_deviance: np.ndarray | None = None) -> np.ndarray:
+                selection: str = "bic", fits: StartFits | None = None) -> np.ndarray:
     """Order of the starts, the one to trust first.
 
-    ``"llk"``: by ``start_llk``. ``"consensus"``: the start that the most other starts reproduce
-    within ``max_difference`` leads (ties: lower ``start_llk``), unless, given ``free_deviance``
-    (starts x free pixels), a start with a lower free LLK fits the held-out pixels significantly
-    better (:func:`significantly_better`); the rest follow by their difference to the lead. A
-    solution reached from several random starts is the safer pick where the free LLK is dominated
-    by photon noise (about 10^6 photons: a few thousand free photons); where the free pixels can
-    tell, they decide. It costs n_starts^2 / 2 alignments. Starts with a non-finite LLK (diverged)
-    always come last.
+    ``"bic"`` (needs ``fits``): the lowest Bayesian information criterion (constrained deviance +
+    ln(n) x parameters: the fit, with a price on support size) among starts that fit the held-out
+    free pixels within :data:`FREE_DEVIANCE_SCREEN` of the best (:meth:`StartFits.lowest_bic`).
+    The screen removes supports that over-fit; the criterion then prefers the better fit and, where
+    fits are alike, the smaller support. ``"consensus"``: the start that the most other starts
+    reproduce within ``max_difference`` leads (ties: lower ``start_llk``), unless, given
+    ``fits.free_deviance``, a start with a lower free LLK fits the held-out pixels significantly
+    better (:func:`significantly_better`); it costs n_starts^2 / 2 alignments. ``"llk"``: by
+    ``start_llk``. After the lead, the rest follow by their difference to it. Starts with a
+    non-finite LLK (diverged) always come last.
     """
     _check_selection(selection)
     llk = np.where(np.isfinite(start_llk), start_llk, np.inf)
     by_llk = np.argsort(llk, kind="stable")
     candidates = by_llk[np.isfinite(llk[by_llk])]
-    if selection == "llk" or len(candidates) < 3:
+    if selection == "llk" or len(candidates) < (2 if selection == "bic" else 3):
         return by_llk
-    dist = pairwise_differences(fts, candidates)
-    reproduced = (dist[np.ix_(candidates, candidates)] <= max_difference).sum(axis=1)
-    lead = candidates[np.argmax(reproduced)]  # candidates are sorted by LLK: argmax keeps the lowest on ties
-    if free_deviance is not None and free_deviance.size:
-        lead = significantly_better(lead, candidates, free_deviance)
-    rest = candidates[candidates != lead]
-    rest = rest[np.argsort(dist[lead, rest], kind="stable")]
+    if selection == "bic":
+        if fits is None:
+            raise ValueError('selection="bic" needs the starts\' fits')
+        lead = fits.lowest_bic(candidates)
+        rest = candidates[candidates != lead]
+        difference = [align_fourier(fts[lead], fts[k]).error for k in rest]
+    else:
+        dist = pairwise_differences(fts, candidates)
+        reproduced = (dist[np.ix_(candidates, candidates)] <= max_difference).sum(axis=1)
+        lead = candidates[np.argmax(reproduced)]  # candidates are sorted by LLK: argmax keeps the lowest on ties
+        if fits is not None and fits.free_deviance is not None:
+            lead = significantly_better(lead, candidates, fits.free_deviance)
+        rest = candidates[candidates != lead]
+        difference = dist[lead, rest]
+    rest = rest[np.argsort(difference, kind="stable")]
     return np.concatenate([[lead], rest, by_llk[len(candidates):]])
 
 
 def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndarray, iobs: np.ndarray,
-                   constrained: np.ndarray, free: np.ndarray, n_keep: int,
-                   max_difference: float = 0.15, selection: str = "consensus") -> PatternResult:
+                   constrained: np.ndarray, free: np.ndarray, n_keep: int, max_difference: float = 0.15,
+                   selection: str = "bic", params_per_pixel: int = 2) -> PatternResult:
     """Align the first ``n_keep`` starts of :func:`rank_starts` on the first (translation, twin,
     global phase), compute their PRTF, and average those that, after alignment, differ from the
     first by at most ``max_difference`` (relative norm: starts stuck in another solution would blur
     the average); figures of merit are those of the average.
 
-    ``start_llk`` breaks ties and ranks the starts for ``selection="llk"``: pass the free LLK where
-    free pixels exist (it penalises over-fitting supports, which the LLK over constrained pixels
-    rewards). The default ``max_difference`` exceeds the 0.10-0.18 by which starts reaching the same
-    solution differ at 10^6 photons.
+    ``start_llk`` puts diverged starts last, breaks consensus ties and ranks the starts for
+    ``selection="llk"``: pass the free LLK where free pixels exist (it penalises over-fitting
+    supports, which the LLK over constrained pixels rewards). ``params_per_pixel``: 1 for a real
+    object (reality or positivity), 2 for a complex one. The default ``max_difference`` exceeds the
+    0.10-0.18 by which starts reaching the same solution differ at 10^6 photons.
     """
     fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
-    free_deviance = None  # per start and free pixel: only the consensus rule's free-pixel test reads it
-    if selection == "consensus" and free.any():
-        free_deviance = poisson_deviance(iobs[free].astype(np.float64), np.abs(fts[:, free]) ** 2)
-    order = rank_starts(fts, start_llk, max_difference, selection, free_deviance)
+    fits = StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel) if selection != "llk" else None
+    order = rank_starts(fts, start_llk, max_difference, selection, fits)
     top = order[:max(1, min(n_keep, len(order)))]
     f_ref = fts[top[0]]
     alignments = [align_fourier(f_ref, fts[k]) for k in top[1:]]
@@ -193,15 +245,16 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 
 
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
-          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, selection: str = "consensus",
+          n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, selection: str = "bic",
           device: str = "auto", keep_starts: bool = False, **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 
     ``patterns`` (n, ny, nx) or (n, nz, ny, nx); ``valid`` True where measured (masked pixels,
     gaps and the beam stop are left free by the modulus constraint). ``recipe`` is a recipe string
     (see :mod:`.recipe`) or an operator. Per pattern the first ``n_keep`` starts of
-    :func:`rank_starts` (``selection``: the most reproduced start, or the lowest free LLK, or LLK
-    without free pixels) that agree with the first within ``max_difference`` are averaged.
+    :func:`rank_starts` (``selection``: the lowest BIC among starts that fit the free pixels, or the
+    most reproduced start, or the lowest free LLK, or LLK without free pixels) that agree with the
+    first within ``max_difference`` are averaged.
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, positivity, reality, calc_llk, support_threshold, support_sigma, seed,
     pattern_keys, initial_support, initial_object, ndim, backend).
@@ -218,10 +271,11 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
     results = _map_patterns(lambda i: combine_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
                                                      state.constrained_host[i], state.free_host[i], n_keep,
-                                                     max_difference, selection), state.n_patterns)
+                                                     max_difference, selection, 1 if state.reality else 2),
+                           state.n_patterns)
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None,
-                         supports if keep_starts else None)
+                         supports if keep_starts else None, state.free_host if keep_starts else None)
 
 
 def _map_patterns(func, n_patterns: int) -> list:

@@ -3,8 +3,8 @@
 Reads the ``pattern`` / ``pattern_valid`` fields of the ``reciprocal_grid`` stage (FFT-centred
 after ifftshift: beam centre at [size//2, size//2] before the shift is undone here), runs a recipe
 of ER/HIO/RAAR/DM and shrink-wrap from ``n_starts`` random starts per pattern (drawn from the seed
-and the frame's trainId and pulseId), picks the start that most others reproduce unless another
-fits the held-out pixels significantly better (or the lowest free LLK: ``selection``), averages it
+and the frame's trainId and pulseId), picks the start with the lowest Bayesian information criterion
+among those that fit the held-out pixels (or another rule: ``selection``), averages it
 with up to ``n_keep - 1`` starts nearest to it after removing translation, twin and global phase,
 and writes the reconstruction (amplitude and phase), its support and figures of merit per frame.
 """
@@ -30,7 +30,8 @@ class PhaseRetriever(Stage):
         "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
         "n_keep": Param(4, int, "starts aligned and averaged (the selected one and those nearest to it)",
                         min=1, max=1024),
-        "selection": Param("consensus", str, "start to trust: consensus (the one most others reproduce within "
+        "selection": Param("bic", str, "start to trust: bic (lowest deviance + ln(n) x parameters among starts "
+                           "that fit the free pixels), consensus (the one most others reproduce within "
                            "max_difference, unless one fits the free pixels significantly better) or llk (lowest "
                            "free LLK)", choices=SELECTIONS),
         "max_difference": Param(0.15, float, "starts differing from the selected one by more (relative norm, "
