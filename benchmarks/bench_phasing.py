@@ -188,7 +188,7 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
     # PyNX's default, and PyNX with our rule as the recipe sets it: max rule, our widths (they scale
     # with the array), the RAAR stage's threshold factor
     hio_sw, raar_sw = _shrink_wraps(parse_recipe(RECIPE))
-    our_sw = (hio_sw.threshold, "max", hio_sw.widths((n, n)), raar_sw.scale / hio_sw.scale)
+    our_sw = (hio_sw.threshold * hio_sw.scale, "max", hio_sw.widths((n, n)), raar_sw.scale / hio_sw.scale)
     for label, (thr, method, sigma, raar_scale) in {"pynx_default": (0.25, "rms", (2.0, 0.5), 1.0),
                                                     "pynx_oursw": our_sw}.items():
         t0 = time.perf_counter()
@@ -224,7 +224,7 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         row["ours_resolution_px"] = float(ours.resolution_px[c])
         rows.append(row)
         print("quality: " + json.dumps(row), flush=True)
-    return dict(rows=rows, seeds=list(seeds), ours_s=ours_s, pynx_default_s=runs["pynx_default_s"], pynx_oursw_s=runs["pynx_oursw_s"],
+    return dict(rows=rows, seeds=list(seeds), our_sw=our_sw, ours_s=ours_s, pynx_default_s=runs["pynx_default_s"], pynx_oursw_s=runs["pynx_oursw_s"],
                 size=n, n_starts=n_starts, stop=stop, ours=ours, truths=truths, iobs=iobs, valid=valid,
                 pynx_objects=runs["pynx_default"], cases=cases)
 
@@ -312,9 +312,9 @@ def markdown(args, timing, batch, quality, figs) -> str:
               f"oversampling 2.5 per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
               f"{quality['n_starts']} random starts per pattern, schedule `{RECIPE}` in both codes (PyNX: "
               "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom). "
-              "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max 0.15, sigma "
-              f"{quality['size'] / 64:g}->{quality['size'] / 128:g} px, i.e. 1/64 -> 1/128 of the array side; threshold "
-              "x 0.67 in the RAAR stage). "
+              "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max "
+              f"{quality['our_sw'][0]:g}, sigma {quality['our_sw'][2][0]:g}->{quality['our_sw'][2][1]:g} px, i.e. "
+              f"1/64 -> 1/128 of the array side; threshold x {quality['our_sw'][3]:g} in the RAAR stage). "
               "Errors: ||truth - c T rec|| / ||truth|| minimised over translation (sub-pixel), global complex factor "
               "and twin. *Converged*: start error <= max(1.5 x, +0.02) the best error any start of any code reached "
               f"on that pattern, and <= {CONVERGED_MAX}. *Floor*: Poisson LLK (best scale) <= 2 x the LLK of the true object. *Selected*: our "

@@ -164,7 +164,7 @@ def significantly_better(lead: int, candidates: np.ndarray, free_deviance: np.nd
 
 
 def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
-                selection: str = "bic", fits: StartFits | None = None) -> np.ndarray:
+                selection: str = "bic", fits: StartFits | None = None, aligned: dict | None = None) -> np.ndarray:
     """Order of the starts, the one to trust first.
 
     ``"bic"`` (needs ``fits``): the lowest Bayesian information criterion (constrained deviance +
@@ -176,7 +176,8 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
     ``fits.free_deviance``, a start with a lower free LLK fits the held-out pixels significantly
     better (:func:`significantly_better`); it costs n_starts^2 / 2 alignments. ``"llk"``: by
     ``start_llk``. After the lead, the rest follow by their difference to it. Starts with a
-    non-finite LLK (diverged) always come last.
+    non-finite LLK (diverged) always come last. ``aligned``, if given, receives the alignments onto
+    the lead that the bic rule computed (start -> :class:`~.metrics.Alignment`), for reuse.
     """
     _check_selection(selection)
     llk = np.where(np.isfinite(start_llk), start_llk, np.inf)
@@ -189,7 +190,10 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
             raise ValueError('selection="bic" needs the starts\' fits')
         lead = fits.lowest_bic(candidates)
         rest = candidates[candidates != lead]
-        difference = [align_fourier(fts[lead], fts[k]).error for k in rest]
+        onto_lead = {int(k): align_fourier(fts[lead], fts[k]) for k in rest}
+        if aligned is not None:
+            aligned.update(onto_lead)
+        difference = [onto_lead[int(k)].error for k in rest]
     else:
         dist = pairwise_differences(fts, candidates)
         reproduced = (dist[np.ix_(candidates, candidates)] <= max_difference).sum(axis=1)
@@ -218,10 +222,11 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     """
     fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
     fits = StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel) if selection != "llk" else None
-    order = rank_starts(fts, start_llk, max_difference, selection, fits)
+    aligned = {}  # alignments onto the lead that the ranking already made
+    order = rank_starts(fts, start_llk, max_difference, selection, fits, aligned)
     top = order[:max(1, min(n_keep, len(order)))]
     f_ref = fts[top[0]]
-    alignments = [align_fourier(f_ref, fts[k]) for k in top[1:]]
+    alignments = [aligned.get(int(k)) or align_fourier(f_ref, fts[k]) for k in top[1:]]
     fts = np.stack([f_ref] + [a.aligned_ft for a in alignments])
     agree = np.array([True] + [a.error <= max_difference for a in alignments])
     kept = top[agree]
