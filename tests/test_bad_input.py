@@ -64,6 +64,28 @@ def test_corrupt_cxi_file(tmp_path):
     assert_clean_failure(proc, "p.cxi", "corrupt", out_dir=tmp_path)
 
 
+@pytest.mark.parametrize("layout, fragments", [
+    ("group", ["/entry_1/data_1/data is a group"]),
+    ("vector", ["/entry_1/data_1/data has shape (5,)", "expected patterns (n, H, W)"]),
+    ("mask", ["mask shape (3, 3) does not match patterns (2, 8, 8)"]),
+])
+def test_cxi_file_with_the_wrong_layout(tmp_path, layout, fragments):
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "p.cxi"
+    with h5py.File(path, "w") as fh:
+        if layout == "group":
+            fh.create_group("entry_1/data_1/data")
+        elif layout == "vector":
+            fh["entry_1/data_1/data"] = np.ones(5)
+        else:
+            fh["entry_1/data_1/data"] = np.ones((2, 8, 8))
+            fh["entry_1/instrument_1/detector_1/mask"] = np.zeros((3, 3))
+    proc = run_cli("run", write_manifest(tmp_path, GOOD_STAGE), "--input", path, "--output", tmp_path / "o.h5")
+    assert_clean_failure(proc, "p.cxi", *fragments, out_dir=tmp_path)
+
+
 @pytest.mark.parametrize("body, fragments", [
     ('[[stages]]\nuse = "no_such_stage"\n', ["unknown stage 'no_such_stage'", "stages[0]"]),
     (GOOD_STAGE + '[stages.params]\nk_sigm = 3.0\n', ["unknown parameter 'k_sigm'"]),

@@ -20,18 +20,25 @@ class CXIData:
 
     path: Path
     file: h5py.File
-    patterns: h5py.Dataset  # (n, H, W)
+    patterns: h5py.Dataset  # (n, H, W), or (H, W) for a file of one pattern
     mask: np.ndarray | None  # (H, W) or (n, H, W); nonzero = bad (CXI convention)
     distance_m: float | None
     pixel_size_m: float | None
     photon_energy_eV: float | None
 
     def __len__(self) -> int:
-        return self.patterns.shape[0]
+        return 1 if self.patterns.ndim == 2 else self.patterns.shape[0]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self.patterns.shape[-2:])
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Frames ``start:stop`` as float32 and their validity (True = usable pixel)."""
-        frames = np.asarray(self.patterns[start:stop], dtype=np.float32)
+        if self.patterns.ndim == 2:
+            frames = np.asarray(self.patterns[()], dtype=np.float32)[None, :][start:stop]
+        else:
+            frames = np.asarray(self.patterns[start:stop], dtype=np.float32)
         valid = np.isfinite(frames)
         if self.mask is not None:
             mask = self.mask if self.mask.ndim == 2 else self.mask[start:stop]
@@ -62,14 +69,16 @@ def read_cxi(path: str | Path) -> CXIData:
     if data is None:
         fh.close()
         raise InputDataError(f"{path} has no pattern data at {' or '.join(DATA_PATHS)}")
-    if data.ndim != 3:
+    if not isinstance(data, h5py.Dataset) or data.ndim not in (2, 3):
+        problem = f"{data.name} has shape {data.shape}" if isinstance(data, h5py.Dataset) else f"{data.name} is a group"
         fh.close()
-        raise InputDataError(f"{path}: {data.name} has shape {data.shape}, expected (n, H, W)")
+        raise InputDataError(f"{path}: {problem}, expected patterns (n, H, W) or one pattern (H, W)")
     det = fh.get(DETECTOR, {})
     mask = np.asarray(det["mask"][()]) if "mask" in det else None
-    if mask is not None and mask.shape not in (data.shape[1:], data.shape):
+    if mask is not None and mask.shape not in (data.shape[-2:], data.shape):
+        shape = data.shape
         fh.close()
-        raise InputDataError(f"{path}: mask shape {mask.shape} does not match patterns {data.shape}")
+        raise InputDataError(f"{path}: mask shape {mask.shape} does not match patterns {shape}")
     energy_j = _scalar(fh, "entry_1/instrument_1/source_1/energy")
     return CXIData(
         path=path,

@@ -259,7 +259,7 @@ class CXISource:
             train_ids=np.arange(1, n + 1, dtype=np.uint64),  # CXI has no trains: frame i -> train i+1
             n_frames=n,
             detector="flat",
-            frame_shape=tuple(self.cxi.patterns.shape[1:]),
+            frame_shape=self.cxi.frame_shape,
             recorded=recorded,
         )
 
