@@ -63,7 +63,7 @@ def test_process_reconstructs_and_fills_every_output():
     np.testing.assert_allclose(out["resolution_nm"], out["resolution_px"] * pixel_nm, rtol=1e-5)
     assert np.isfinite(out["prtf"][:, 1:20]).all()
     summary = stage.finish()
-    assert summary["patterns_phased"] == 2 and summary["device"] == "cpu"
+    assert summary["patterns_phased"] == summary["patterns_resolved"] == 2 and summary["device"] == "cpu"
 
 
 def test_bad_parameters_and_inputs():
@@ -82,13 +82,15 @@ def test_bad_parameters_and_inputs():
         stage.process(batch)
 
 
-def test_frames_without_valid_pixels_get_nan_not_an_error():
+def test_frames_without_valid_pixels_or_photons_get_nan_not_an_error():
     stage = PhaseRetriever(size=SIZE, n_starts=2, n_keep=1, recipe="HIO**20*ER**10")
     stage.setup()
-    batch, _ = _batch(2)
+    batch, _ = _batch(3)
     batch.fields["pattern_valid"][1] = False
+    batch.fields["pattern"][2] = 0  # a blank frame
     out = stage.process(batch)
-    assert np.isfinite(out["llk"][0]) and np.isnan(out["llk"][1]) and out["support"][1].sum() == 0
+    assert np.isfinite(out["llk"][0]) and np.isnan(out["llk"][1:]).all() and out["support"][1:].sum() == 0
+    assert stage.finish()["patterns_phased"] == 1
 
 
 def test_module_does_not_import_cupy_or_torch():

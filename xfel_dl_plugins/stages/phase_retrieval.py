@@ -81,6 +81,7 @@ class PhaseRetriever(Stage):
         self.schedule = parse_recipe(self.p.recipe, sw_defaults=sw_defaults)
         self.backend = get_backend(self.context.device, ndim=2)
         self._resolutions: list[np.ndarray] = []
+        self._phased = 0
 
     def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
         from ..phasing import phase
@@ -97,7 +98,8 @@ class PhaseRetriever(Stage):
         # reciprocal_grid centres the beam at [size//2, size//2]: undo that for FFT-centred phasing.
         patterns = np.fft.ifftshift(patterns, axes=(-2, -1))
         valid = np.fft.ifftshift(valid, axes=(-2, -1))
-        usable = valid.any(axis=(1, 2))
+        # a frame with no photon on its valid pixels (blank, or all masked) has nothing to phase
+        usable = (np.where(valid, patterns, 0) > 0).any(axis=(1, 2))
         if usable.any():
             # each frame's random starts come from (seed, trainId, pulseId): the same result whatever
             # the batch size, the other frames of its batch, or the Dask partition it ran in
@@ -118,6 +120,7 @@ class PhaseRetriever(Stage):
             out["prtf"][usable, :curves.shape[1]] = curves
             out["resolution_nm"][usable] = out["resolution_px"][usable] * self._real_space_pixel_nm(batch, size)
         self._resolutions.append(out["resolution_px"])
+        self._phased += int(usable.sum())
         return out
 
     def _empty_outputs(self, n: int) -> dict[str, np.ndarray]:
@@ -140,5 +143,6 @@ class PhaseRetriever(Stage):
     def finish(self) -> dict:
         res = np.concatenate(self._resolutions) if self._resolutions else np.zeros(0)
         finite = res[np.isfinite(res)]
-        return {"recipe": repr(self.schedule), "device": self.backend.name, "patterns_phased": int(len(finite)),
+        return {"recipe": repr(self.schedule), "device": self.backend.name, "patterns_phased": self._phased,
+                "patterns_resolved": int(len(finite)),
                 "median_resolution_px": float(np.median(finite)) if len(finite) else float("nan")}
