@@ -7,7 +7,7 @@ from xfel_dl_plugins.errors import InputDataError, StageError
 from xfel_dl_plugins.phasing import DM, ER, HIO, RAAR, SW, PhasingState, get_backend, kernels, metrics, phase
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
 from xfel_dl_plugins.phasing.multistart import StartFits, rank_starts
-from xfel_dl_plugins.phasing.support import autocorrelation_support, free_pixel_mask
+from xfel_dl_plugins.phasing.support import autocorrelation_amplitude, autocorrelation_support, free_pixel_mask, support_size_cap
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
 
@@ -61,6 +61,40 @@ def test_free_pixels_islands_symmetric_and_valid():
     radius = np.hypot(*np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128), indexing="ij"))
     assert not free[radius <= 0.05].any()
     assert not free_pixel_mask(valid, 0.0).any()
+
+
+def test_support_size_cap_bounds_the_object_from_its_autocorrelation():
+    yy, xx = np.indices((64, 64)) - 32
+    disc = (np.hypot(yy, xx) <= 8).astype(np.complex64)  # symmetric and convex: |S - S| = 4 |S|
+    area = int((disc != 0).sum())
+    iobs, valid, _ = diffraction(disc, 1e9, None, np.random.default_rng(0))
+    amplitude = autocorrelation_amplitude(iobs, valid)
+    cap = support_size_cap(amplitude[None], 2, 1.0)
+    # at 4 % of its maximum the autocorrelation support is a little short of S - S: the margin covers it
+    assert cap.shape == (1,) and 0.7 * area <= cap[0] < area
+    assert area < support_size_cap(amplitude[None], 2, 1.5)[0] == pytest.approx(1.5 * cap[0], abs=1)
+    # A beam stop removes the brightest pixels and loosens the bound (here 6x the disc), but it stays a
+    # bound and stays below half the array (the oversampling limit).
+    iobs, valid, _ = diffraction(disc, 1e9, beam_stop_mask((64, 64), 1), np.random.default_rng(0))
+    assert area < support_size_cap(autocorrelation_amplitude(iobs, valid)[None], 2, 1.5)[0] < 64 * 64 / 2
+
+
+def test_support_cap_stops_runaway_shrink_wrap():
+    """A dense object at 10^6 photons: the rms rule's supports grow over most of the array without the cap."""
+    yy, xx = np.indices((64, 64)) - 32
+    obj = ((np.hypot(yy, xx) <= 11) * (1 + 0.3 * np.cos(yy / 3.0))).astype(np.complex64)
+    iobs, valid, _ = diffraction(obj, 1e6, beam_stop_mask((64, 64), 1), np.random.default_rng(1))
+    recipe = SW(method="rms") * HIO() ** 30
+    sizes = {}
+    for cap in (None, 1.5):
+        state = PhasingState(iobs[None], valid[None], n_starts=4, backend="cpu", seed=3, support_cap=cap)
+        (recipe ** 6).apply(state)
+        sizes[cap] = state.support_size[0]
+    limit = state.max_support[0]
+    assert sizes[None].max() > 2 * limit  # the failure the cap exists for
+    assert (sizes[1.5] <= limit).all() and (sizes[1.5] > 0.3 * limit).all()
+    with pytest.raises(InputDataError, match="support_cap"):
+        PhasingState(iobs[None], valid[None], n_starts=2, backend="cpu", support_cap=-1)
 
 
 def test_autocorrelation_support_contains_the_object_extent():

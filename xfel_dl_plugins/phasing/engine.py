@@ -14,8 +14,9 @@ import numpy as np
 from ..errors import InputDataError
 from . import kernels
 from .backend import ArrayBackend, FourierConstraint, Support, get_backend
+from .defaults import SUPPORT_CAP
 from .metrics import poisson_deviance
-from .support import autocorrelation_amplitude, autocorrelation_support, free_pixel_mask, gaussian_transfer
+from .support import autocorrelation_amplitude, free_pixel_mask, gaussian_transfer, support_size_cap
 
 
 class PhasingState:
@@ -31,6 +32,10 @@ class PhasingState:
     calc_llk : compute LLK every this many iterations (0: only at the end).
     support_threshold, support_sigma : autocorrelation support: threshold relative to its maximum, or a
         (low, high) range drawn per start for diversity; Gaussian smoothing in px (0: none).
+    support_cap : no support may hold more than ``support_cap`` x the object size bound that the
+        autocorrelation gives (:func:`~.support.support_size_cap`); a shrink-wrap step that would
+        exceed it keeps the brightest pixels of its smoothed amplitude. Without the cap, supports of
+        dense objects and of low-photon patterns run away to most of the array. None or 0: no cap.
     support_jitter : each start multiplies every shrink-wrap threshold by its own factor drawn
         uniformly in [1 - jitter, 1 + jitter] (0: all starts alike). Different objects need different
         thresholds; the (free) LLK then selects among the starts.
@@ -46,7 +51,7 @@ class PhasingState:
                  backend: ArrayBackend | str = "auto", ndim: int | None = None, free_fraction: float = 0.05,
                  positivity: bool = False, reality: bool = False, calc_llk: int = 50,
                  support_threshold: float | tuple = (0.08, 0.2), support_sigma: float = 0.0,
-                 support_jitter: float = 0.2, seed: int = 0, pattern_keys=None,
+                 support_jitter: float = 0.2, support_cap: float | None = SUPPORT_CAP, seed: int = 0, pattern_keys=None,
                  initial_support: np.ndarray | None = None, initial_object: np.ndarray | None = None):
         iobs = np.asarray(iobs, np.float32)
         ndim = ndim or (iobs.ndim - 1 if iobs.ndim in (3, 4) else iobs.ndim)
@@ -101,8 +106,12 @@ class PhasingState:
         jitter = np.stack([rng.uniform(1 - support_jitter, 1 + support_jitter, self.n_starts) for rng in self.rngs])
         self.threshold_factor = xp.asarray(jitter.reshape(jitter.shape + (1,) * ndim).astype(np.float32))
         self.odd_starts = xp.asarray((np.arange(self.n_starts) % 2 == 1).reshape((1, -1) + (1,) * ndim))
+        if support_cap is not None and not support_cap >= 0:
+            raise InputDataError(f"support_cap must be >= 0 (0 or None: no cap), got {support_cap}")
+        amplitude = autocorrelation_amplitude(self.iobs_host, self.valid_host, 0.0, ndim)
+        self.max_support = support_size_cap(amplitude, ndim, support_cap) if support_cap else None
         if initial_support is None:
-            initial_support = self._autocorrelation_supports(support_threshold, support_sigma, ndim)
+            initial_support = self._autocorrelation_supports(support_threshold, support_sigma, ndim, amplitude)
         self.set_support(xp.asarray(self._per_start(initial_support, bool)))
         if initial_object is None:
             self.x = self._random_starts()
@@ -133,15 +142,19 @@ class PhasingState:
             raise InputDataError(f"initial array of shape {array.shape} does not match the batch {self.batch_shape}")
         return np.ascontiguousarray(np.broadcast_to(array, self.batch_shape), dtype=dtype)
 
-    def _autocorrelation_supports(self, threshold, sigma: float, ndim: int) -> np.ndarray:
-        """Autocorrelation support per start; a (low, high) threshold is drawn uniformly per start."""
+    def _autocorrelation_supports(self, threshold, sigma: float, ndim: int, amplitude: np.ndarray) -> np.ndarray:
+        """Autocorrelation support per start; a (low, high) threshold is drawn uniformly per start.
+        ``amplitude``: the unsmoothed autocorrelation amplitude (recomputed when ``sigma`` > 0)."""
+        if sigma > 0:
+            amplitude = autocorrelation_amplitude(self.iobs_host, self.valid_host, sigma, ndim)
         if np.ndim(threshold) == 0:
-            return autocorrelation_support(self.iobs_host, self.valid_host, float(threshold), sigma, ndim)
-        low, high = threshold
-        draws = np.stack([rng.uniform(low, high, self.n_starts) for rng in self.rngs]).reshape(
-            (self.n_patterns, self.n_starts) + (1,) * ndim)
-        amplitude = autocorrelation_amplitude(self.iobs_host, self.valid_host, sigma, ndim)[:, None]
-        return amplitude > draws * amplitude.max(axis=tuple(range(2, 2 + ndim)), keepdims=True)
+            draws = np.full((self.n_patterns, self.n_starts), float(threshold))
+        else:
+            low, high = threshold
+            draws = np.stack([rng.uniform(low, high, self.n_starts) for rng in self.rngs])
+        amplitude = amplitude[:, None]
+        peak = amplitude.max(axis=tuple(range(2, 2 + ndim)), keepdims=True)
+        return amplitude > draws.reshape(draws.shape + (1,) * ndim) * peak
 
     def _random_starts(self):
         """Measured amplitudes with uniformly random phases, back-transformed, inside the support."""
@@ -244,8 +257,23 @@ class PhasingState:
         new = smooth > level * self.threshold_factor
         if force_shrink:
             new &= self.support_mask
+        self._cap_support(new, smooth)
         empty = ~new.any(axis=self.axes, keepdims=True)  # keep the old support rather than none
         self.set_support(xp.where(empty, self.support_mask, new))
+
+    def _cap_support(self, new, smooth) -> None:
+        """Trim, in place, every support of ``new`` larger than its pattern's cap to the cap's
+        brightest pixels of ``smooth`` (the arrays over the cap are few: a loop over them is cheap)."""
+        if self.max_support is None:
+            return
+        xp = self.xp
+        sizes = self.backend.to_numpy(new.sum(axis=self.axes)).reshape(-1)
+        caps = np.repeat(self.max_support, self.n_starts)
+        n_pixels = int(np.prod(self.spatial))
+        flat_new, flat_smooth = new.reshape(-1, n_pixels), smooth.reshape(-1, n_pixels)
+        for k in np.flatnonzero(sizes > caps):
+            values = xp.where(flat_new[k], flat_smooth[k], -np.inf)
+            flat_new[k] &= values >= xp.partition(values, n_pixels - caps[k])[n_pixels - caps[k]]
 
     # -- figures of merit ----------------------------------------------------------------------
     def _record_llk(self, f, chunk: slice) -> None:

@@ -36,6 +36,24 @@ def autocorrelation_amplitude(iobs: np.ndarray, valid: np.ndarray, sigma: float 
     return amplitude
 
 
+#: The autocorrelation support for :func:`support_size_cap` is measured at this fraction of the
+#: autocorrelation's maximum (the 4 % at which Marchesini et al. 2003 start shrink-wrap).
+CAP_AUTOCORRELATION_THRESHOLD = 0.04
+
+
+def support_size_cap(amplitude: np.ndarray, ndim: int, margin: float) -> np.ndarray:
+    """Most pixels the object's support can hold, per pattern, from the autocorrelation ``amplitude``
+    (see :func:`autocorrelation_amplitude`; a stack over the leading axes).
+
+    The autocorrelation of an object with support S is supported on S - S, and the Brunn-Minkowski
+    inequality gives |S - S| >= 2^ndim |S| for any set S (equality for symmetric convex S). The cap is
+    ``margin`` x |autocorrelation support| / 2^ndim, the margin covering the noise in that estimate.
+    """
+    axes = tuple(range(amplitude.ndim - ndim, amplitude.ndim))
+    area = (amplitude > CAP_AUTOCORRELATION_THRESHOLD * amplitude.max(axis=axes, keepdims=True)).sum(axis=axes)
+    return np.maximum(np.rint(margin * area / 2 ** ndim), 1).astype(np.int64)
+
+
 def autocorrelation_support(iobs: np.ndarray, valid: np.ndarray, threshold=0.1,
                             sigma: float = 0.0, ndim: int | None = None) -> np.ndarray:
     """Initial support from the object's autocorrelation: |autocorrelation| (see

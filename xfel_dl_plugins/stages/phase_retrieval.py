@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StageError
-from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE, SELECTIONS
+from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE, SELECTIONS, SUPPORT_CAP
 from .base import Field, FrameBatch, Param, Stage
 
 
@@ -48,6 +48,8 @@ class PhaseRetriever(Stage):
                                    "of size, 2 px at 256)", "px", min=0.0),
         "support_init": Param([0.08, 0.2], list, "autocorrelation support threshold range (relative to its "
                               "maximum), drawn per start"),
+        "support_cap": Param(SUPPORT_CAP, float, "no support holds more than this x the object size bound from "
+                             "the autocorrelation (stops runaway supports; 0: no cap)", min=0.0, max=100.0),
         "positivity": Param(False, bool, "real, non-negative density inside the support"),
         "reality": Param(False, bool, "real density inside the support"),
         "free_fraction": Param(0.05, float, "fraction of valid pixels held out for the free LLK", min=0.0, max=0.3),
@@ -108,7 +110,8 @@ class PhaseRetriever(Stage):
                            n_keep=self.p.n_keep, selection=self.p.selection,
                            max_difference=self.p.max_difference, backend=self.backend,
                            seed=self.context.seed + self.p.seed, pattern_keys=keys,
-                           support_threshold=tuple(self.p.support_init), positivity=self.p.positivity,
+                           support_threshold=tuple(self.p.support_init), support_cap=self.p.support_cap or None,
+                           positivity=self.p.positivity,
                            reality=self.p.reality, free_fraction=self.p.free_fraction, calc_llk=self.p.calc_llk)
             recon = result.reconstruction
             out["amplitude"][usable] = np.abs(recon)
