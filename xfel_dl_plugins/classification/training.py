@@ -63,8 +63,8 @@ def training_frames(cfg: dict, log=print) -> tuple[FrameSet, FrameSet]:
                            grid, simulator=pinned, log=log)
     size = int(cfg["grid"]["size"])
     for name, frames in (("training", train), ("validation", val)):
-        if frames.frame_shape != (size, size):
-            raise XfelDLError(f"simulated {name} frames are {frames.frame_shape}, config grid.size is {size}")
+        if frames.patterns.shape[1:] != (size, size):
+            raise XfelDLError(f"simulated {name} frames are {frames.patterns.shape[1:]}, config grid.size is {size}")
     log(f"data: {len(train)} training / {len(val)} validation frames in {time.perf_counter() - t0:.0f} s; "
         f"training classes {np.bincount(train.labels, minlength=len(CLASS_NAMES)).tolist()}")
     return train, val
