@@ -36,6 +36,8 @@ from xfel_dl_plugins.phasing.backend import NumpyBackend
 from xfel_dl_plugins.phasing.multistart import combine_starts
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
+from picture_objects import PICTURES, picture_object, skimage_data_dir  # noqa: E402  (beside this script)
+
 RECIPE = DEFAULT_RECIPE  # (SW*HIO**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100
 CONVERGED_MAX = 0.3  # a start with a larger error did not solve the pattern, whatever the others did
 HERE = Path(__file__).resolve().parent
@@ -63,9 +65,10 @@ class PyNX:
                 return {k[len("result_"):]: out[k] for k in out.files if k.startswith("result_")}
 
 
-def _pattern(n: int, kind="polygon", photons=1e8, seed=0, stop=None):
+def _pattern(n: int, kind="polygon", photons=1e8, seed=0, stop=None, picture_dir: Path | None = None):
+    """(counts, valid, truth) of a test object (or, with ``picture_dir``, of a picture object)."""
     rng = np.random.default_rng(seed)
-    obj = make_object((n, n), kind, rng=rng)
+    obj = picture_object(kind, n, picture_dir) if picture_dir else make_object((n, n), kind, rng=rng)
     return diffraction(obj, photons, beam_stop_mask((n, n), stop if stop is not None else n / 64), rng)
 
 
@@ -151,12 +154,12 @@ QUALITY_KINDS = ("polygon", "blobs", "complex_blobs", "cell")
 QUALITY_PHOTONS = (1e6, 1e7, 1e8, 1e9)
 
 
-def quality_cases(kinds, photon_levels, n: int, stop: float):
+def quality_cases(kinds, photon_levels, n: int, stop: float, picture_dir: Path | None = None):
     """The quality test's patterns: ([(kind, photons)], iobs, valid, truths), each from its own seed."""
     cases, iobs, valid, truths = [], [], [], []
     for k, kind in enumerate(kinds):
         for p, photons in enumerate(photon_levels):
-            i, v, t = _pattern(n, kind, photons, seed=100 + 10 * k + p, stop=stop)
+            i, v, t = _pattern(n, kind, photons, seed=100 + 10 * k + p, stop=stop, picture_dir=picture_dir)
             cases.append((kind, photons))
             iobs.append(i), valid.append(v), truths.append(t)
     return cases, np.stack(iobs), np.stack(valid), truths
@@ -176,8 +179,9 @@ def _shrink_wraps(op: Operator) -> tuple[SW, SW]:
     return found[0], found[-1]
 
 
-def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop: float, seeds=(1,)) -> dict:
-    cases, iobs, valid, truths = quality_cases(kinds, photon_levels, n, stop)
+def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop: float, seeds=(1,),
+                  picture_dir: Path | None = None) -> dict:
+    cases, iobs, valid, truths = quality_cases(kinds, photon_levels, n, stop, picture_dir)
     t0 = time.perf_counter()
     ours = phase(iobs, valid, recipe=RECIPE, n_starts=n_starts, n_keep=4, seed=seeds[0], device="cpu", keep_starts=True)
     ours_s = time.perf_counter() - t0
@@ -225,7 +229,7 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         rows.append(row)
         print("quality: " + json.dumps(row), flush=True)
     return dict(rows=rows, seeds=list(seeds), our_sw=our_sw, ours_s=ours_s, pynx_default_s=runs["pynx_default_s"], pynx_oursw_s=runs["pynx_oursw_s"],
-                size=n, n_starts=n_starts, stop=stop, ours=ours, truths=truths, iobs=iobs, valid=valid,
+                size=n, n_starts=n_starts, stop=stop, pictures=picture_dir is not None, ours=ours, truths=truths, iobs=iobs, valid=valid,
                 pynx_objects=runs["pynx_default"], cases=cases)
 
 
@@ -308,8 +312,10 @@ def markdown(args, timing, batch, quality, figs) -> str:
               f"{batch['pynx_s'] / batch['ours1_s']:.2f}x.", ""]
     rows = quality["rows"]
     lines += ["### Quality from random starts", "",
-              f"{len(rows)} patterns of {quality['size']}^2 (test objects of `xfel_dl_plugins.phasing.testobjects`, "
-              f"oversampling 2.5 per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
+              f"{len(rows)} patterns of {quality['size']}^2 ("
+              + ("pictures bundled with scikit-image, `benchmarks/picture_objects.py`, oversampling 2.67"
+                 if quality.get("pictures") else "test objects of `xfel_dl_plugins.phasing.testobjects`, oversampling 2.5")
+              + " per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
               f"{quality['n_starts']} random starts per pattern, schedule `{RECIPE}` in both codes (PyNX: "
               "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom). "
               "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max "
@@ -368,6 +374,9 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=128, help="pattern size of the quality test (objects scale with it)")
     ap.add_argument("--stop", type=float, default=None, help="beam-stop radius in pixels (default: size / 64)")
     ap.add_argument("--photons", type=float, nargs="+", default=None, help="photon levels (default 1e6 1e7 1e8 1e9)")
+    ap.add_argument("--objects", choices=["test", "pictures"], default="test",
+                    help="quality objects: the package's test objects, or held-out pictures bundled with scikit-image "
+                         "(found in the PyNX venv; benchmarks/picture_objects.py)")
     args = ap.parse_args(argv)
     pynx = PyNX(args.pynx_dir)
     # Skipped sections are taken from the JSON written beside the markdown by an earlier run.
@@ -382,10 +391,12 @@ def main(argv=None):
     if sidecar:
         sidecar.write_text(json.dumps({"timing": timing, "batch": batch}, indent=1))
     if "quality" not in args.skip:
-        kinds = ("polygon", "blobs") if args.quick else QUALITY_KINDS
+        picture_dir = skimage_data_dir(args.pynx_dir) if args.objects == "pictures" else None
+        kinds = tuple(PICTURES) if picture_dir else QUALITY_KINDS
+        kinds = kinds[:2] if args.quick else kinds
         photons = args.photons or ((1e6, 1e8) if args.quick else QUALITY_PHOTONS)
         stop = args.stop if args.stop is not None else args.size / 64
-        quality = bench_quality(pynx, kinds, tuple(photons), args.size, 10, stop, tuple(args.seeds))
+        quality = bench_quality(pynx, kinds, tuple(photons), args.size, 10, stop, tuple(args.seeds), picture_dir)
     else:
         quality = None
     figs = figures(quality, args.figures) if (args.figures and quality) else []
