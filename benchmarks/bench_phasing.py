@@ -315,7 +315,7 @@ def markdown(args, timing, batch, quality, figs) -> str:
               f"{len(rows)} patterns of {quality['size']}^2 ("
               + ("pictures bundled with scikit-image, `benchmarks/picture_objects.py`, oversampling 2.67"
                  if quality.get("pictures") else "test objects of `xfel_dl_plugins.phasing.testobjects`, oversampling 2.5")
-              + " per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
+              + f" per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
               f"{quality['n_starts']} random starts per pattern, schedule `{RECIPE}` in both codes (PyNX: "
               "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom). "
               "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max "
