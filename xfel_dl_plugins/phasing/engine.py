@@ -273,7 +273,8 @@ class PhasingState:
         flat_new, flat_smooth = new.reshape(-1, n_pixels), smooth.reshape(-1, n_pixels)
         for k in np.flatnonzero(sizes > caps):
             values = xp.where(flat_new[k], flat_smooth[k], -np.inf)
-            flat_new[k] &= values >= xp.partition(values, n_pixels - caps[k])[n_pixels - caps[k]]
+            kth = n_pixels - int(caps[k])  # the cap-th largest value sits at this ascending index
+            flat_new[k] &= values >= xp.partition(values, kth)[kth]
 
     # -- figures of merit ----------------------------------------------------------------------
     def _record_llk(self, f, chunk: slice) -> None:

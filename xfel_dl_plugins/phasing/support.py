@@ -47,7 +47,8 @@ def support_size_cap(amplitude: np.ndarray, ndim: int, margin: float) -> np.ndar
 
     The autocorrelation of an object with support S is supported on S - S, and the Brunn-Minkowski
     inequality gives |S - S| >= 2^ndim |S| for any set S (equality for symmetric convex S). The cap is
-    ``margin`` x |autocorrelation support| / 2^ndim, the margin covering the noise in that estimate.
+    ``margin`` x |autocorrelation support| / 2^ndim; the margin covers that the autocorrelation falls
+    below 4 % before the edge of S - S (3.3 |S| instead of 4 |S| for a disc) and the noise.
     """
     axes = tuple(range(amplitude.ndim - ndim, amplitude.ndim))
     area = (amplitude > CAP_AUTOCORRELATION_THRESHOLD * amplitude.max(axis=axes, keepdims=True)).sum(axis=axes)
