@@ -16,7 +16,7 @@ SELECTIONS = ("bic", "consensus", "llk")
 AUTO_SIGMA = (1 / 64, 1 / 128)
 
 #: No support may hold more than this many times the size bound the autocorrelation gives
-#: (|S - S| >= 2^d |S|, measured at 4 % of the autocorrelation maximum). It stops the supports that
-#: otherwise run away to most of the array (the rms rule on dense objects, few photons); 1.5 chose
-#: the best of 1.0-2.0 on test objects and was confirmed on others (docs/benchmarks.md).
+#: (|S - S| >= 2^d |S|, measured at 1 % of the autocorrelation maximum). It stops the supports that
+#: otherwise run away to most of the array (the rms rule on dense objects, few photons); 1.5 was the
+#: best of 1.0-2.0 on test objects and was confirmed on others (docs/benchmarks.md).
 SUPPORT_CAP = 1.5
