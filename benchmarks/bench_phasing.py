@@ -36,7 +36,7 @@ from xfel_dl_plugins.phasing.backend import NumpyBackend
 from xfel_dl_plugins.phasing.multistart import combine_starts
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
-from picture_objects import PICTURES, picture_object, skimage_data_dir  # noqa: E402  (beside this script)
+from picture_objects import PICTURES, picture_object, skimage_data_dir  # beside this script
 
 RECIPE = DEFAULT_RECIPE  # (SW*HIO**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100
 CONVERGED_MAX = 0.3  # a start with a larger error did not solve the pattern, whatever the others did
