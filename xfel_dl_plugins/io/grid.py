@@ -41,3 +41,35 @@ def bin_to_grid(images: np.ndarray, valid: np.ndarray, centre_yx, size: int, bin
     pattern_valid = fraction >= 0.5
     patterns = np.where(pattern_valid, summed / np.maximum(fraction, 1e-6), 0).astype(np.float32)
     return patterns, pattern_valid
+
+
+#: A pixel reading under one photon where the measured pixels of its ring (and of every ring further
+#: out) average more than this many photons is taken as unmeasured: even at a speckle minimum
+#: (exponential intensity statistics) a count of 0 or 1 then has a probability below 2 / 1000.
+ZERO_RING_PHOTONS = 1000.0
+
+
+def unmeasured_zeros(patterns: np.ndarray, valid: np.ndarray, ring_photons: float = ZERO_RING_PHOTONS) -> np.ndarray:
+    """Pixels of beam-centred ``(n, size, size)`` patterns that read ~0 where a measurement cannot.
+
+    A beam stop, dead pixels or gaps left unmasked in a file read as zeros (calibrated data: noise
+    around zero) among bright pixels. The
+    expected count of a ring of radius r (from the beam at ``[size//2, size//2]``) is bounded by the
+    brightest mean over the measured pixels of the rings at r and beyond (a particle's intensity falls
+    with q on average; the rings under a beam stop are all zeros and get the bound of the rings just
+    outside it). Returns the pixels that are valid, read under 1 photon and have that bound above
+    ``ring_photons``.
+    """
+    n, height, width = patterns.shape
+    yy, xx = np.indices((height, width))
+    ring = np.rint(np.hypot(yy - height // 2, xx - width // 2)).astype(np.int64).ravel()
+    n_rings = ring.max() + 1
+    zeros = np.zeros(patterns.shape, bool)
+    for k in range(n):
+        measured = valid[k].ravel()
+        counts = np.bincount(ring[measured], minlength=n_rings)
+        sums = np.bincount(ring[measured], patterns[k].ravel()[measured].astype(np.float64), minlength=n_rings)
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+        bound = np.maximum.accumulate(means[::-1])[::-1]  # brightest mean at this ring or beyond
+        zeros[k] = valid[k] & (patterns[k] < 1) & (bound[ring] > ring_photons).reshape(height, width)
+    return zeros

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.grid import bin_to_grid
+from ..io.grid import ZERO_RING_PHOTONS, bin_to_grid, unmeasured_zeros
 from .base import Field, FrameBatch, Param, Stage
 
 
@@ -32,12 +32,17 @@ class ReciprocalGrid(Stage):
     params = {
         "size": Param(128, int, "grid side after binning", unit="pixels", min=8, max=4096),
         "binning": Param(4, int, "detector pixels per grid pixel along each axis", min=1, max=64),
+        "zero_ring_photons": Param(ZERO_RING_PHOTONS, float, "a grid pixel reading under 1 photon where its ring "
+                                   "(and those beyond) average more photons is unmeasured: an unmasked beam stop, dead pixel "
+                                   "or gap (0: keep every zero)", "photons", min=0.0),
     }
     inputs = ("image", "image_valid")
     outputs = (
         Field("pattern", "float32", ("size", "size"), "photons per grid pixel", unit="photons", saved=False),
         Field("pattern_valid", "bool", ("size", "size"), "grid pixel usable", saved=False),
         Field("grid_photons", "float32", (), "photons on the valid grid", unit="photons"),
+        Field("zeros_unmeasured", "int32", (), "valid grid pixels reading ~0 among bright ones, set unmeasured",
+              unit="pixels"),
     )
 
     def setup(self) -> None:
@@ -54,6 +59,10 @@ class ReciprocalGrid(Stage):
     def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
         pattern, valid = bin_to_grid(batch["image"], batch["image_valid"], batch.geometry.beam_centre,
                                      self.p.size, self.p.binning)
+        zeros = unmeasured_zeros(pattern, valid, self.p.zero_ring_photons) if self.p.zero_ring_photons > 0 \
+            else np.zeros(valid.shape, bool)
+        valid &= ~zeros
         batch.meta["grid"] = self.info
         return {"pattern": pattern, "pattern_valid": valid,
-                "grid_photons": pattern.sum(axis=(1, 2), dtype=np.float64).astype(np.float32)}
+                "grid_photons": pattern.sum(axis=(1, 2), dtype=np.float64).astype(np.float32),
+                "zeros_unmeasured": zeros.sum(axis=(1, 2)).astype(np.int32)}

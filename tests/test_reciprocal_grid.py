@@ -1,0 +1,53 @@
+"""reciprocal_grid: binning onto the beam-centred grid, and zeros that cannot be measurements."""
+
+import numpy as np
+
+from xfel_dl_plugins.io.geometry import ExperimentGeometry
+from xfel_dl_plugins.io.grid import unmeasured_zeros
+from xfel_dl_plugins.phasing.testobjects import diffraction, make_object
+from xfel_dl_plugins.stages.base import FrameBatch
+from xfel_dl_plugins.stages.preprocessing import ReciprocalGrid
+
+SIZE = 64
+
+
+def _bright_pattern(photons):
+    """A beam-centred pattern whose beam stop (radius 2 px) reads 0 but is not masked."""
+    obj = make_object((SIZE, SIZE), "polygon", rng=np.random.default_rng(0))
+    counts, _, _ = diffraction(obj, photons, None, np.random.default_rng(1))
+    counts = np.fft.fftshift(counts)
+    yy, xx = np.indices(counts.shape) - SIZE // 2
+    stop = np.hypot(yy, xx) <= 2
+    counts[stop] = 0
+    return counts, stop
+
+
+def test_unmasked_beam_stop_zeros_are_found_and_nothing_else():
+    counts, stop = _bright_pattern(1e8)
+    valid = np.ones(counts.shape, bool)
+    dead = (40, 20)
+    counts[dead] = 0.0  # a dead pixel in a bright ring
+    noisy = counts + np.where(stop, np.random.default_rng(2).normal(0, 0.3, counts.shape), 0)  # calibrated noise
+    found = unmeasured_zeros(noisy[None], valid[None])[0]
+    assert found[stop].all() and found[dead]
+    assert found.sum() == stop.sum() + 1
+    # pixels already masked are not reported, and faint patterns keep their zeros as measurements
+    assert not unmeasured_zeros(counts[None], ~stop[None])[0][stop].any()
+    faint, _ = _bright_pattern(1e4)
+    assert (faint < 1).sum() > 1000 and not unmeasured_zeros(faint[None], valid[None]).any()
+
+
+def test_stage_sets_them_unmeasured_and_counts_them():
+    counts, stop = _bright_pattern(1e8)
+    geometry = ExperimentGeometry.flat((SIZE, SIZE), pixel_size_m=2e-4, photon_energy_eV=6000, distance_m=0.7,
+                                       beam_centre=(SIZE // 2, SIZE // 2))
+    fields = {"data": counts[None].astype(np.float32), "valid": np.ones((1, SIZE, SIZE), bool)}
+    outputs = {}
+    for threshold in (1000.0, 0.0):
+        stage = ReciprocalGrid(size=SIZE, binning=1, zero_ring_photons=threshold)
+        stage.context.geometry = geometry
+        stage.setup()
+        outputs[threshold] = stage.process(FrameBatch(dict(fields), geometry, {}))
+    assert outputs[1000.0]["zeros_unmeasured"][0] == stop.sum()
+    assert not outputs[1000.0]["pattern_valid"][0][stop].any() and outputs[1000.0]["pattern_valid"][0].sum() == SIZE ** 2 - stop.sum()
+    assert outputs[0.0]["zeros_unmeasured"][0] == 0 and outputs[0.0]["pattern_valid"].all()
