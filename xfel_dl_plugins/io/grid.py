@@ -53,11 +53,10 @@ def unmeasured_zeros(patterns: np.ndarray, valid: np.ndarray, ring_photons: floa
     """Pixels of beam-centred ``(n, size, size)`` patterns that read ~0 where a measurement cannot.
 
     A beam stop, dead pixels or gaps left unmasked in a file read as zeros (calibrated data: noise
-    around zero) among bright pixels. The
-    expected count of a ring of radius r (from the beam at ``[size//2, size//2]``) is bounded by the
-    brightest mean over the measured pixels of the rings at r and beyond (a particle's intensity falls
-    with q on average; the rings under a beam stop are all zeros and get the bound of the rings just
-    outside it). Returns the pixels that are valid, read under 1 photon and have that bound above
+    around zero) among bright pixels. The expected count of a ring of radius r (from the beam at
+    ``[size//2, size//2]``) is bounded by the brightest mean over the measured pixels of the rings at
+    r and beyond (a particle's intensity falls with q on average; the rings under a beam stop are all
+    zeros and get the bound of the rings just outside it). Returns the pixels that are valid, read under 1 photon and have that bound above
     ``ring_photons``.
     """
     n, height, width = patterns.shape
