@@ -270,6 +270,8 @@ def test_3d_volume_phasing():
     (HIO() ** 100 * ER() ** 30).apply(state)
     assert state.objects().shape == (1, 2, 24, 24, 24)
     assert min(metrics.ambiguity_error(truth, o) for o in state.objects()[0]) < 0.08
+    # the support cap of a volume uses |S - S| >= 8 |S|: above the object, below half the volume
+    assert support.sum() < state.max_support[0] < 24 ** 3 / 2
 
 
 def test_bad_inputs_raise_clear_errors():
