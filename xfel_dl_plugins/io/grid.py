@@ -49,6 +49,17 @@ def bin_to_grid(images: np.ndarray, valid: np.ndarray, centre_yx, size: int, bin
 ZERO_RING_PHOTONS = 1000.0
 
 
+def radial_profiles(patterns: np.ndarray, valid: np.ndarray, radius_bin: np.ndarray, n_bins: int):
+    """Mean intensity and valid-pixel count per integer radius bin, for every frame: ``(n, n_bins)``."""
+    n = patterns.shape[0]
+    inside = radius_bin < n_bins
+    index = (np.arange(n)[:, None] * n_bins + radius_bin[inside][None, :]).ravel()
+    weights = np.where(valid, patterns, 0)[:, inside].ravel()
+    sums = np.bincount(index, weights=weights, minlength=n * n_bins).reshape(n, n_bins)
+    counts = np.bincount(index, weights=valid[:, inside].ravel(), minlength=n * n_bins).reshape(n, n_bins)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0), counts
+
+
 def unmeasured_zeros(patterns: np.ndarray, valid: np.ndarray, ring_photons: float = ZERO_RING_PHOTONS) -> np.ndarray:
     """Pixels of beam-centred ``(n, size, size)`` patterns that read ~0 where a measurement cannot.
 
@@ -56,19 +67,12 @@ def unmeasured_zeros(patterns: np.ndarray, valid: np.ndarray, ring_photons: floa
     around zero) among bright pixels. The expected count of a ring of radius r (from the beam at
     ``[size//2, size//2]``) is bounded by the brightest mean over the measured pixels of the rings at
     r and beyond (a particle's intensity falls with q on average; the rings under a beam stop are all
-    zeros and get the bound of the rings just outside it). Returns the pixels that are valid, read under 1 photon and have that bound above
-    ``ring_photons``.
+    zeros and get the bound of the rings just outside it). Returns the pixels that are valid, read
+    under 1 photon and have that bound above ``ring_photons``.
     """
-    n, height, width = patterns.shape
+    height, width = patterns.shape[1:]
     yy, xx = np.indices((height, width))
-    ring = np.rint(np.hypot(yy - height // 2, xx - width // 2)).astype(np.int64).ravel()
-    n_rings = ring.max() + 1
-    zeros = np.zeros(patterns.shape, bool)
-    for k in range(n):
-        measured = valid[k].ravel()
-        counts = np.bincount(ring[measured], minlength=n_rings)
-        sums = np.bincount(ring[measured], patterns[k].ravel()[measured].astype(np.float64), minlength=n_rings)
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
-        bound = np.maximum.accumulate(means[::-1])[::-1]  # brightest mean at this ring or beyond
-        zeros[k] = valid[k] & (patterns[k] < 1) & (bound[ring] > ring_photons).reshape(height, width)
-    return zeros
+    ring = np.rint(np.hypot(yy - height // 2, xx - width // 2)).astype(np.int64)
+    means, _ = radial_profiles(patterns, valid, ring, int(ring.max()) + 1)
+    bound = np.maximum.accumulate(means[:, ::-1], axis=1)[:, ::-1]  # brightest mean at this ring or beyond
+    return valid & (patterns < 1) & (bound[:, ring] > ring_photons)

@@ -108,7 +108,8 @@ class PhasingState:
         self.odd_starts = xp.asarray((np.arange(self.n_starts) % 2 == 1).reshape((1, -1) + (1,) * ndim))
         if support_cap is not None and not support_cap >= 0:
             raise InputDataError(f"support_cap must be >= 0 (0 or None: no cap), got {support_cap}")
-        amplitude = autocorrelation_amplitude(self.iobs_host, self.valid_host, 0.0, ndim)
+        amplitude = (autocorrelation_amplitude(self.iobs_host, self.valid_host, 0.0, ndim)
+                     if support_cap or initial_support is None else None)
         self.max_support = support_size_cap(amplitude, ndim, support_cap) if support_cap else None
         if initial_support is None:
             initial_support = self._autocorrelation_supports(support_threshold, support_sigma, ndim, amplitude)

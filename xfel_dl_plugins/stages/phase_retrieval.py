@@ -110,7 +110,7 @@ class PhaseRetriever(Stage):
                            n_keep=self.p.n_keep, selection=self.p.selection,
                            max_difference=self.p.max_difference, backend=self.backend,
                            seed=self.context.seed + self.p.seed, pattern_keys=keys,
-                           support_threshold=tuple(self.p.support_init), support_cap=self.p.support_cap or None,
+                           support_threshold=tuple(self.p.support_init), support_cap=self.p.support_cap,
                            positivity=self.p.positivity,
                            reality=self.p.reality, free_fraction=self.p.free_fraction, calc_llk=self.p.calc_llk)
             recon = result.reconstruction

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.geometry import q_from_radius
+from ..io.grid import radial_profiles
 from ..physics.constants import HC_EV_M
 from ..physics.formfactors import sphere_shape_factor
 from .base import Field, FrameBatch, Param, Stage
@@ -23,17 +24,6 @@ SUB_BINS = 4  # sub-bins per radial bin for the mask-aware model
 def sphere_form_factor(x: np.ndarray) -> np.ndarray:
     """Normalised sphere intensity [3 (sin x - x cos x) / x^3]^2 (1 at x = 0)."""
     return sphere_shape_factor(np.asarray(x, dtype=np.float64)) ** 2
-
-
-def radial_profiles(patterns: np.ndarray, valid: np.ndarray, radius_bin: np.ndarray, n_bins: int):
-    """Mean intensity and valid-pixel count per integer radius bin, for every frame: ``(n, n_bins)``."""
-    n = patterns.shape[0]
-    inside = radius_bin < n_bins
-    index = (np.arange(n)[:, None] * n_bins + radius_bin[inside][None, :]).ravel()
-    weights = np.where(valid, patterns, 0)[:, inside].ravel()
-    sums = np.bincount(index, weights=weights, minlength=n * n_bins).reshape(n, n_bins)
-    counts = np.bincount(index, weights=valid[:, inside].ravel(), minlength=n * n_bins).reshape(n, n_bins)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0), counts
 
 
 class SphereSizeFit(Stage):
