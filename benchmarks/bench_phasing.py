@@ -284,6 +284,11 @@ def figures(q: dict, outdir: Path) -> list[str]:
     return names
 
 
+def _floor_ms(row: dict) -> float:
+    """The FFT floor of a timing row: the faster bare FFT pair, with the given workers or one thread."""
+    return min(row["floor_ms"], row["floor1_ms"])
+
+
 def markdown(args, timing, batch, quality, figs) -> str:
     cpu = os.cpu_count()
     lines = ["## Phase retrieval (`xfel_dl_plugins.phasing`) vs PyNX", "",
@@ -301,10 +306,11 @@ def markdown(args, timing, batch, quality, figs) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in timing:
         lines.append(f"| {r['size']} | {r['alg']} | {r['ours_ms']:.3f} | {r['pynx_ms']:.3f} | **{r['ours_ms'] / r['pynx_ms']:.2f}** | "
-                     f"{r['floor_ms']:.3f} | **{r['ours_ms'] / r['floor_ms']:.2f}** | {r['ours1_ms']:.3f} | "
+                     f"{_floor_ms(r):.3f} | **{r['ours_ms'] / _floor_ms(r):.2f}** | {r['ours1_ms']:.3f} | "
                      f"{r['ours1_ms'] / r['pynx_ms']:.2f} | {r['floor1_ms']:.3f} | {r['ours1_ms'] / r['floor1_ms']:.2f} |")
-    lines += ["", "Targets: ours/PyNX <= 0.8, ours/floor <= 1.5 (the floor is one scipy.fft forward + inverse "
-              "pair with the same worker count).", "", "### Batched throughput (HIO)", "",
+    lines += ["", "Targets: ours/PyNX <= 0.8, ours/floor <= 1.5. The floor is one scipy.fft forward + inverse pair: "
+              f"the faster of `workers={args.workers}` and one thread (two threads are slower than one below about "
+              "512^2 here, and ours then uses one); the 1-thread floor uses one thread.", "", "### Batched throughput (HIO)", "",
               f"{batch['patterns']} patterns of {batch['size']}^2, {batch['iterations']} HIO iterations: ours as one "
               f"batched array {batch['ours_s']:.2f} s ({batch['ours_pattern_it_per_s']:.0f} pattern-iterations/s); PyNX "
               f"one by one {batch['pynx_s']:.2f} s ({batch['pynx_pattern_it_per_s']:.0f}/s): **{batch['pynx_s'] / batch['ours_s']:.2f}x** "

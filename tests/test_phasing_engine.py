@@ -51,6 +51,32 @@ def test_backend_fft_is_in_place_and_matches_numpy():
         get_backend("tpu")
 
 
+def test_cpu_fft_threads_only_for_large_arrays_outside_parallel_chunks():
+    from xfel_dl_plugins.phasing.backend import CPU_FFT_ELEMENTS_PER_THREAD
+
+    backend = NumpyBackend(ndim=2, workers=4)
+    assert backend.fft_threads(256 * 256) == 1  # threads cost more than they save here
+    assert backend.fft_threads(2 * CPU_FFT_ELEMENTS_PER_THREAD) == 2
+    assert backend.fft_threads(64 * CPU_FFT_ELEMENTS_PER_THREAD) == 4  # never above workers
+    seen = []
+    backend.map_chunks(lambda k: seen.append(backend.fft_threads(1 << 24)), 3)  # chunks already run in parallel
+    assert seen == [1, 1, 1]
+    assert NumpyBackend(ndim=2, workers=1).fft_threads(1 << 24) == 1
+
+
+def test_cpu_iterations_are_the_same_with_any_number_of_threads():
+    """Reproducible to the bit: one 512^2 array (multi-threaded FFTs) and a batch (parallel chunks)."""
+    rng = np.random.default_rng(3)
+    iobs, valid = diffraction(make_object((512, 512), "blobs", rng=rng), 1e8, beam_stop_mask((512, 512), 4.0), rng)[:2]
+    for n_starts in (1, 3):
+        x = {}
+        for workers in (1, 2):
+            state = PhasingState(iobs[None], valid[None], n_starts=n_starts, seed=0, backend=NumpyBackend(2, workers))
+            (HIO() ** 3 * ER() ** 2).apply(state)
+            x[workers] = state.objects()
+        np.testing.assert_array_equal(x[1], x[2])
+
+
 def test_free_pixels_islands_symmetric_and_valid():
     valid = beam_stop_mask((128, 128), radius=5, gap_width=4)
     free = free_pixel_mask(valid, 0.05, rng=np.random.default_rng(0))

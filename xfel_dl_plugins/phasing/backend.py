@@ -25,6 +25,13 @@ from . import kernels
 #: elementwise passes between the two FFTs run in cache instead of streaming the batch from memory.
 CPU_CHUNK_BYTES = 1 << 20
 
+#: An FFT on the CPU uses one thread per this many complex elements (at most ``workers``): below it,
+#: waking pocketfft's threads costs more than they save. Measured on 2 cores (2026-11-27): a two-thread
+#: scipy.fft pair is slower than one thread up to 384^2 (256^2: 1.25 against 0.78 ms) and faster from
+#: 512^2 (2.7 against 3.5 ms). Splitting the elementwise passes over threads did not pay at 512^2
+#: either (a thread pool's hand-off costs more than half of a 0.1-0.5 ms pass), so they stay in one.
+CPU_FFT_ELEMENTS_PER_THREAD = 1 << 17
+
 
 class Support:
     """The support of a chunk of arrays (n, *spatial) in the forms a backend needs."""
@@ -142,19 +149,20 @@ class NumpyBackend(ArrayBackend):
         import scipy.fft
         self._fft = scipy.fft
         self.workers = workers or len(os.sched_getaffinity(0))
-        self._local = threading.local()  # per thread: scratch buffers and FFT worker count
+        self._local = threading.local()  # per thread: scratch buffers, and whether it is a pool thread
         self._pool: ThreadPoolExecutor | None = None
 
     def map_chunks(self, func, n_chunks: int) -> None:
         """Call ``func(k)`` for every chunk: chunks in parallel threads (one FFT thread each) when
-        there are several, else one chunk with multi-threaded FFTs. NumPy and pocketfft release the
-        GIL, so the elementwise passes run in parallel too."""
+        there are several, else one chunk with multi-threaded FFTs where the arrays are large enough
+        (:data:`CPU_FFT_ELEMENTS_PER_THREAD`). NumPy and pocketfft release the GIL, so the
+        elementwise passes of parallel chunks run in parallel too."""
         if n_chunks == 1 or self.workers == 1:
             for k in range(n_chunks):
                 func(k)
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, initializer=lambda: setattr(self._local, "fft_workers", 1))
+            self._pool = ThreadPoolExecutor(self.workers, initializer=lambda: setattr(self._local, "in_pool", True))
         for _ in self._pool.map(func, range(n_chunks)):
             pass
 
@@ -168,9 +176,15 @@ class NumpyBackend(ArrayBackend):
             buf = scratch[key] = np.empty(shape, dtype)
         return buf
 
+    def fft_threads(self, n_elements: int) -> int:
+        """Threads for an FFT of ``n_elements``: one in a pool thread (the chunks are already parallel),
+        else one per :data:`CPU_FFT_ELEMENTS_PER_THREAD`, at most ``workers``."""
+        if getattr(self._local, "in_pool", False):
+            return 1
+        return max(1, min(self.workers, n_elements // CPU_FFT_ELEMENTS_PER_THREAD))
+
     def _inplace(self, func, a: np.ndarray) -> np.ndarray:
-        workers = getattr(self._local, "fft_workers", self.workers)
-        out = func(a, axes=self.spatial_axes(a.ndim), overwrite_x=True, workers=workers)
+        out = func(a, axes=self.spatial_axes(a.ndim), overwrite_x=True, workers=self.fft_threads(a.size))
         if out.ctypes.data != a.ctypes.data:  # pocketfft could not work in place: keep the caller's buffer
             a[...] = out
         return a
