@@ -39,7 +39,7 @@ def test_declaration():
     assert PhaseRetriever.inputs == ("pattern", "pattern_valid")
     names = {f.name for f in PhaseRetriever.outputs}
     assert {"amplitude", "phase", "support", "llk", "llk_free", "r_factor", "resolution_px", "resolution_nm",
-            "prtf"} <= names
+            "prtf", "starts_averaged"} <= names
     assert all("complex" not in f.dtype for f in PhaseRetriever.outputs)
     assert "cpu" in PhaseRetriever.devices and "cuda" in PhaseRetriever.devices
 
@@ -62,8 +62,10 @@ def test_process_reconstructs_and_fills_every_output():
     pixel_nm = 2.0e-10 * 0.7 / (SIZE * 2e-4) * 1e9
     np.testing.assert_allclose(out["resolution_nm"], out["resolution_px"] * pixel_nm, rtol=1e-5)
     assert np.isfinite(out["prtf"][:, 1:20]).all()
+    assert ((out["starts_averaged"] >= 1) & (out["starts_averaged"] <= 3)).all()
     summary = stage.finish()
     assert summary["patterns_phased"] == summary["patterns_resolved"] == 2 and summary["device"] == "cpu"
+    assert summary["patterns_reproduced"] == int((out["starts_averaged"] > 1).sum())
 
 
 def test_bad_parameters_and_inputs():
@@ -90,6 +92,7 @@ def test_frames_without_valid_pixels_or_photons_get_nan_not_an_error():
     batch.fields["pattern"][2] = 0  # a blank frame
     out = stage.process(batch)
     assert np.isfinite(out["llk"][0]) and np.isnan(out["llk"][1:]).all() and out["support"][1:].sum() == 0
+    assert out["starts_averaged"][0] == 1 and (out["starts_averaged"][1:] == 0).all()  # n_keep = 1
     assert stage.finish()["patterns_phased"] == 1
 
 

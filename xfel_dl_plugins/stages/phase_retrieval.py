@@ -67,6 +67,8 @@ class PhaseRetriever(Stage):
         Field("resolution_px", "float32", (), "half-period resolution where the PRTF falls below 1/e", "px"),
         Field("resolution_nm", "float32", (), "the same in nm (NaN without a reciprocal grid)", "nm"),
         Field("prtf", "float32", ("size",), "PRTF per shell of width 1/size cycles/px (NaN: no data)"),
+        Field("starts_averaged", "uint8", (), "starts averaged into the reconstruction: the selected one and those "
+              "within max_difference of it (1: no other start reproduced it; 0: not phased)"),
     )
 
     def setup(self) -> None:
@@ -84,6 +86,7 @@ class PhaseRetriever(Stage):
         self.backend = get_backend(self.context.device, ndim=2)
         self._resolutions: list[np.ndarray] = []
         self._phased = 0
+        self._reproduced = 0
 
     def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
         from ..phasing import phase
@@ -122,7 +125,9 @@ class PhaseRetriever(Stage):
             curves = result.prtf[:, :size]
             out["prtf"][usable, :curves.shape[1]] = curves
             out["resolution_nm"][usable] = out["resolution_px"][usable] * self._real_space_pixel_nm(batch, size)
+            out["starts_averaged"][usable] = [len(p.kept) for p in result.patterns]
         self._resolutions.append(out["resolution_px"])
+        self._reproduced += int((out["starts_averaged"] > 1).sum())
         self._phased += int(usable.sum())
         return out
 
@@ -147,5 +152,5 @@ class PhaseRetriever(Stage):
         res = np.concatenate(self._resolutions) if self._resolutions else np.zeros(0)
         finite = res[np.isfinite(res)]
         return {"recipe": repr(self.schedule), "device": self.backend.name, "patterns_phased": self._phased,
-                "patterns_resolved": int(len(finite)),
+                "patterns_resolved": int(len(finite)), "patterns_reproduced": self._reproduced,
                 "median_resolution_px": float(np.median(finite)) if len(finite) else float("nan")}
