@@ -66,6 +66,9 @@ def test_process_reconstructs_and_fills_every_output():
     summary = stage.finish()
     assert summary["patterns_phased"] == summary["patterns_resolved"] == 2 and summary["device"] == "cpu"
     assert summary["patterns_reproduced"] == int((out["starts_averaged"] > 1).sum())
+    alone = 2 - summary["patterns_reproduced"]
+    assert stage.warnings() == ([f"{alone} of 2 phased patterns were reproduced by no other start (starts_averaged = 1): "
+                                 "check them; more starts (n_starts) make this rarer"] if alone else [])
 
 
 def test_bad_parameters_and_inputs():
@@ -93,6 +96,7 @@ def test_frames_without_valid_pixels_or_photons_get_nan_not_an_error():
     out = stage.process(batch)
     assert np.isfinite(out["llk"][0]) and np.isnan(out["llk"][1:]).all() and out["support"][1:].sum() == 0
     assert out["starts_averaged"][0] == 1 and (out["starts_averaged"][1:] == 0).all()  # n_keep = 1
+    assert stage.warnings() == ["2 frames not phased: no photon on a valid pixel (blank or fully masked)"]
     assert stage.finish()["patterns_phased"] == 1
 
 

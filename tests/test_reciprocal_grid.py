@@ -51,3 +51,33 @@ def test_stage_sets_them_unmeasured_and_counts_them():
     assert outputs[1000.0]["zeros_unmeasured"][0] == stop.sum()
     assert not outputs[1000.0]["pattern_valid"][0][stop].any() and outputs[1000.0]["pattern_valid"][0].sum() == SIZE ** 2 - stop.sum()
     assert outputs[0.0]["zeros_unmeasured"][0] == 0 and outputs[0.0]["pattern_valid"].all()
+    assert stage.warnings() == []  # threshold 0: nothing set unmeasured
+
+
+def test_run_warns_about_unmasked_zeros_and_unphased_frames(tmp_path):
+    """`xfel-dl run` on a CXI file without a mask: the run finishes, prints one warning line per
+    problem on stderr and keeps the warnings in the results file."""
+    import json
+
+    import extra_data
+    from conftest import run_cli
+
+    from xfel_dl_plugins.io.cxi import write_cxi
+
+    counts, stop = _bright_pattern(1e8)
+    patterns = np.stack([counts, counts, np.zeros_like(counts)]).astype(np.float32)  # the last is blank
+    cxi = write_cxi(tmp_path / "p.cxi", patterns, distance_m=0.7, pixel_size_m=2e-4, photon_energy_eV=6000)
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f"""[chain]\nname = "w"\ndevice = "cpu"\n[input]\ncxi = "p.cxi"\n
+[[stages]]\nuse = "reciprocal_grid"\n[stages.params]\nsize = {SIZE}\nbinning = 1\n
+[[stages]]\nuse = "phase_retriever"\nlabel = "phasing"\n[stages.params]\nsize = {SIZE}\nn_starts = 2\nn_keep = 1
+recipe = "(SW*HIO**10)**2 * ER**10"\n""")
+    proc = run_cli("run", manifest, "--input", cxi, "--output", tmp_path / "r.h5", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("xfel-dl: warning: ")]
+    assert len(warnings) == 2, proc.stderr
+    assert f"2 of 3 frames had zero-photon pixels among bright ones ({2 * stop.sum()} in all)" in warnings[0]
+    assert warnings[1].startswith("xfel-dl: warning: phasing: 1 frames not phased")
+    run = extra_data.H5File(tmp_path / "r.h5")
+    phasing = [s for s in run.control_sources if s.endswith("/PHASING")][0]
+    assert json.loads(run.get_run_value(phasing, "warnings")) == [warnings[1].split("phasing: ", 1)[1]]

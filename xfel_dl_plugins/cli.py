@@ -47,7 +47,17 @@ def cmd_run(args) -> int:
         extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
                           if isinstance(v, (int, float)))
         print(f"  {label}: {rows} frames -> {result.output_sources[label]}" + (f" ({extra})" if extra else ""))
+    _print_warnings([result])
     return 0
+
+
+def _print_warnings(results) -> None:
+    """Each stage's warnings, one line each on stderr (parts of a split run: named by their file)."""
+    for result in results:
+        where = f" ({result.output.name})" if len(results) > 1 else ""
+        for label, lines in result.stage_warnings.items():
+            for line in lines:
+                print(f"xfel-dl: warning: {label}{where}: {line}", file=sys.stderr)
 
 
 def _run_parts(manifest, args) -> int:
@@ -61,6 +71,7 @@ def _run_parts(manifest, args) -> int:
     frames = sum(r.n_frames for r in results)
     print(f"wrote {len(results)} files to {out_dir}/ ({frames} frames); open them together with "
           f"extra_data.RunDirectory('{out_dir}')")
+    _print_warnings(results)
     return 0
 
 

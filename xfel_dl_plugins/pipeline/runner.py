@@ -34,6 +34,7 @@ class ChainResult:
     elapsed_s: float
     stage_rows: dict[str, int] = field(default_factory=dict)
     stage_summaries: dict[str, dict] = field(default_factory=dict)
+    stage_warnings: dict[str, list[str]] = field(default_factory=dict)  # Stage.warnings(), where there are any
     output_sources: dict[str, str] = field(default_factory=dict)
     skipped_frames: int = 0
     filter_passed: dict[str, int] = field(default_factory=dict)  # frames kept by each filtering stage
@@ -204,6 +205,10 @@ def run_chain(manifest: Manifest, *, overwrite: bool = False, progress: bool = T
             bar.close()
             for spec, stage in chain.steps:
                 result.stage_summaries[spec.label] = summary = stage.finish()
+                warnings = stage.warnings()
+                if warnings:
+                    result.stage_warnings[spec.label] = warnings
+                    summary = {**summary, "warnings": warnings}
                 if summary:
                     writer.write_run_values(sources[spec.label].split(":")[0], _run_values(summary))
             writer.write_run_values(PROVENANCE_SOURCE, _provenance(manifest, info, geometry, chain, result))

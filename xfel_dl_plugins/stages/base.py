@@ -7,7 +7,7 @@ import torch or cupy at module level: import them inside :meth:`Stage.setup` or 
 
 At run time the host creates one instance per chain step with validated parameters, calls
 :meth:`Stage.setup` once, then :meth:`Stage.process` once per batch of frames, and
-:meth:`Stage.finish` at the end of the run.
+:meth:`Stage.finish` and :meth:`Stage.warnings` at the end of the run.
 """
 
 from __future__ import annotations
@@ -211,6 +211,11 @@ class Stage:
     def finish(self) -> dict[str, Any]:
         """Run-level results (scalars or small arrays) recorded in the results file and the report."""
         return {}
+
+    def warnings(self) -> list[str]:
+        """What a person should check after the run, one line each; called after :meth:`finish`.
+        ``xfel-dl run`` prints them and the results file keeps them with the stage's run values."""
+        return []
 
     def provenance(self) -> dict[str, str]:
         """Extra provenance recorded in the results file, e.g. ``{"weights_sha256": ...}`` for learned stages."""

@@ -85,8 +85,7 @@ class PhaseRetriever(Stage):
         self.schedule = parse_recipe(self.p.recipe, sw_defaults=sw_defaults)
         self.backend = get_backend(self.context.device, ndim=2)
         self._resolutions: list[np.ndarray] = []
-        self._phased = 0
-        self._reproduced = 0
+        self._phased = self._reproduced = self._unphased = 0
 
     def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
         from ..phasing import phase
@@ -129,6 +128,7 @@ class PhaseRetriever(Stage):
         self._resolutions.append(out["resolution_px"])
         self._reproduced += int((out["starts_averaged"] > 1).sum())
         self._phased += int(usable.sum())
+        self._unphased += int((~usable).sum())
         return out
 
     def _empty_outputs(self, n: int) -> dict[str, np.ndarray]:
@@ -154,3 +154,13 @@ class PhaseRetriever(Stage):
         return {"recipe": repr(self.schedule), "device": self.backend.name, "patterns_phased": self._phased,
                 "patterns_resolved": int(len(finite)), "patterns_reproduced": self._reproduced,
                 "median_resolution_px": float(np.median(finite)) if len(finite) else float("nan")}
+
+    def warnings(self) -> list[str]:
+        lines = []
+        alone = self._phased - self._reproduced
+        if self.p.n_keep > 1 and alone:
+            lines.append(f"{alone} of {self._phased} phased patterns were reproduced by no other start "
+                         f"(starts_averaged = 1): check them; more starts (n_starts) make this rarer")
+        if self._unphased:
+            lines.append(f"{self._unphased} frames not phased: no photon on a valid pixel (blank or fully masked)")
+        return lines

@@ -55,6 +55,14 @@ class ReciprocalGrid(Stage):
             wavelength_m=geom.wavelength_m,
             binning=self.p.binning,
         )
+        self._frames = self._frames_with_zeros = self._zeros = 0
+
+    def warnings(self) -> list[str]:
+        if not self._frames_with_zeros:
+            return []
+        return [f"{self._frames_with_zeros} of {self._frames} frames had zero-photon pixels among bright ones "
+                f"({self._zeros} in all), set unmeasured: is a beam stop, dead pixel or gap missing from the mask? "
+                "(per frame: zeros_unmeasured)"]
 
     def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
         pattern, valid = bin_to_grid(batch["image"], batch["image_valid"], batch.geometry.beam_centre,
@@ -63,6 +71,10 @@ class ReciprocalGrid(Stage):
             else np.zeros(valid.shape, bool)
         valid &= ~zeros
         batch.meta["grid"] = self.info
+        per_frame = zeros.sum(axis=(1, 2))
+        self._frames += len(per_frame)
+        self._frames_with_zeros += int((per_frame > 0).sum())
+        self._zeros += int(per_frame.sum())
         return {"pattern": pattern, "pattern_valid": valid,
                 "grid_photons": pattern.sum(axis=(1, 2), dtype=np.float64).astype(np.float32),
                 "zeros_unmeasured": zeros.sum(axis=(1, 2)).astype(np.int32)}
