@@ -167,15 +167,7 @@ def quality_cases(kinds, photon_levels, n: int, stop: float, picture_dir: Path |
 
 def _shrink_wraps(op: Operator) -> tuple[SW, SW]:
     """The first and last SW step of a schedule (the HIO and the RAAR stage's in the default recipe)."""
-    found = []
-
-    def walk(o):
-        if isinstance(o, SW):
-            found.append(o)
-        for child in getattr(o, "ops", []) + ([o.op] if hasattr(o, "op") else []):
-            walk(child)
-
-    walk(op)
+    found = [step for step in op.steps() if isinstance(step, SW)]
     return found[0], found[-1]
 
 

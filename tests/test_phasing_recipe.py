@@ -27,6 +27,7 @@ class RecordingState:
 def test_issue_example_parses_and_runs_left_to_right():
     op = parse_recipe("(SW*HIO**50)**10 * RAAR**500 * ER**100")
     assert op.n_iterations == 10 * 50 + 500 + 100
+    assert [type(step).__name__ for step in op.steps()] == ["SW", "HIO", "RAAR", "ER"]
     state = RecordingState()
     op.apply(state)
     kinds = [c[0] for c in state.calls]

@@ -31,6 +31,10 @@ class Operator:
         """Number of Fourier-constraint iterations this operator performs."""
         return 0
 
+    def steps(self) -> list["Operator"]:
+        """The elementary operators of this schedule in order, a repeated block listed once."""
+        return [self]
+
     def __mul__(self, other: "Operator") -> "Sequence":
         if not isinstance(other, Operator):
             return NotImplemented
@@ -56,6 +60,9 @@ class Sequence(Operator):
     def n_iterations(self) -> int:
         return sum(op.n_iterations for op in self.ops)
 
+    def steps(self) -> list[Operator]:
+        return [step for op in self.ops for step in op.steps()]
+
     def __repr__(self) -> str:
         return " * ".join(repr(op) for op in self.ops)
 
@@ -71,6 +78,9 @@ class Repeat(Operator):
     @property
     def n_iterations(self) -> int:
         return self.n * self.op.n_iterations
+
+    def steps(self) -> list[Operator]:
+        return self.op.steps()
 
     def __repr__(self) -> str:
         inner = repr(self.op)
