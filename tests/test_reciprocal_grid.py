@@ -70,14 +70,24 @@ def test_run_warns_about_unmasked_zeros_and_unphased_frames(tmp_path):
     manifest = tmp_path / "m.toml"
     manifest.write_text(f"""[chain]\nname = "w"\ndevice = "cpu"\n[input]\ncxi = "p.cxi"\n
 [[stages]]\nuse = "reciprocal_grid"\n[stages.params]\nsize = {SIZE}\nbinning = 1\n
-[[stages]]\nuse = "phase_retriever"\nlabel = "phasing"\n[stages.params]\nsize = {SIZE}\nn_starts = 2\nn_keep = 1
+[[stages]]\nuse = "phase_retriever"\nlabel = "phasing"\n[stages.params]\nsize = {SIZE}\nn_starts = 3\nn_keep = 2
 recipe = "(SW*HIO**10)**2 * ER**10"\n""")
     proc = run_cli("run", manifest, "--input", cxi, "--output", tmp_path / "r.h5", "--quiet")
     assert proc.returncode == 0, proc.stderr
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("xfel-dl: warning: ")]
-    assert len(warnings) == 2, proc.stderr
-    assert f"2 of 3 frames had zero-photon pixels among bright ones ({2 * stop.sum()} in all)" in warnings[0]
-    assert warnings[1].startswith("xfel-dl: warning: phasing: 1 frames not phased")
+    grid_lines = [w for w in warnings if w.startswith("xfel-dl: warning: reciprocal_grid: ")]
+    phasing_lines = [w.split("phasing: ", 1)[1] for w in warnings if w.startswith("xfel-dl: warning: phasing: ")]
+    assert len(grid_lines) == 1 and len(grid_lines) + len(phasing_lines) == len(warnings), proc.stderr
+    assert f"2 of 3 frames had zero-photon pixels among bright ones ({2 * stop.sum()} in all)" in grid_lines[0]
+    assert phasing_lines[-1].startswith("1 frames not phased")  # the blank one
     run = extra_data.H5File(tmp_path / "r.h5")
     phasing = [s for s in run.control_sources if s.endswith("/PHASING")][0]
-    assert json.loads(run.get_run_value(phasing, "warnings")) == [warnings[1].split("phasing: ", 1)[1]]
+    assert json.loads(run.get_run_value(phasing, "warnings")) == phasing_lines
+    # the report of a phasing-only file: reconstructions, PRTF curves, the warnings
+    proc = run_cli("report", tmp_path / "r.h5", "--out-dir", tmp_path / "report")
+    assert proc.returncode == 0, proc.stderr
+    assert "frames phased: 2 of 3; with a resolution: 2" in proc.stdout
+    assert "- phasing: 1 frames not phased" in proc.stdout and "- reciprocal_grid: 2 of 3 frames" in proc.stdout
+    assert "phasing.png" in proc.stdout and "Warning" not in proc.stderr
+    assert (tmp_path / "report" / "phasing.png").stat().st_size > 20_000
+    assert not (tmp_path / "report" / "report.png").exists()  # no hit finder in this chain

@@ -85,7 +85,7 @@ def cmd_demo(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .report import make_report
+    from .report import make_report, print_report
 
     results = Path(args.results)
     if not results.is_file():
@@ -99,8 +99,7 @@ def cmd_report(args) -> int:
         geometry = ExperimentGeometry.for_detector("AGIPD1M", photon_energy_eV=args.photon_energy_eV,
                                                    distance_m=args.distance_m, geometry_file=args.geometry)
     report = make_report(results, out_dir, run_dir=Path(args.run) if args.run else None, geometry=geometry)
-    print(report.read_text().split("![", 1)[0].strip())
-    print(f"\nreport: {report}  (figures: {report.with_suffix('.png')})")
+    print_report(report)
     return 0
 
 
@@ -148,13 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("report", help="figures and numbers of a hit-finding results file")
-    p.add_argument("results", help="results file of a chain with a lit-pixel hit finder")
+    p = sub.add_parser("report", help="figures and numbers of a results file (hit finding, phase retrieval)")
+    p.add_argument("results", help="results file of a chain with a lit-pixel hit finder and/or a phase retriever")
     p.add_argument("--run", help="the run directory, to show the strongest hits as assembled images")
     p.add_argument("--geometry", default="example", help="CrystFEL geometry for the images (default: example)")
     p.add_argument("--photon-energy-eV", type=float, default=6000.0)
     p.add_argument("--distance-m", type=float, default=0.705)
-    p.add_argument("--out-dir", help="where report.md and report.png go (default: beside the results)")
+    p.add_argument("--out-dir", help="where report.md and its figures go (default: beside the results)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("simulate", help="write a simulated, labelled dataset (CXI) or AGIPD-1M run")

@@ -59,7 +59,7 @@ def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False, n_f
     """Build the demo run if needed, run the hit-finding chain, write the report; return its path."""
     from .pipeline.manifest import apply_overrides, parse_manifest
     from .pipeline.runner import run_chain
-    from .report import make_report
+    from .report import make_report, print_report
 
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = workdir / RUN_NAME
@@ -76,7 +76,6 @@ def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False, n_f
     report = make_report(result.output, workdir, run_dir=run_dir, truth=truth, geometry=result.geometry)
     print()
     print(f"results: {result.output}  ({result.n_frames} frames, {result.frames_per_s:.1f} frames/s)")
-    print(report.read_text().split("![", 1)[0].strip())
-    print(f"\nreport: {report}  (figures: {report.with_suffix('.png')})")
+    print_report(report)
     return report
 

@@ -1,7 +1,8 @@
-"""A short report of a hit-finding results file: figures a person looks at, and a few numbers.
+"""A short report of a results file: figures a person looks at, and a few numbers.
 
-Works on any results file of a chain with a lit-pixel hit finder (and optionally a sphere size fit);
-when the ground truth of a simulated run is given, hits and sizes are compared with it.
+Hit finding (any chain with a lit-pixel hit finder, optionally a sphere size fit; compared with the
+ground truth of a simulated run when it is given) and phase retrieval (reconstructions, PRTF curves and
+resolutions of a ``phase_retriever`` stage), each where the file has it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _hit_scores(truth: Truth | None, hits: StageRows) -> dict[str, float]:
 
 def make_report(results_path: Path, out_dir: Path, *, run_dir: Path | None = None, truth: Truth | None = None,
                 geometry=None, n_examples: int = 4) -> Path:
-    """Write ``report.png`` and ``report.md`` into ``out_dir``; return the markdown path."""
+    """Write ``report.md`` into ``out_dir`` with its figures (``report.png``: hit finding,
+    ``phasing.png``: phase retrieval, each where the file has such results); return its path."""
     import extra_data
     import matplotlib
 
@@ -70,8 +72,44 @@ def make_report(results_path: Path, out_dir: Path, *, run_dir: Path | None = Non
 
     results = extra_data.H5File(str(results_path))
     hit_src = find_source(results, "data.is_hit")
-    if hit_src is None:
-        raise ValueError(f"{results_path} has no hit-finder results (no data.is_hit)")
+    phasing_src = find_source(results, "data.prtf")
+    if hit_src is None and phasing_src is None:
+        raise ValueError(f"{results_path} has neither hit-finder (data.is_hit) nor phasing (data.prtf) results")
+    lines = [f"# Report: {results_path.name}", ""]
+    if hit_src is not None:
+        lines += _hit_finding_section(results, hit_src, out_dir, run_dir, truth, geometry, n_examples, plt)
+    if phasing_src is not None:
+        lines += _phasing_section(results, phasing_src, out_dir, plt)
+    warnings = run_warnings(results)
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {source.rsplit('/', 1)[-1].lower()}: {line}" for source, line in warnings] + [""]
+    md = out_dir / "report.md"
+    md.write_text("\n".join(lines))
+    return md
+
+
+def run_warnings(results) -> list[tuple[str, str]]:
+    """(source, line) of every stage warning kept in a results file (``Stage.warnings``)."""
+    import json
+
+    found = []
+    for source in sorted(results.control_sources):
+        values = results.get_run_values(source)
+        if "warnings.value" in values:
+            found += [(source, line) for line in json.loads(values["warnings.value"])]
+    return found
+
+
+def print_report(report: Path) -> None:
+    """Print a report's text (without its image links) and where its figures are."""
+    text = report.read_text()
+    print("\n".join(line for line in text.splitlines() if not line.startswith("![")).strip())
+    figures = [str(report.parent / name) for name in ("report.png", "phasing.png") if f"]({name})" in text]
+    print(f"\nreport: {report}  (figures: {', '.join(figures)})")
+
+
+def _hit_finding_section(results, hit_src: str, out_dir: Path, run_dir, truth, geometry, n_examples, plt) -> list[str]:
+    """``report.png`` (hit rate, lit pixels, sizes, example frames) and the section's lines."""
     hits = read_stage(results, hit_src, ["lit_pixels", "threshold", "is_hit"])
     size_src = find_source(results, "data.radius_nm")
     sizes = read_stage(results, size_src, ["radius_nm", "fit_quality"]) if size_src else None
@@ -129,7 +167,7 @@ def make_report(results_path: Path, out_dir: Path, *, run_dir: Path | None = Non
     plt.close(fig)
 
     n, n_hits = len(lit), int(hits.fields["is_hit"].sum())
-    lines = [f"# Hit-finding report: {results_path.name}", "",
+    lines = ["## Hit finding", "",
              f"- frames: {n} in {len(trains)} trains; hits: {n_hits} ({100 * n_hits / max(n, 1):.1f} %)"]
     for key, value in _hit_scores(truth, hits).items():
         lines.append(f"- {key} (against the simulation's truth): {value:.3f}" if isinstance(value, float)
@@ -142,9 +180,95 @@ def make_report(results_path: Path, out_dir: Path, *, run_dir: Path | None = Non
             lines.append(f"- size fit on true single hits: median |error| {100 * np.median(err):.1f} % "
                          f"({single.sum()} frames)")
     lines += ["", f"![report]({png.name})", ""]
-    md = out_dir / "report.md"
-    md.write_text("\n".join(lines))
-    return md
+    return lines
+
+
+#: Per-frame scalars of a phase_retriever source read for the phasing report.
+PHASING_SCALARS = ("llk", "llk_free", "resolution_px", "resolution_nm")
+
+
+def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6) -> list[str]:
+    """``phasing.png`` (the best-resolved reconstructions, PRTF curves, resolutions) and the section's lines."""
+    sd = results[src]
+    fields = list(PHASING_SCALARS) + ["prtf"] + (["starts_averaged"] if "data.starts_averaged" in sd.keys() else [])
+    rows = read_stage(results, src, fields)
+    res_px, res_nm = rows.fields["resolution_px"], rows.fields["resolution_nm"]
+    phased = np.isfinite(rows.fields["llk"])
+    resolved = np.flatnonzero(np.isfinite(res_px))
+    in_nm = bool(np.isfinite(res_nm[resolved]).all()) and len(resolved) > 0
+    resolution, unit = (res_nm, "nm") if in_nm else (res_px, "px")
+    examples = resolved[np.argsort(resolution[resolved], kind="stable")][:n_examples]
+
+    n_cols = max(len(examples), 3)
+    fig, axes = plt.subplots(3, n_cols, figsize=(3.2 * n_cols, 9.6), squeeze=False)
+    images = _read_frames(sd, rows, examples, ("amplitude", "phase", "support"))
+    for col, (i, (amplitude, phase, support)) in enumerate(zip(examples, images)):
+        box = _support_box(support)
+        axes[0, col].imshow(amplitude[box], cmap="gray", origin="lower")
+        axes[0, col].set_title(f"train {rows.train_id[i]} pulse {rows.pulse_id[i]}\n"
+                               f"res {resolution[i]:.1f} {unit}" +
+                               (f", {rows.fields['starts_averaged'][i]} starts" if "starts_averaged" in rows.fields else ""),
+                               fontsize=9)
+        axes[1, col].imshow(np.where(support[box] > 0, phase[box], np.nan), cmap="twilight", vmin=-np.pi,
+                            vmax=np.pi, origin="lower")
+        axes[1, col].set_title("phase (in the support)", fontsize=9)
+    for ax in axes[:2].ravel():
+        ax.axis("off")
+
+    ax = axes[2, 0]
+    prtf = rows.fields["prtf"][resolved]
+    freq = np.arange(prtf.shape[1]) / prtf.shape[1]  # shell k: k / size cycles per pixel
+    for curve in prtf[:200]:
+        ax.plot(freq, curve, color="0.7", lw=0.5)
+    shells = np.isfinite(prtf).any(axis=0)  # shells beyond the corners or without data are NaN
+    if shells.any():
+        ax.plot(freq[shells], np.nanmedian(prtf[:, shells], axis=0), "k-", lw=2, label="median")
+        ax.legend()
+    ax.axhline(1 / np.e, color="r", ls="--", lw=1)
+    ax.set(xlabel="spatial frequency (cycles/px; half period = 1 / (2 f))", ylabel="PRTF", xlim=(0, 0.5),
+           ylim=(0, 1.05), title="PRTF per frame (1/e in red)")
+    ax = axes[2, 1]
+    if len(resolved):
+        ax.hist(resolution[resolved], bins=30)
+    ax.set(xlabel=f"resolution ({unit}, half period at PRTF = 1/e)", ylabel="frames", title="Resolution")
+    ax = axes[2, 2]
+    ax.hist(rows.fields["llk_free"][phased], bins=30)
+    ax.set(xlabel="free LLK (held-out pixels; ~1 at the noise floor)", ylabel="frames", title="Fit to held-out pixels")
+    for ax in axes[2, 3:]:
+        ax.axis("off")
+    fig.tight_layout()
+    png = out_dir / "phasing.png"
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+    lines = ["## Phase retrieval", "", f"- frames phased: {int(phased.sum())} of {len(phased)}; with a resolution: "
+             f"{len(resolved)}" + (f", median {np.median(resolution[resolved]):.1f} {unit}" if len(resolved) else "")]
+    if "starts_averaged" in rows.fields:
+        alone = int((rows.fields["starts_averaged"][phased] == 1).sum())
+        lines.append(f"- reproduced by another start: {int(phased.sum()) - alone}; by none (starts_averaged = 1): {alone}")
+    lines += [f"- examples: the {len(examples)} best-resolved frames", "", f"![phasing]({png.name})", ""]
+    return lines
+
+
+def _read_frames(sd, rows: StageRows, indices, names) -> list[tuple[np.ndarray, ...]]:
+    """Per-frame arrays ``names`` of the frames ``indices`` of a source, reading only their trains."""
+    import extra_data
+
+    out = []
+    for i in indices:
+        tid, pid = int(rows.train_id[i]), int(rows.pulse_id[i])
+        train = sd.select_trains(extra_data.by_id[[tid]])
+        row = int(np.flatnonzero(train["data.pulseId"].ndarray() == pid)[0])
+        out.append(tuple(train[f"data.{name}"].ndarray()[row] for name in names))
+    return out
+
+
+def _support_box(support: np.ndarray, margin: int = 4):
+    """Slices around the support (the whole array if it is empty)."""
+    ys, xs = np.nonzero(support)
+    if len(ys) == 0:
+        return np.s_[:, :]
+    return np.s_[max(ys.min() - margin, 0) : ys.max() + margin + 1, max(xs.min() - margin, 0) : xs.max() + margin + 1]
 
 
 def _plot_examples(axes, run_dir, hits: StageRows, geometry, n_examples: int, truth) -> int:

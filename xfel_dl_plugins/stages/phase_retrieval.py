@@ -7,6 +7,10 @@ and the frame's trainId and pulseId), picks the start with the lowest Bayesian i
 among those that fit the held-out pixels (or another rule: ``selection``), averages it
 with up to ``n_keep - 1`` starts nearest to it after removing translation, twin and global phase,
 and writes the reconstruction (amplitude and phase), its support and figures of merit per frame.
+
+With ``fill_centre``, unmeasured pixels near the beam (a detector's central hole) first take the
+intensity of a sphere fitted to the frame's measured rings (the ``sphere_sizer`` model): without
+its first speckles, a compact particle's low frequencies are free and its image comes out hollow.
 """
 
 from __future__ import annotations
@@ -14,8 +18,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StageError
+from ..io.grid import radial_profiles
 from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE, SELECTIONS, SUPPORT_CAP
 from .base import Field, FrameBatch, Param, Stage
+from .sizing import SphereSizeFit, sphere_form_factor
+
+#: fill_centre leaves a frame as measured when its sphere fit explains less of the profile than this
+#: (``fit_quality`` of :class:`SphereSizeFit`: 1 - chi2(sphere) / chi2(constant)).
+FILL_MIN_FIT_QUALITY = 0.5
 
 
 class PhaseRetriever(Stage):
@@ -50,6 +60,10 @@ class PhaseRetriever(Stage):
                               "maximum), drawn per start"),
         "support_cap": Param(SUPPORT_CAP, float, "no support holds more than this x the object size bound from "
                              "the autocorrelation (stops runaway supports; 0: no cap)", min=0.0, max=100.0),
+        "fill_centre": Param(False, bool, "unmeasured pixels near the beam (up to the first ring that is at least "
+                             "half measured) take the intensity of a sphere fitted to the frame's measured rings; "
+                             "for sphere-like particles whose first speckles fall in a central hole (needs the "
+                             "reciprocal_grid stage's q grid)"),
         "positivity": Param(False, bool, "real, non-negative density inside the support"),
         "reality": Param(False, bool, "real density inside the support"),
         "free_fraction": Param(0.05, float, "fraction of valid pixels held out for the free LLK", min=0.0, max=0.3),
@@ -69,6 +83,8 @@ class PhaseRetriever(Stage):
         Field("prtf", "float32", ("size",), "PRTF per shell of width 1/size cycles/px (NaN: no data)"),
         Field("starts_averaged", "uint8", (), "starts averaged into the reconstruction: the selected one and those "
               "within max_difference of it (1: no other start reproduced it; 0: not phased)"),
+        Field("centre_filled", "int32", (), "unmeasured pixels near the beam filled from the sphere fit (fill_centre)",
+              "pixels"),
     )
 
     def setup(self) -> None:
@@ -85,7 +101,11 @@ class PhaseRetriever(Stage):
         self.schedule = parse_recipe(self.p.recipe, sw_defaults=sw_defaults)
         self.backend = get_backend(self.context.device, ndim=2)
         self._resolutions: list[np.ndarray] = []
-        self._phased = self._reproduced = self._unphased = 0
+        self._phased = self._reproduced = self._unphased = self._not_filled = 0
+        self._sphere_fit = None
+        if self.p.fill_centre:
+            self._sphere_fit = SphereSizeFit(self.context)
+            self._sphere_fit.setup()
 
     def process(self, batch: FrameBatch) -> dict[str, np.ndarray]:
         from ..phasing import phase
@@ -99,6 +119,8 @@ class PhaseRetriever(Stage):
         out = self._empty_outputs(n)
         if n == 0:
             return out
+        if self._sphere_fit is not None:
+            patterns, valid, out["centre_filled"] = self._fill_centre(batch, patterns, valid)
         # reciprocal_grid centres the beam at [size//2, size//2]: undo that for FFT-centred phasing.
         patterns = np.fft.ifftshift(patterns, axes=(-2, -1))
         valid = np.fft.ifftshift(valid, axes=(-2, -1))
@@ -131,11 +153,36 @@ class PhaseRetriever(Stage):
         self._unphased += int((~usable).sum())
         return out
 
+    def _fill_centre(self, batch: FrameBatch, patterns: np.ndarray, valid: np.ndarray):
+        """Patterns and valid masks with the central hole filled from each frame's sphere fit, and the
+        number of pixels filled per frame (0 where the fit is poor: the frame is left as measured)."""
+        grid = batch.meta.get("grid")
+        if grid is None:
+            raise StageError("phase_retriever: fill_centre needs the q grid of a reciprocal_grid stage before it")
+        fit = self._sphere_fit.process(batch)
+        size = patterns.shape[-1]
+        ring = np.rint(np.hypot(*(np.indices((size, size)) - size // 2))).astype(np.int64).ravel()
+        n_rings = size // 2
+        _, measured = radial_profiles(patterns.reshape(len(patterns), -1), valid.reshape(len(valid), -1), ring, n_rings)
+        per_ring = np.bincount(ring[ring < n_rings], minlength=n_rings)
+        half_measured = measured >= 0.5 * per_ring  # (n, n_rings)
+        first_ring = np.where(half_measured.any(axis=1), half_measured.argmax(axis=1), 0)
+        hole = ~valid & (ring.reshape(size, size)[None] < first_ring[:, None, None])
+        good = fit["fit_quality"] >= FILL_MIN_FIT_QUALITY
+        has_photons = (np.where(valid, patterns, 0) > 0).any(axis=(1, 2))  # blanks are not phased anyway
+        self._not_filled += int((hole.any(axis=(1, 2)) & ~good & has_photons).sum())
+        hole &= good[:, None, None]
+        radius_m = fit["radius_nm"].astype(np.float64)[:, None, None] * 1e-9
+        model = fit["scale"][:, None, None] * sphere_form_factor(np.asarray(grid.q, np.float64)[None] * radius_m)
+        return (np.where(hole, model, patterns).astype(np.float32), valid | hole,
+                hole.sum(axis=(1, 2)).astype(np.int32))
+
     def _empty_outputs(self, n: int) -> dict[str, np.ndarray]:
         out = {}
         for f in self.outputs:
             shape = (n,) + f.resolved_shape(self.p)
-            out[f.name] = np.zeros(shape, f.dtype) if f.dtype == "uint8" else np.full(shape, np.nan, f.dtype)
+            integer = np.issubdtype(np.dtype(f.dtype), np.integer)
+            out[f.name] = np.zeros(shape, f.dtype) if integer else np.full(shape, np.nan, f.dtype)
         return out
 
     @staticmethod
@@ -163,4 +210,7 @@ class PhaseRetriever(Stage):
                          f"(starts_averaged = 1): check them; more starts (n_starts) make this rarer")
         if self._unphased:
             lines.append(f"{self._unphased} frames not phased: no photon on a valid pixel (blank or fully masked)")
+        if self._not_filled:
+            lines.append(f"{self._not_filled} frames with a central hole phased without filling it: their sphere fit "
+                         f"explains too little of the profile (fit_quality < {FILL_MIN_FIT_QUALITY})")
         return lines
