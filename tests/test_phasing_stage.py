@@ -177,3 +177,39 @@ def test_spi_phasing_manifest_phases_the_single_hits_the_classifier_kept(tmp_pat
     text = make_report(result.output, tmp_path).read_text()  # both sections: hit finding and phasing
     assert "## Hit finding" in text and f"- frames phased: {singles.sum()} of {singles.sum()}" in text
     assert (tmp_path / "report.png").is_file() and (tmp_path / "phasing.png").stat().st_size > 20_000
+
+
+def test_fill_centre_fills_the_hole_of_sphere_like_frames_only():
+    """A sphere pattern with a central hole gets the hole filled from its sphere fit (close to the true
+    intensities); a flat, speckle-free frame (no sphere fits it) is phased as measured, with a warning."""
+    from xfel_dl_plugins.io.geometry import ExperimentGeometry
+    from xfel_dl_plugins.stages.preprocessing import ReciprocalGrid
+    from xfel_dl_plugins.stages.sizing import sphere_form_factor
+
+    size = 64
+    geometry = ExperimentGeometry.flat((size, size), pixel_size_m=8e-4, photon_energy_eV=6000, distance_m=0.705,
+                                       beam_centre=(size // 2, size // 2))
+    grid_stage = ReciprocalGrid(size=size, binning=1)
+    grid_stage.context.geometry = geometry
+    grid_stage.setup()
+    q = grid_stage.info.q.astype(np.float64)
+    rng = np.random.default_rng(0)
+    sphere = 3e4 * sphere_form_factor(q * 33e-9)
+    frames = rng.poisson(np.stack([sphere, np.full(q.shape, 5.0)])).astype(np.float32)
+    hole = np.hypot(*(np.indices(q.shape) - size // 2)) <= 4
+    fields = {"data": frames, "valid": np.broadcast_to(~hole, frames.shape).copy(),
+              "train_id": np.array([1, 1]), "pulse_id": np.array([0, 1]), "cell_id": np.zeros(2)}
+    batch = FrameBatch(fields, geometry, {})
+    batch.fields.update(grid_stage.process(batch))
+    stage = PhaseRetriever(StageContext(device="cpu"), size=size, n_starts=2, n_keep=1, recipe="HIO**20*ER**10",
+                           fill_centre=True)
+    stage.setup()
+    out = stage.process(batch)
+    assert np.isfinite(out["llk"]).all() and out["centre_filled"][0] > 0 and out["centre_filled"][1] == 0
+    assert any(line.startswith("1 frames with a central hole phased without filling it") for line in stage.warnings())
+    patterns, valid, filled = stage._fill_centre(batch, batch["pattern"], batch["pattern_valid"])
+    was_filled = valid[0] & ~batch["pattern_valid"][0]  # the hole up to the first ring that is half measured
+    assert filled.tolist() == [was_filled.sum(), 0] and 0.7 * hole.sum() <= was_filled.sum() <= hole.sum()
+    assert not (was_filled & ~hole).any() and not valid[1][hole].any()
+    np.testing.assert_allclose(patterns[0][was_filled].sum(), sphere[was_filled].sum(), rtol=0.15)
+    assert out["centre_filled"].tolist() == filled.tolist()

@@ -245,7 +245,8 @@ def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6)
              f"{len(resolved)}" + (f", median {np.median(resolution[resolved]):.1f} {unit}" if len(resolved) else "")]
     if "starts_averaged" in rows.fields:
         alone = int((rows.fields["starts_averaged"][phased] == 1).sum())
-        lines.append(f"- reproduced by another start: {int(phased.sum()) - alone}; by none (starts_averaged = 1): {alone}")
+        lines.append(f"- averaged over 2 or more starts that agree: {int(phased.sum()) - alone}; a single start "
+                     f"(no other reproduced it, or n_keep = 1): {alone}")
     lines += [f"- examples: the {len(examples)} best-resolved frames", "", f"![phasing]({png.name})", ""]
     return lines
 
