@@ -15,6 +15,11 @@ def test_demo_simulates_runs_and_reports(tmp_path):
     assert hits.shape == (64,)
     assert validate_exdf(results).returncode == 0
     assert (workdir / "report.png").stat().st_size > 20_000
+    # then the single hits are phased: images and PRTFs in phasing/
+    phased = extra_data.H5File(str(workdir / "phased.h5"))
+    singles = phased["SPB_DET_AGIPD1M-1/XFELDL/CLASSIFIER:output", "data.is_single"].ndarray().sum()
+    assert singles >= 1 and phased["SPB_DET_AGIPD1M-1/XFELDL/PHASING:output", "data.amplitude"].shape[0] == singles
+    assert "## Phase retrieval" in proc.stdout and (workdir / "phasing" / "phasing.png").stat().st_size > 20_000
     # A second call reuses the simulated run.
-    again = run_cli("demo", "--workdir", workdir, "--quiet")
+    again = run_cli("demo", "--workdir", workdir, "--quiet", "--no-phasing")
     assert again.returncode == 0 and "simulating" not in again.stdout

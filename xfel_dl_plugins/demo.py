@@ -1,4 +1,5 @@
-"""``xfel-dl demo``: simulate a small calibrated AGIPD-1M run (once), run spi-hitfinding on it, report."""
+"""``xfel-dl demo``: simulate a small calibrated AGIPD-1M run (once), run spi-hitfinding on it, report;
+then phase its single hits with spi-phasing and report the images."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .errors import XfelDLError
 
 DEMO_CONFIG = "demo-run.toml"
 DEMO_MANIFEST = "spi-hitfinding.toml"
+PHASING_MANIFEST = "spi-phasing.toml"  # hit finder -> single-hit classifier -> phase retrieval
 RUN_NAME = "r0001"
 COMPLETE_MARKER = ".complete"  # written last: a run without it is rebuilt
 
@@ -55,8 +57,10 @@ def read_truth(run_dir: Path):
     return Truth(dict(zip(keys, (int(c) for c in classes))), dict(zip(keys, (float(r) for r in radii))))
 
 
-def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False, n_frames: int | None = None) -> Path:
-    """Build the demo run if needed, run the hit-finding chain, write the report; return its path."""
+def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False, n_frames: int | None = None,
+             phasing: bool = True) -> Path:
+    """Build the demo run if needed, run the hit-finding chain and write its report; with ``phasing``,
+    also phase the single hits (``phased.h5``, report in ``phasing/``); return the first report's path."""
     from .pipeline.manifest import apply_overrides, parse_manifest
     from .pipeline.runner import run_chain
     from .report import make_report, print_report
@@ -77,5 +81,13 @@ def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False, n_f
     print()
     print(f"results: {result.output}  ({result.n_frames} frames, {result.frames_per_s:.1f} frames/s)")
     print_report(report)
+    if phasing:
+        manifest = apply_overrides(parse_manifest(packaged_manifest(PHASING_MANIFEST)), input_path=str(run_dir),
+                                   output=str(workdir / "phased.h5"))
+        print(f"\nrunning {manifest.path.name} on {run_dir} (single hits -> images) ...", flush=True)
+        phased = run_chain(manifest, overwrite=True, progress=progress)
+        (workdir / "phasing").mkdir(exist_ok=True)
+        print(f"\nresults: {phased.output}  ({phased.n_frames} frames, {phased.frames_per_s:.1f} frames/s)")
+        print_report(make_report(phased.output, workdir / "phasing", truth=truth))  # its warnings included
     return report
 
