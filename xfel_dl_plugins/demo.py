@@ -3,6 +3,7 @@ then phase its single hits with spi-phasing and report the images."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import time
 from importlib import resources
@@ -81,7 +82,9 @@ def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False, n_f
     print()
     print(f"results: {result.output}  ({result.n_frames} frames, {result.frames_per_s:.1f} frames/s)")
     print_report(report)
-    if phasing:
+    if phasing and importlib.util.find_spec("torch") is None:
+        print("\nsingle hits not phased: spi-phasing's classifier needs PyTorch (pip install torch==2.13.0)")
+    elif phasing:
         manifest = apply_overrides(parse_manifest(packaged_manifest(PHASING_MANIFEST)), input_path=str(run_dir),
                                    output=str(workdir / "phased.h5"))
         print(f"\nrunning {manifest.path.name} on {run_dir} (single hits -> images) ...", flush=True)
