@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 HIT_CLASSES = ("blank", "single", "multiple", "other")
+HIT_FIGURE, PHASING_FIGURE = "report.png", "phasing.png"  # written beside report.md
 
 
 @dataclass
@@ -104,7 +105,7 @@ def print_report(report: Path) -> None:
     """Print a report's text (without its image links) and where its figures are."""
     text = report.read_text()
     print("\n".join(line for line in text.splitlines() if not line.startswith("![")).strip())
-    figures = [str(report.parent / name) for name in ("report.png", "phasing.png") if f"]({name})" in text]
+    figures = [str(report.parent / name) for name in (HIT_FIGURE, PHASING_FIGURE) if f"]({name})" in text]
     print(f"\nreport: {report}  (figures: {', '.join(figures)})")
 
 
@@ -162,7 +163,7 @@ def _hit_finding_section(results, hit_src: str, out_dir: Path, run_dir, truth, g
     for ax in example_axes[shown:]:
         ax.axis("off")
     fig.tight_layout()
-    png = out_dir / "report.png"
+    png = out_dir / HIT_FIGURE
     fig.savefig(png, dpi=80)
     plt.close(fig)
 
@@ -237,7 +238,7 @@ def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6)
     for ax in axes[2, 3:]:
         ax.axis("off")
     fig.tight_layout()
-    png = out_dir / "phasing.png"
+    png = out_dir / PHASING_FIGURE
     fig.savefig(png, dpi=80)
     plt.close(fig)
 
@@ -252,16 +253,16 @@ def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6)
 
 
 def _read_frames(sd, rows: StageRows, indices, names) -> list[tuple[np.ndarray, ...]]:
-    """Per-frame arrays ``names`` of the frames ``indices`` of a source, reading only their trains."""
+    """Per-frame arrays ``names`` of the frames ``indices`` of a source, reading each of their trains once."""
     import extra_data
 
-    out = []
-    for i in indices:
-        tid, pid = int(rows.train_id[i]), int(rows.pulse_id[i])
-        train = sd.select_trains(extra_data.by_id[[tid]])
-        row = int(np.flatnonzero(train["data.pulseId"].ndarray() == pid)[0])
-        out.append(tuple(train[f"data.{name}"].ndarray()[row] for name in names))
-    return out
+    trains = sorted({int(rows.train_id[i]) for i in indices})
+    part = sd.select_trains(extra_data.by_id[trains])
+    keys = list(zip(part["data.pulseId"].train_id_coordinates().tolist(), part["data.pulseId"].ndarray().tolist()))
+    arrays = {name: part[f"data.{name}"].ndarray() for name in names}
+    row = {key: k for k, key in enumerate(keys)}
+    return [tuple(arrays[name][row[(int(rows.train_id[i]), int(rows.pulse_id[i]))]] for name in names)
+            for i in indices]
 
 
 def _support_box(support: np.ndarray, margin: int = 4):

@@ -49,6 +49,12 @@ def bin_to_grid(images: np.ndarray, valid: np.ndarray, centre_yx, size: int, bin
 ZERO_RING_PHOTONS = 1000.0
 
 
+def ring_index(shape: tuple[int, int]) -> np.ndarray:
+    """Integer distance (rounded) of every pixel of a beam-centred grid from the beam at ``shape // 2``."""
+    yy, xx = np.indices(shape)
+    return np.rint(np.hypot(yy - shape[0] // 2, xx - shape[1] // 2)).astype(np.int64)
+
+
 def radial_profiles(patterns: np.ndarray, valid: np.ndarray, radius_bin: np.ndarray, n_bins: int):
     """Mean intensity and valid-pixel count per integer radius bin, for every frame: ``(n, n_bins)``."""
     n = patterns.shape[0]
@@ -70,9 +76,7 @@ def unmeasured_zeros(patterns: np.ndarray, valid: np.ndarray, ring_photons: floa
     zeros and get the bound of the rings just outside it). Returns the pixels that are valid, read
     under 1 photon and have that bound above ``ring_photons``.
     """
-    height, width = patterns.shape[1:]
-    yy, xx = np.indices((height, width))
-    ring = np.rint(np.hypot(yy - height // 2, xx - width // 2)).astype(np.int64)
+    ring = ring_index(patterns.shape[1:])
     means, _ = radial_profiles(patterns, valid, ring, int(ring.max()) + 1)
     bound = np.maximum.accumulate(means[:, ::-1], axis=1)[:, ::-1]  # brightest mean at this ring or beyond
     return valid & (patterns < 1) & (bound[:, ring] > ring_photons)

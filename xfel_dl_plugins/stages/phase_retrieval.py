@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import StageError
-from ..io.grid import radial_profiles
+from ..io.grid import radial_profiles, ring_index
 from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE, SELECTIONS, SUPPORT_CAP
 from .base import Field, FrameBatch, Param, Stage
 from .sizing import SphereSizeFit, sphere_form_factor
@@ -160,14 +160,14 @@ class PhaseRetriever(Stage):
         if grid is None:
             raise StageError("phase_retriever: fill_centre needs the q grid of a reciprocal_grid stage before it")
         fit = self._sphere_fit.process(batch)
-        size = patterns.shape[-1]
-        ring = np.rint(np.hypot(*(np.indices((size, size)) - size // 2))).astype(np.int64).ravel()
-        n_rings = size // 2
-        _, measured = radial_profiles(patterns.reshape(len(patterns), -1), valid.reshape(len(valid), -1), ring, n_rings)
+        ring = ring_index(patterns.shape[1:])
+        n_rings = patterns.shape[-1] // 2
+        _, measured = radial_profiles(patterns.reshape(len(patterns), -1), valid.reshape(len(valid), -1),
+                                      ring.ravel(), n_rings)
         per_ring = np.bincount(ring[ring < n_rings], minlength=n_rings)
         half_measured = measured >= 0.5 * per_ring  # (n, n_rings)
         first_ring = np.where(half_measured.any(axis=1), half_measured.argmax(axis=1), 0)
-        hole = ~valid & (ring.reshape(size, size)[None] < first_ring[:, None, None])
+        hole = ~valid & (ring[None] < first_ring[:, None, None])
         good = fit["fit_quality"] >= FILL_MIN_FIT_QUALITY
         has_photons = (np.where(valid, patterns, 0) > 0).any(axis=(1, 2))  # blanks are not phased anyway
         self._not_filled += int((hole.any(axis=(1, 2)) & ~good & has_photons).sum())

@@ -77,4 +77,4 @@ class ReciprocalGrid(Stage):
         self._zeros += int(per_frame.sum())
         return {"pattern": pattern, "pattern_valid": valid,
                 "grid_photons": pattern.sum(axis=(1, 2), dtype=np.float64).astype(np.float32),
-                "zeros_unmeasured": zeros.sum(axis=(1, 2)).astype(np.int32)}
+                "zeros_unmeasured": per_frame.astype(np.int32)}
