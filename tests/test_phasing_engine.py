@@ -38,6 +38,15 @@ def test_cpu_in_place_updates_equal_the_shared_kernel_expressions():
     np.testing.assert_array_equal(got[np.broadcast_to(fixed, shape)], y[np.broadcast_to(fixed, shape)])
 
 
+def test_cpu_kernels_refuse_arrays_they_cannot_update_in_place():
+    backend = NumpyBackend(ndim=2)
+    x = np.zeros((4, 8, 8), np.complex64)
+    support = Support(backend, np.ones((2, 8, 8), bool))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        backend.hio_(x[::2], x[1::2].copy(), support, 0.9)  # a strided view: writing a copy would lose the update
+    assert not x.any()
+
+
 def test_backend_fft_is_in_place_and_matches_numpy():
     rng = np.random.default_rng(1)
     a = _random_complex(rng, (3, 2, 8, 12))

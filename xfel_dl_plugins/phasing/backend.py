@@ -3,10 +3,10 @@
 Both backends expose the same small interface used by the operators: batched FFTs over the
 trailing spatial axes (in place, except the GPU's forward FFT: out of place saves a copy), the
 Fourier-modulus projection, and the real-space update rules of :mod:`.kernels`. Update methods
-return the updated array, which the caller rebinds: the CPU backend works in place (ufuncs with
-``out=``, gather/scatter over the support), the GPU backend runs one CUDA elementwise kernel per
-rule (:data:`CUDA_KERNELS`), also in place; the NumPy stand-in of the tests replaces each by its
-reference expression in :mod:`.kernels`.
+return the updated array, which the caller rebinds. Both backends run one fused in-place pass per
+rule: the CPU backend a loop compiled by Numba (:mod:`.cpu_kernels`), the GPU backend a CUDA
+elementwise kernel (:data:`CUDA_KERNELS`); the NumPy stand-in of the tests replaces each CUDA
+kernel by its reference expression in :mod:`.kernels`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ CPU_CHUNK_BYTES = 1 << 20
 #: An FFT on the CPU uses one thread per this many complex elements (at most ``workers``): below it,
 #: waking pocketfft's threads costs more than they save. Measured on 2 cores (2026-11-27): a two-thread
 #: scipy.fft pair is slower than one thread up to 384^2 (256^2: 1.25 against 0.78 ms) and faster from
-#: 512^2 (2.7 against 3.5 ms). Splitting the elementwise passes over threads did not pay at 512^2
-#: either (a thread pool's hand-off costs more than half of a 0.1-0.5 ms pass), so they stay in one.
+#: 512^2 (2.7 against 3.5 ms). The fused elementwise passes (0.03-0.15 ms at 512^2) stay in one
+#: thread: handing work to a pool thread costs about as much.
 CPU_FFT_ELEMENTS_PER_THREAD = 1 << 17
 
 
@@ -38,45 +38,34 @@ class Support:
 
     def __init__(self, backend: "ArrayBackend", mask):
         self.mask = mask.astype(bool, copy=False)
-        self.flat_index = backend.xp.flatnonzero(self.mask) if backend.name == "cpu" else None
-        self.weights = self.mask.astype(np.float32) if backend.name != "cpu" else None
-        self._pair_weights = None
-
-    @property
-    def pair_weights(self) -> np.ndarray:
-        """The support as 0/1 float32 pairs (*mask.shape, 2): multiplies a complex64 array viewed as
-        float32 in one pass (numpy's complex x real multiply casts, and is twice as slow)."""
-        if self._pair_weights is None:
-            self._pair_weights = np.repeat(self.mask.astype(np.float32)[..., None], 2, axis=-1)
-        return self._pair_weights
+        if backend.name == "cpu":  # one uint8 per float of the complex64 array seen as float32 pairs
+            self.pair_mask = np.repeat(self.mask.reshape(-1), 2).view(np.uint8)
+        else:
+            self.weights = self.mask.astype(np.float32)
 
 
 class FourierConstraint:
     """Measured amplitudes of a chunk of arrays (n, *spatial) and the pixels left free.
 
-    ``fixed`` (True = unconstrained: masked, missing or free pixel) becomes flat indices on the CPU
-    and 0/1 floats on the GPU; ``amp`` is zero there.
+    ``fixed`` (True = unconstrained: masked, missing or free pixel) is marked by a negative amplitude
+    in one flat array on the CPU (``amp_or_free``), and given as 0/1 floats beside ``amp`` (zero
+    there) on the GPU.
     """
 
     def __init__(self, backend: "ArrayBackend", amp: np.ndarray, fixed: np.ndarray):
-        xp = backend.xp
-        self.amp = xp.asarray(np.where(fixed, 0, amp).astype(np.float32))
-        self._scaled = {1.0: self.amp}
         if backend.name == "cpu":
-            self.fixed = np.flatnonzero(fixed)
+            self.amp_or_free = np.where(fixed, -1, amp).astype(np.float32).reshape(-1)
         else:
+            xp = backend.xp
+            self.amp = xp.asarray(np.where(fixed, 0, amp).astype(np.float32))
             self.fixed = xp.asarray(fixed.astype(np.float32))
-
-    def scaled_amp(self, scale: float):
-        """``scale * amp``, cached (the CPU backend folds the HIO/RAAR feedback factor into it)."""
-        if scale not in self._scaled:
-            self._scaled[scale] = self.amp * np.float32(scale)
-        return self._scaled[scale]
 
 
 def _float_pairs(a: np.ndarray) -> np.ndarray:
-    """A complex64 array seen as float32 (real, imag) pairs, without a copy."""
-    return a.view(np.float32).reshape(a.shape + (2,))
+    """A C-contiguous complex64 array as one flat float32 array of (real, imag) pairs, without a copy."""
+    if not a.flags.c_contiguous:
+        raise ValueError("the CPU kernels work in place on C-contiguous arrays only")
+    return a.reshape(-1).view(np.float32)
 
 
 class ArrayBackend:
@@ -140,22 +129,25 @@ class ArrayBackend:
 
 
 class NumpyBackend(ArrayBackend):
-    """CPU: scipy.fft (pocketfft) in place with worker threads, ufunc passes with ``out=``."""
+    """CPU: scipy.fft (pocketfft) in place with worker threads, fused elementwise passes compiled by Numba."""
 
     name = "cpu"
 
     def __init__(self, ndim: int = 2, workers: int | None = None):
         super().__init__(ndim)
         import scipy.fft
+
+        from . import cpu_kernels  # imports Numba: only where the CPU backend is used
         self._fft = scipy.fft
+        self._kernels = cpu_kernels
         self.workers = workers or len(os.sched_getaffinity(0))
-        self._local = threading.local()  # per thread: scratch buffers, and whether it is a pool thread
+        self._local = threading.local()  # per thread: whether it is a pool thread
         self._pool: ThreadPoolExecutor | None = None
 
     def map_chunks(self, func, n_chunks: int) -> None:
         """Call ``func(k)`` for every chunk: chunks in parallel threads (one FFT thread each) when
         there are several, else one chunk with multi-threaded FFTs where the arrays are large enough
-        (:data:`CPU_FFT_ELEMENTS_PER_THREAD`). NumPy and pocketfft release the GIL, so the
+        (:data:`CPU_FFT_ELEMENTS_PER_THREAD`). The Numba kernels and pocketfft release the GIL, so the
         elementwise passes of parallel chunks run in parallel too."""
         if n_chunks == 1 or self.workers == 1:
             for k in range(n_chunks):
@@ -165,16 +157,6 @@ class NumpyBackend(ArrayBackend):
             self._pool = ThreadPoolExecutor(self.workers, initializer=lambda: setattr(self._local, "in_pool", True))
         for _ in self._pool.map(func, range(n_chunks)):
             pass
-
-    def _buffer(self, name: str, shape, dtype=np.float32) -> np.ndarray:
-        scratch = self._local.__dict__.setdefault("scratch", {})
-        key = (name, tuple(shape), np.dtype(dtype).str)
-        buf = scratch.get(key)
-        if buf is None:
-            for k in [k for k in scratch if k[0] == name]:
-                del scratch[k]
-            buf = scratch[key] = np.empty(shape, dtype)
-        return buf
 
     def fft_threads(self, n_elements: int) -> int:
         """Threads for an FFT of ``n_elements``: one in a pool thread (the chunks are already parallel),
@@ -208,37 +190,18 @@ class NumpyBackend(ArrayBackend):
 
     def fourier_project_(self, y: np.ndarray, constraint: FourierConstraint, scale: float = 1.0) -> np.ndarray:
         """In place: y *= scale amp/|y| on constrained pixels, y *= scale elsewhere."""
-        mod = self._buffer("modulus", y.shape)
-        fac = self._buffer("factor", y.shape)
-        np.abs(y, out=mod)
-        np.add(mod, np.float32(kernels.TINY), out=mod)
-        np.divide(constraint.scaled_amp(scale), mod, out=fac)
-        fac.reshape(-1)[constraint.fixed] = scale
-        np.multiply(y, fac, out=y)
+        self._kernels.fourier_project(_float_pairs(y), constraint.amp_or_free, np.float32(scale))
         return y
 
     def er_(self, x, y, support: Support, y_scale: float = 1.0):
         """x <- P_S y / y_scale, in one pass; ``y`` may be ``x`` itself (ER needs no copy of x)."""
-        if y_scale != 1.0:
-            np.multiply(y, np.float32(1.0 / y_scale), out=y)
-        np.multiply(_float_pairs(y), support.pair_weights, out=_float_pairs(x))
+        self._kernels.support_projection(_float_pairs(x), _float_pairs(y), support.pair_mask, np.float32(1.0 / y_scale))
         return x
 
     def _feedback_(self, x, y, support: Support, scale_x: float, scale_y: float, y_scale: float):
-        """x <- scale_x x + scale_y P_M x outside the support, P_M x inside, where y = y_scale P_M x.
-
-        One or two in-place passes over the batch plus a gather/scatter over the (small) support:
-        no temporaries and no BLAS call (threaded BLAS on a busy node stalls on small vectors).
-        """
-        inside = y.reshape(-1)[support.flat_index]
-        if y_scale != 1.0:
-            inside /= np.float32(y_scale)
-        if scale_x != 1.0:
-            np.multiply(x, np.float32(scale_x), out=x)
-        if scale_y != y_scale:
-            np.multiply(y, np.float32(scale_y / y_scale), out=y)
-        np.add(x, y, out=x)
-        x.reshape(-1)[support.flat_index] = inside
+        """x <- scale_x x + scale_y P_M x outside the support, P_M x inside, where y = y_scale P_M x: one pass."""
+        self._kernels.feedback(_float_pairs(x), _float_pairs(y), support.pair_mask, np.float32(scale_x),
+                               np.float32(scale_y / y_scale), np.float32(1.0 / y_scale))
         return x
 
     def hio_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
