@@ -38,6 +38,25 @@ def test_cpu_in_place_updates_equal_the_shared_kernel_expressions():
     np.testing.assert_array_equal(got[np.broadcast_to(fixed, shape)], y[np.broadcast_to(fixed, shape)])
 
 
+def test_cpu_reality_and_positivity_updates_equal_the_generic_rule():
+    from xfel_dl_plugins.phasing.backend import ArrayBackend
+
+    rng = np.random.default_rng(3)
+    backend = NumpyBackend(ndim=2)
+    shape = (3, 16, 16)
+    x, y = _random_complex(rng, shape), _random_complex(rng, shape)
+    support = Support(backend, rng.random(shape) < 0.4)
+    for rule, beta in [("er", 0.0), ("hio", 0.9), ("raar", 0.75)]:
+        for positivity in (False, True):
+            args = (rule, x.copy(), y.copy(), support, beta, positivity, True)
+            expected = ArrayBackend.constrained_update(backend, *args)
+            got = backend.constrained_update(*args)
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=f"{rule} positivity={positivity}")
+            assert got.dtype == np.complex64
+    with pytest.raises(StageError, match="unknown update rule"):
+        backend.constrained_update("dm", x, y, support, 0.9, True, True)
+
+
 def test_cpu_kernels_refuse_arrays_they_cannot_update_in_place():
     backend = NumpyBackend(ndim=2)
     x = np.zeros((4, 8, 8), np.complex64)

@@ -38,10 +38,9 @@ class Support:
 
     def __init__(self, backend: "ArrayBackend", mask):
         self.mask = mask.astype(bool, copy=False)
+        self.weights = self.mask.astype(np.float32)
         if backend.name == "cpu":  # one uint8 per float of the complex64 array seen as float32 pairs
             self.pair_mask = np.repeat(self.mask.reshape(-1), 2).view(np.uint8)
-        else:
-            self.weights = self.mask.astype(np.float32)
 
 
 class FourierConstraint:
@@ -209,6 +208,16 @@ class NumpyBackend(ArrayBackend):
 
     def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
         return self._feedback_(x, y, support, beta, 1.0 - 2.0 * beta, y_scale)
+
+    def constrained_update(self, rule: str, x, y, support: Support, beta: float, positivity: bool, reality: bool):
+        """The rule of :meth:`ArrayBackend.constrained_update` in one pass, in place (y is not pre-scaled)."""
+        factors = {"er": (0.0, 0.0), "hio": (1.0, -beta), "raar": (beta, 1.0 - 2.0 * beta)}
+        if rule not in factors or not (reality or positivity):
+            return super().constrained_update(rule, x, y, support, beta, positivity, reality)
+        x_factor, y_outside = factors[rule]
+        self._kernels.real_feedback(_float_pairs(x), _float_pairs(y), support.weights.reshape(-1), np.float32(x_factor),
+                                    np.float32(y_outside), bool(positivity))
+        return x
 
     def projection_input(self, dst, src):
         """The array to Fourier-transform for a projection of ``src``: a copy in ``dst`` (the FFT works in place)."""

@@ -67,3 +67,22 @@ def feedback(x, y, inside, x_factor, y_outside, y_inside):
         b = x_factor * x[k] + y_outside * y[k]
         x[k] = a if inside[k] else b
 
+
+
+@_jit
+def real_feedback(x, y, inside, x_factor, y_outside, positivity):
+    """Reality (and positivity): x <- Re y where inside the support (and Re y >= 0 with ``positivity``),
+    x_factor x + y_outside y elsewhere. ER: both factors 0; HIO: 1, -beta; RAAR: beta, 1 - 2 beta.
+
+    ``x``, ``y``: float32 pairs; ``inside``: float32 0/1, one per pixel. The choice is made by 0/1
+    weights, not a branch, so that the loop is vectorised (a select over pairs is not, and is 2-6x slower).
+    """
+    zero = np.float32(0)
+    one = np.float32(1)
+    any_sign = not positivity
+    for i in range(inside.size):
+        re = y[2 * i]
+        im = y[2 * i + 1]
+        keep = inside[i] * (one if (re >= zero) | any_sign else zero)
+        x[2 * i] = keep * re + (one - keep) * (x_factor * x[2 * i] + y_outside * re)
+        x[2 * i + 1] = (one - keep) * (x_factor * x[2 * i + 1] + y_outside * im)
