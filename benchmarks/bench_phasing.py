@@ -287,8 +287,8 @@ def markdown(args, timing, batch, quality, figs) -> str:
              f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this {cpu}-core machine, shared with other "
              "jobs (load average often above 4 on 2 cores): every ratio compares columns measured interleaved in "
              f"the same run, each the best (minimum) of {args.repeats} rounds, which is the least load-sensitive estimate. PyNX = Debian `python3-pynx` 2025.1, CPU backend (`PYNX_PU=cpu`), run by "
-             "`benchmarks/pynx_worker.py` in its own venv; it uses scipy.fft with one thread. Ours = NumPy + "
-             f"scipy.fft, complex64, in place, `workers={args.workers}` (and `workers=1` for the single-thread column).",
+             "`benchmarks/pynx_worker.py` in its own venv; it uses scipy.fft with one thread. Ours = scipy.fft "
+             f"and Numba-compiled elementwise passes, complex64, in place, `workers={args.workers}` (and `workers=1` for the single-thread column).",
              "", "Reproduce:", "", "```",
              "benchmarks/setup_pynx.sh /work/bench",
              "PYTHONPATH=$PWD /work/main/.venv/bin/python benchmarks/bench_phasing.py --pynx-dir /work/bench "

@@ -208,7 +208,7 @@ def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6)
         axes[0, col].imshow(amplitude[box], cmap="gray", origin="lower")
         axes[0, col].set_title(f"train {rows.train_id[i]} pulse {rows.pulse_id[i]}\n"
                                f"res {resolution[i]:.1f} {unit}" +
-                               (f", {rows.fields['starts_averaged'][i]} starts" if "starts_averaged" in rows.fields else ""),
+                               (f", {_starts_label(rows.fields['starts_averaged'][i])}" if "starts_averaged" in rows.fields else ""),
                                fontsize=9)
         axes[1, col].imshow(np.where(support[box] > 0, phase[box], np.nan), cmap="twilight", vmin=-np.pi,
                             vmax=np.pi, origin="lower")
@@ -226,15 +226,15 @@ def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6)
         ax.plot(freq[shells], np.nanmedian(prtf[:, shells], axis=0), "k-", lw=2, label="median")
         ax.legend()
     ax.axhline(1 / np.e, color="r", ls="--", lw=1)
-    ax.set(xlabel="spatial frequency (cycles/px; half period = 1 / (2 f))", ylabel="PRTF", xlim=(0, 0.5),
+    ax.set(xlabel="spatial frequency (cycles/px)\nhalf period = 1 / (2 f)", ylabel="PRTF", xlim=(0, 0.5),
            ylim=(0, 1.05), title="PRTF per frame (1/e in red)")
     ax = axes[2, 1]
     if len(resolved):
         ax.hist(resolution[resolved], bins=30)
-    ax.set(xlabel=f"resolution ({unit}, half period at PRTF = 1/e)", ylabel="frames", title="Resolution")
+    ax.set(xlabel=f"resolution ({unit})\nhalf period at PRTF = 1/e", ylabel="frames", title="Resolution")
     ax = axes[2, 2]
     ax.hist(rows.fields["llk_free"][phased], bins=30)
-    ax.set(xlabel="free LLK (held-out pixels; ~1 at the noise floor)", ylabel="frames", title="Fit to held-out pixels")
+    ax.set(xlabel="free LLK (held-out pixels)\n~1 at the noise floor", ylabel="frames", title="Fit to held-out pixels")
     for ax in axes[2, 3:]:
         ax.axis("off")
     fig.tight_layout()
@@ -263,6 +263,10 @@ def _read_frames(sd, rows: StageRows, indices, names) -> list[tuple[np.ndarray, 
     row = {key: k for k, key in enumerate(keys)}
     return [tuple(arrays[name][row[(int(rows.train_id[i]), int(rows.pulse_id[i]))]] for name in names)
             for i in indices]
+
+
+def _starts_label(n: int) -> str:
+    return "1 start" if n == 1 else f"{n} starts averaged"
 
 
 def _support_box(support: np.ndarray, margin: int = 4):
