@@ -2,8 +2,8 @@
 
 They apply the rules of :mod:`.kernels` in place, one pass over the arrays each, where a chain of
 NumPy ufuncs needed three to five passes and temporaries. Complex64 arrays are handled as flat
-float32 (real, imag) pairs and the support as one uint8 per float, so every loop is a plain
-contiguous loop that LLVM vectorises. ``error_model="numpy"`` lets a division by zero give inf
+float32 (real, imag) pairs and the support as one uint8 per float (one 0/1 float per pixel for the
+reality update), so every loop is a plain contiguous loop that LLVM vectorises. ``error_model="numpy"`` lets a division by zero give inf
 instead of raising, which is what allows the vectorisation. No ``fastmath``: each operation is
 rounded as written, so results do not depend on the vector width or on how an array is split.
 Compiled on first use (about 1 s for all) and cached on disk where a cache directory is writable.
@@ -66,7 +66,6 @@ def feedback(x, y, inside, x_factor, y_outside, y_inside):
         a = y[k] * y_inside
         b = x_factor * x[k] + y_outside * y[k]
         x[k] = a if inside[k] else b
-
 
 
 @_jit
