@@ -57,6 +57,24 @@ def test_cpu_reality_and_positivity_updates_equal_the_generic_rule():
         backend.constrained_update("dm", x, y, support, 0.9, True, True)
 
 
+def test_cpu_difference_map_passes_equal_the_generic_rule():
+    from xfel_dl_plugins.phasing.backend import ArrayBackend
+
+    rng = np.random.default_rng(4)
+    backend = NumpyBackend(ndim=2)
+    shape = (3, 16, 16)
+    x, y = _random_complex(rng, shape), _random_complex(rng, shape)
+    support = Support(backend, rng.random(shape) < 0.4)
+    for reality in (False, True):
+        expected = ArrayBackend.dm_split_(backend, x, y, None, support, 0.8, reality)
+        got = backend.dm_split_(x.copy(), y.copy(), np.empty_like(x), support, 0.8, reality)
+        for e, g in zip(expected, got):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=f"reality={reality}")
+    z = _random_complex(rng, shape)
+    np.testing.assert_allclose(backend.dm_combine_(x.copy(), y, z, 0.8), ArrayBackend.dm_combine_(backend, x, y, z, 0.8),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_cpu_kernels_refuse_arrays_they_cannot_update_in_place():
     backend = NumpyBackend(ndim=2)
     x = np.zeros((4, 8, 8), np.complex64)

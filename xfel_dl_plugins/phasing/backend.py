@@ -127,6 +127,20 @@ class ArrayBackend:
         return xp.where(inside, y_in, outside).astype(np.complex64)
 
 
+    def dm_split_(self, x, y, scratch, support: Support, beta: float, reality: bool):
+        """Difference map between its projections: (P_S f_M(x), f_S(x)) from x and y = P_M x; with
+        ``reality``, P_S keeps the real part. ``scratch`` (None on the GPU) may receive f_S(x)."""
+        s = support.weights
+        ps_fm, f_s = kernels.dm_support_step(x, y, s, np.float32(beta))
+        if reality:
+            ps_fm = ps_fm.real * s
+        return ps_fm.astype(np.complex64), f_s.astype(np.complex64)
+
+    def dm_combine_(self, x, ps_fm, pm_fs, beta: float):
+        """Difference map's update x + beta (P_S f_M(x) - P_M f_S(x))."""
+        return kernels.dm_combine(x, ps_fm, pm_fs, np.float32(beta)).astype(np.complex64)
+
+
 class NumpyBackend(ArrayBackend):
     """CPU: scipy.fft (pocketfft) in place with worker threads, fused elementwise passes compiled by Numba."""
 
@@ -217,6 +231,17 @@ class NumpyBackend(ArrayBackend):
         x_factor, y_outside = factors[rule]
         self._kernels.real_feedback(_float_pairs(x), _float_pairs(y), support.weights.reshape(-1), np.float32(x_factor),
                                     np.float32(y_outside), bool(positivity))
+        return x
+
+    def dm_split_(self, x, y, scratch, support: Support, beta: float, reality: bool):
+        """In one pass: y <- P_S f_M(x) in place, ``scratch`` <- f_S(x)."""
+        self._kernels.dm_split(_float_pairs(x), _float_pairs(y), _float_pairs(scratch), support.weights.reshape(-1),
+                               np.float32(beta), bool(reality))
+        return y, scratch
+
+    def dm_combine_(self, x, ps_fm, pm_fs, beta: float):
+        """In one pass, in place: x <- x + beta (P_S f_M(x) - P_M f_S(x))."""
+        self._kernels.dm_combine(_float_pairs(x), _float_pairs(ps_fm), _float_pairs(pm_fs), np.float32(beta))
         return x
 
     def projection_input(self, dst, src):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputDataError
-from . import kernels
 from .backend import ArrayBackend, FourierConstraint, Support, get_backend
 from .defaults import SUPPORT_CAP
 from .metrics import poisson_deviance
@@ -119,6 +118,7 @@ class PhasingState:
         else:
             self.x = xp.asarray(self._per_start(initial_object, np.complex64)) * self.support_mask
         self.y = self.backend.scratch_like(self.x)  # the CPU's FFT-in-place buffer; None on the GPU
+        self._dm_scratch = None  # a second one, for the difference map (allocated on its first iteration)
         self.llk = np.full((self.n_patterns, self.n_starts), np.nan)
         self.llk_free = np.full((self.n_patterns, self.n_starts), np.nan)
 
@@ -229,16 +229,26 @@ class PhasingState:
         self.iteration += 1
 
     def iterate_dm(self, beta: float) -> None:
-        """One difference-map iteration (two modulus projections)."""
-        s = self.support_mask.astype(np.float32)
-        y = self._project_modulus(self.x)
-        ps_fm, f_s = kernels.dm_support_step(self.x, y, s, np.float32(beta))
-        if self.reality:
-            ps_fm = ps_fm.real.astype(np.complex64) * s
-        calc_llk, self.calc_llk = self.calc_llk, 0  # the LLK of f_S(x) means nothing
-        pm_fs = self._project_modulus(f_s.astype(np.complex64))
-        self.calc_llk = calc_llk
-        self.x = kernels.dm_combine(self.x, ps_fm, pm_fs, np.float32(beta)).astype(np.complex64)
+        """One difference-map iteration (two modulus projections), chunk by chunk."""
+        record = self._llk_due()
+        x_f = self._flat(self.x)
+        if self.y is not None and self._dm_scratch is None:  # the CPU's buffer for f_S(x)
+            self._dm_scratch = self.backend.scratch_like(self.x)
+
+        def chunk_iteration(k: int) -> None:
+            c = self.chunks[k]
+            x, support = x_f[c], self.chunk_supports[k]
+            p_m = self._project_chunk(k, self.backend.projection_input(self._scratch(c), x), 1.0, record)
+            scratch = None if self._dm_scratch is None else self._flat(self._dm_scratch)[c]
+            ps_fm, f_s = self.backend.dm_split_(x, p_m, scratch, support, beta, self.reality)
+            pm_fs = self._project_chunk(k, f_s, 1.0, False)  # the LLK of f_S(x) means nothing
+            new = self.backend.dm_combine_(x, ps_fm, pm_fs, beta)
+            if len(self.chunks) == 1:
+                self.x = new.reshape(self.batch_shape)
+            elif new is not x:
+                x[...] = new
+
+        self.backend.map_chunks(chunk_iteration, len(self.chunks))
         self.iteration += 1
 
     def shrink_wrap(self, threshold: float, threshold_rms: float, sigma: float, method: str,
