@@ -38,14 +38,19 @@ def test_cpu_in_place_updates_equal_the_shared_kernel_expressions():
     np.testing.assert_array_equal(got[np.broadcast_to(fixed, shape)], y[np.broadcast_to(fixed, shape)])
 
 
-def test_cpu_reality_and_positivity_updates_equal_the_generic_rule():
-    from xfel_dl_plugins.phasing.backend import ArrayBackend
-
-    rng = np.random.default_rng(3)
+def _cpu_update_case(seed: int):
+    """A CPU backend, two random complex64 batches x and y, a random support and the generator."""
+    rng = np.random.default_rng(seed)
     backend = NumpyBackend(ndim=2)
     shape = (3, 16, 16)
     x, y = _random_complex(rng, shape), _random_complex(rng, shape)
-    support = Support(backend, rng.random(shape) < 0.4)
+    return backend, x, y, Support(backend, rng.random(shape) < 0.4), rng
+
+
+def test_cpu_reality_and_positivity_updates_equal_the_generic_rule():
+    from xfel_dl_plugins.phasing.backend import ArrayBackend
+
+    backend, x, y, support, _ = _cpu_update_case(3)
     for rule, beta in [("er", 0.0), ("hio", 0.9), ("raar", 0.75)]:
         for positivity in (False, True):
             args = (rule, x.copy(), y.copy(), support, beta, positivity, True)
@@ -60,17 +65,13 @@ def test_cpu_reality_and_positivity_updates_equal_the_generic_rule():
 def test_cpu_difference_map_passes_equal_the_generic_rule():
     from xfel_dl_plugins.phasing.backend import ArrayBackend
 
-    rng = np.random.default_rng(4)
-    backend = NumpyBackend(ndim=2)
-    shape = (3, 16, 16)
-    x, y = _random_complex(rng, shape), _random_complex(rng, shape)
-    support = Support(backend, rng.random(shape) < 0.4)
+    backend, x, y, support, rng = _cpu_update_case(4)
     for reality in (False, True):
         expected = ArrayBackend.dm_split_(backend, x, y, None, support, 0.8, reality)
         got = backend.dm_split_(x.copy(), y.copy(), np.empty_like(x), support, 0.8, reality)
         for e, g in zip(expected, got):
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=f"reality={reality}")
-    z = _random_complex(rng, shape)
+    z = _random_complex(rng, x.shape)
     np.testing.assert_allclose(backend.dm_combine_(x.copy(), y, z, 0.8), ArrayBackend.dm_combine_(backend, x, y, z, 0.8),
                                rtol=1e-6, atol=1e-6)
 
