@@ -76,6 +76,20 @@ def test_cpu_difference_map_passes_equal_the_generic_rule():
                                rtol=1e-6, atol=1e-6)
 
 
+def test_modelled_pixels_are_constrained_but_never_held_out():
+    obj = make_object((64, 64), "blobs", rng=np.random.default_rng(2))
+    iobs, valid, _ = diffraction(obj, 1e7, beam_stop_mask((64, 64), 1.0), np.random.default_rng(3))
+    f = np.fft.fftfreq(64)
+    radius = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+    modelled = (radius > 0.1) & (radius < 0.3)  # a wide band where free islands would otherwise fall
+    plain = PhasingState(iobs, valid, n_starts=1, seed=0)
+    state = PhasingState(iobs, valid, n_starts=1, seed=0, modelled=modelled)
+    assert (plain.free_host & modelled).any() and not (state.free_host & modelled).any()
+    assert state.free_host.sum() > 0.5 * plain.free_host.sum() and (state.constrained_host & modelled).any()
+    with pytest.raises(InputDataError, match="modelled mask"):
+        PhasingState(iobs, valid, n_starts=1, modelled=modelled[:32])
+
+
 def test_cpu_kernels_refuse_arrays_they_cannot_update_in_place():
     backend = NumpyBackend(ndim=2)
     x = np.zeros((4, 8, 8), np.complex64)

@@ -27,6 +27,9 @@ class PhasingState:
         array is a stack of 2D patterns unless ``ndim=3`` (then it is one volume).
     n_starts : random starts per pattern.
     free_fraction : fraction of valid pixels held out for the free LLK (0 disables).
+    modelled : (patterns, *spatial) or None: valid pixels whose intensities come from a model (e.g. a
+        central hole filled from a sphere fit). They are constrained like measured ones but never held
+        out, so that the free LLK measures the fit to data only.
     positivity, reality : object constraints inside the support.
     calc_llk : compute LLK every this many iterations (0: only at the end).
     support_threshold, support_sigma : autocorrelation support: threshold relative to its maximum, or a
@@ -51,7 +54,8 @@ class PhasingState:
                  positivity: bool = False, reality: bool = False, calc_llk: int = 50,
                  support_threshold: float | tuple = (0.08, 0.2), support_sigma: float = 0.0,
                  support_jitter: float = 0.2, support_cap: float | None = SUPPORT_CAP, seed: int = 0, pattern_keys=None,
-                 initial_support: np.ndarray | None = None, initial_object: np.ndarray | None = None):
+                 initial_support: np.ndarray | None = None, initial_object: np.ndarray | None = None,
+                 modelled: np.ndarray | None = None):
         iobs = np.asarray(iobs, np.float32)
         ndim = ndim or (iobs.ndim - 1 if iobs.ndim in (3, 4) else iobs.ndim)
         if iobs.ndim == ndim:
@@ -81,7 +85,10 @@ class PhasingState:
         self.rngs = self._pattern_generators(seed, pattern_keys)
         self.iteration = 0
 
-        self.free_host = np.stack([free_pixel_mask(v, free_fraction, rng=rng) for v, rng in zip(valid, self.rngs)])
+        if modelled is not None and np.shape(modelled) not in (iobs.shape, iobs.shape[1:]):
+            raise InputDataError(f"modelled mask of shape {np.shape(modelled)} does not match patterns {iobs.shape}")
+        measured = valid if modelled is None else valid & ~np.broadcast_to(np.asarray(modelled, bool), iobs.shape)
+        self.free_host = np.stack([free_pixel_mask(m, free_fraction, rng=rng) for m, rng in zip(measured, self.rngs)])
         self.constrained_host = valid & ~self.free_host
         xp = self.xp
         self.iobs = xp.asarray(self.iobs_host)

@@ -261,8 +261,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     most reproduced start, or the lowest free LLK, or LLK without free pixels) that agree with the
     first within ``max_difference`` are averaged.
     Other keywords go to :class:`~.engine.PhasingState`
-    (free_fraction, positivity, reality, calc_llk, support_threshold, support_sigma, support_jitter,
-    support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
+    (free_fraction, modelled, positivity, reality, calc_llk, support_threshold, support_sigma,
+    support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
     """
     schedule = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     if n_keep < 1:

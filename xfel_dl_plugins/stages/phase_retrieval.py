@@ -11,6 +11,8 @@ and writes the reconstruction (amplitude and phase), its support and figures of 
 With ``fill_centre``, unmeasured pixels near the beam (a detector's central hole) first take the
 intensity of a sphere fitted to the frame's measured rings (the ``sphere_sizer`` model): without
 its first speckles, a compact particle's low frequencies are free and its image comes out hollow.
+The filled pixels are constrained like measured ones but never held out as free pixels: the free
+LLK stays a fit to the data alone.
 """
 
 from __future__ import annotations
@@ -119,11 +121,13 @@ class PhaseRetriever(Stage):
         out = self._empty_outputs(n)
         if n == 0:
             return out
+        filled = np.zeros_like(valid)
         if self._sphere_fit is not None:
-            patterns, valid, out["centre_filled"] = self._fill_centre(batch, patterns, valid)
+            patterns, filled = self._fill_centre(batch, patterns, valid)
+            valid = valid | filled
+            out["centre_filled"] = filled.sum(axis=(1, 2)).astype(np.int32)
         # reciprocal_grid centres the beam at [size//2, size//2]: undo that for FFT-centred phasing.
-        patterns = np.fft.ifftshift(patterns, axes=(-2, -1))
-        valid = np.fft.ifftshift(valid, axes=(-2, -1))
+        patterns, valid, filled = (np.fft.ifftshift(a, axes=(-2, -1)) for a in (patterns, valid, filled))
         # a frame with no photon on its valid pixels (blank, or all masked) has nothing to phase
         usable = (np.where(valid, patterns, 0) > 0).any(axis=(1, 2))
         if usable.any():
@@ -136,7 +140,8 @@ class PhaseRetriever(Stage):
                            seed=self.context.seed + self.p.seed, pattern_keys=keys,
                            support_threshold=tuple(self.p.support_init), support_cap=self.p.support_cap,
                            positivity=self.p.positivity,
-                           reality=self.p.reality, free_fraction=self.p.free_fraction, calc_llk=self.p.calc_llk)
+                           reality=self.p.reality, free_fraction=self.p.free_fraction, calc_llk=self.p.calc_llk,
+                           modelled=filled[usable])
             recon = result.reconstruction
             out["amplitude"][usable] = np.abs(recon)
             out["phase"][usable] = np.angle(recon)
@@ -154,8 +159,8 @@ class PhaseRetriever(Stage):
         return out
 
     def _fill_centre(self, batch: FrameBatch, patterns: np.ndarray, valid: np.ndarray):
-        """Patterns and valid masks with the central hole filled from each frame's sphere fit, and the
-        number of pixels filled per frame (0 where the fit is poor: the frame is left as measured)."""
+        """Patterns with the central hole filled from each frame's sphere fit, and the pixels filled
+        (none where the fit is poor: the frame is left as measured)."""
         grid = batch.meta.get("grid")
         if grid is None:
             raise StageError("phase_retriever: fill_centre needs the q grid of a reciprocal_grid stage before it")
@@ -174,8 +179,7 @@ class PhaseRetriever(Stage):
         hole &= good[:, None, None]
         radius_m = fit["radius_nm"].astype(np.float64)[:, None, None] * 1e-9
         model = fit["scale"][:, None, None] * sphere_form_factor(np.asarray(grid.q, np.float64)[None] * radius_m)
-        return (np.where(hole, model, patterns).astype(np.float32), valid | hole,
-                hole.sum(axis=(1, 2)).astype(np.int32))
+        return np.where(hole, model, patterns).astype(np.float32), hole
 
     def _empty_outputs(self, n: int) -> dict[str, np.ndarray]:
         out = {}
