@@ -1,4 +1,4 @@
-"""Array backends of the phasing engine: NumPy + scipy.fft on the CPU, CuPy + cuFFT on a GPU.
+"""Array backends of the phasing engine: NumPy + scipy.fft + Numba loops on the CPU, CuPy + cuFFT on a GPU.
 
 Both backends expose the same small interface used by the operators: batched FFTs over the
 trailing spatial axes (in place, except the GPU's forward FFT: out of place saves a copy), the
