@@ -69,7 +69,7 @@ def test_process_reconstructs_and_fills_every_output():
     assert summary["patterns_reproduced"] == int((out["starts_averaged"] > 1).sum())
     alone = 2 - summary["patterns_reproduced"]
     assert stage.warnings() == ([f"{alone} of 2 phased patterns were reproduced by no other start (starts_averaged = 1): "
-                                 "check them; more starts (n_starts) make this rarer"] if alone else [])
+                                 "check them, each image rests on a single start"] if alone else [])
 
 
 def test_bad_parameters_and_inputs():

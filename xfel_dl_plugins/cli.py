@@ -92,7 +92,6 @@ def cmd_report(args) -> int:
     if not results.is_file():
         raise XfelDLError(f"results file not found: {results}")
     out_dir = Path(args.out_dir or results.parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
     geometry = None
     if args.run:
         from .io.geometry import ExperimentGeometry

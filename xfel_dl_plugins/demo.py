@@ -89,7 +89,6 @@ def run_demo(workdir: Path, *, progress: bool = True, rebuild: bool = False, n_f
                                    output=str(workdir / "phased.h5"))
         print(f"\nrunning {manifest.path.name} on {run_dir} (single hits -> images) ...", flush=True)
         phased = run_chain(manifest, overwrite=True, progress=progress)
-        (workdir / "phasing").mkdir(exist_ok=True)
         print(f"\nresults: {phased.output}  ({phased.n_frames} frames, {phased.frames_per_s:.1f} frames/s)")
         print_report(make_report(phased.output, workdir / "phasing", truth=truth))  # its warnings included
     return report

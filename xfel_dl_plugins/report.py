@@ -71,6 +71,7 @@ def make_report(results_path: Path, out_dir: Path, *, run_dir: Path | None = Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     results = extra_data.H5File(str(results_path))
     hit_src = find_source(results, "data.is_hit")
     phasing_src = find_source(results, "data.prtf")

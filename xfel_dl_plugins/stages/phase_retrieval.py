@@ -121,13 +121,14 @@ class PhaseRetriever(Stage):
         out = self._empty_outputs(n)
         if n == 0:
             return out
-        filled = np.zeros_like(valid)
+        filled = None  # pixels whose intensity comes from the sphere fit (fill_centre)
         if self._sphere_fit is not None:
             patterns, filled = self._fill_centre(batch, patterns, valid)
             valid = valid | filled
             out["centre_filled"] = filled.sum(axis=(1, 2)).astype(np.int32)
+            filled = np.fft.ifftshift(filled, axes=(-2, -1))
         # reciprocal_grid centres the beam at [size//2, size//2]: undo that for FFT-centred phasing.
-        patterns, valid, filled = (np.fft.ifftshift(a, axes=(-2, -1)) for a in (patterns, valid, filled))
+        patterns, valid = (np.fft.ifftshift(a, axes=(-2, -1)) for a in (patterns, valid))
         # a frame with no photon on its valid pixels (blank, or all masked) has nothing to phase
         usable = (np.where(valid, patterns, 0) > 0).any(axis=(1, 2))
         if usable.any():
@@ -141,7 +142,7 @@ class PhaseRetriever(Stage):
                            support_threshold=tuple(self.p.support_init), support_cap=self.p.support_cap,
                            positivity=self.p.positivity,
                            reality=self.p.reality, free_fraction=self.p.free_fraction, calc_llk=self.p.calc_llk,
-                           modelled=filled[usable])
+                           modelled=None if filled is None else filled[usable])
             recon = result.reconstruction
             out["amplitude"][usable] = np.abs(recon)
             out["phase"][usable] = np.angle(recon)
@@ -211,7 +212,7 @@ class PhaseRetriever(Stage):
         alone = self._phased - self._reproduced
         if self.p.n_keep > 1 and alone:
             lines.append(f"{alone} of {self._phased} phased patterns were reproduced by no other start "
-                         f"(starts_averaged = 1): check them; more starts (n_starts) make this rarer")
+                         f"(starts_averaged = 1): check them, each image rests on a single start")
         if self._unphased:
             lines.append(f"{self._unphased} frames not phased: no photon on a valid pixel (blank or fully masked)")
         if self._not_filled:
