@@ -5,7 +5,7 @@
 
 Needs CuPy with a CUDA device (and a CUDA build of PyTorch for the classifier section). Sections:
   1. memory bandwidth of the card, measured (device-to-device copy, bytes read + written);
-  2. phasing iterations (ER/HIO/RAAR) on batches of 256^2 and 512^2 patterns and a 3D batch:
+  2. phasing iterations (ER/HIO/RAAR, HIO with positivity, DM) on batches of 256^2 and 512^2 patterns and a 3D batch:
      pattern-iterations/s, as a fraction of the bandwidth bound of the field notes (one iteration
      moves ~112 N^2 bytes) and against a bare cuFFT forward + inverse pair on the same batch;
      the CPU backend on the same machine (all cores) for the same batch;
@@ -73,7 +73,13 @@ def measure_bandwidth() -> dict:
     return dict(device=props["name"].decode(), bytes_per_s=2 * a.nbytes / seconds, copy_gib=a.nbytes / 2**30)
 
 
-def _batch_state(n: int, batch: int, device, ndim: int = 2) -> PhasingState:
+#: The rows of the iteration-rate section: (label, rule, positivity). DM makes two modulus projections
+#: per iteration: its fraction of the bound is taken against half the bound.
+RATE_RULES = [("ER", "er", False), ("HIO", "hio", False), ("RAAR", "raar", False), ("HIO+positivity", "hio", True),
+              ("DM", "dm", False)]
+
+
+def _batch_state(n: int, batch: int, device, ndim: int = 2, positivity: bool = False) -> PhasingState:
     """``batch`` copies of one test pattern (2D polygon, or 3D blobs), one start each."""
     if ndim == 2:
         iobs, valid, _ = _pattern(n)
@@ -83,19 +89,26 @@ def _batch_state(n: int, batch: int, device, ndim: int = 2) -> PhasingState:
         rng = np.random.default_rng(0)
         iobs, valid, _ = diffraction(make_object((n,) * 3, "blobs", rng=rng), 1e9, beam_stop_mask((n,) * 3, 1.5), rng)
     return PhasingState(np.repeat(iobs[None], batch, 0), np.repeat(valid[None], batch, 0), n_starts=1, calc_llk=0,
-                        backend=device, seed=0, ndim=ndim)
+                        backend=device, seed=0, ndim=ndim, positivity=positivity)
+
+
+def _step(state: PhasingState, rule: str) -> None:
+    if rule == "dm":
+        state.iterate_dm(0.9)
+    else:
+        state.iterate(rule, 0.9)
 
 
 def iteration_rates(cases, bandwidth: float, cpu_workers: int) -> list[dict]:
-    """Pattern-iterations/s of ER/HIO/RAAR per (size, batch, ndim), GPU, cuFFT floor and CPU."""
+    """Pattern-iterations/s of each of :data:`RATE_RULES` per (size, batch, ndim), GPU, cuFFT floor and CPU."""
     import cupy
     import cupyx.scipy.fft as cufft
 
     rows = []
     for n, batch, ndim, with_cpu in cases:
-        state = _batch_state(n, batch, "cuda", ndim)
-        assert state.x.dtype == np.complex64, f"GPU iterate is {state.x.dtype}, not complex64"
-        a = state.x.reshape((-1,) + state.spatial).copy()  # (arrays, *spatial), as the engine transforms it
+        states = {pos: _batch_state(n, batch, "cuda", ndim, pos) for pos in (False, True)}
+        assert states[False].x.dtype == np.complex64, f"GPU iterate is {states[False].x.dtype}, not complex64"
+        a = states[False].x.reshape((-1,) + states[False].spatial).copy()  # (arrays, *spatial), as the engine transforms it
         axes = tuple(range(1, 1 + ndim))
         plan = cufft.get_fft_plan(a, axes=axes, value_type="C2C")
 
@@ -105,28 +118,32 @@ def iteration_rates(cases, bandwidth: float, cpu_workers: int) -> list[dict]:
         floor = gpu_seconds(fft_pair, 20)
         pixels = n ** ndim
         bound = bandwidth / (BYTES_PER_PIXEL_ITERATION * pixels)
-        for rule in ("er", "hio", "raar"):
-            t = gpu_seconds(lambda: state.iterate(rule, 0.9), 20)
-            assert state.x.dtype == np.complex64, f"GPU {rule} left {state.x.dtype}"
-            row = dict(size=n, ndim=ndim, batch=batch, rule=rule.upper(), gpu_ms=1e3 * t, fft_pair_ms=1e3 * floor,
-                       gpu_pattern_it_per_s=batch / t, bound_pattern_it_per_s=bound, fraction_of_bound=batch / t / bound,
-                       over_fft_floor=t / floor)
-            rows.append(row)
+        new_rows = []
+        for label, rule, positivity in RATE_RULES:
+            state = states[positivity]
+            t = gpu_seconds(lambda: _step(state, rule), 20)
+            assert state.x.dtype == np.complex64, f"GPU {label} left {state.x.dtype}"
+            rule_bound = bound / 2 if rule == "dm" else bound
+            new_rows.append(dict(size=n, ndim=ndim, batch=batch, rule=label, gpu_ms=1e3 * t, fft_pair_ms=1e3 * floor,
+                                 gpu_pattern_it_per_s=batch / t, bound_pattern_it_per_s=rule_bound,
+                                 fraction_of_bound=batch / t / rule_bound, over_fft_floor=t / floor))
         if with_cpu:
-            cpu = _batch_state(n, batch, NumpyBackend(ndim, cpu_workers), ndim)
-            for row in rows[-3:]:
-                rule = row["rule"].lower()
-                cpu.iterate(rule, 0.9)
+            cpu_states = {pos: _batch_state(n, batch, NumpyBackend(ndim, cpu_workers), ndim, pos) for pos in (False, True)}
+            for row, (label, rule, positivity) in zip(new_rows, RATE_RULES):
+                cpu = cpu_states[positivity]
+                _step(cpu, rule)
                 t0 = time.perf_counter()
                 for _ in range(5):
-                    cpu.iterate(rule, 0.9)
+                    _step(cpu, rule)
                 row["cpu_ms"] = 1e3 * (time.perf_counter() - t0) / 5
                 row["cpu_pattern_it_per_s"] = batch / (row["cpu_ms"] / 1e3)
                 row["gpu_over_cpu"] = row["gpu_pattern_it_per_s"] / row["cpu_pattern_it_per_s"]
-        del state, a, plan
+            del cpu_states
+        del states, a, plan
         cupy.get_default_memory_pool().free_all_blocks()
-        for row in rows[-3:]:
+        for row in new_rows:
             print("rate: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        rows += new_rows
     return rows
 
 
@@ -137,19 +154,20 @@ def iterate_agreement() -> dict:
     iobs, valid, truth = _pattern(128, "complex_blobs", 1e8, seed=4, stop=2.0)
     support = np.abs(truth) > 0.02 * np.abs(truth).max()
 
-    def states():
+    def states(positivity=False):
         return {d: PhasingState(np.stack([iobs, iobs]), np.stack([valid, valid]), n_starts=3, seed=3, backend=d,
-                                initial_support=np.stack([support, support])) for d in ("cpu", "cuda")}
+                                initial_support=np.stack([support, support]), positivity=positivity)
+                for d in ("cpu", "cuda")}
 
     def rel(a, b):
         return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
     out = {}
-    for rule in ("er", "hio", "raar"):
-        s = states()
+    for label, rule, positivity in RATE_RULES:
+        s = states(positivity)
         for st in s.values():
-            st.iterate(rule, 0.9)
-        out[f"one_{rule}_rel_diff"] = rel(s["cpu"].objects(), s["cuda"].objects())
+            _step(st, rule)
+        out[f"one_{label.lower().replace('+', '_')}_rel_diff"] = rel(s["cpu"].objects(), s["cuda"].objects())
     s = states()
     for st in s.values():
         (HIO() ** 10).apply(st)
@@ -275,7 +293,8 @@ def markdown(r: dict) -> str:
     bw = r.get("bandwidth", {})
     lines = [f"Device: {bw.get('device', '?')}; measured copy bandwidth {bw.get('bytes_per_s', nan) / 1e12:.2f} TB/s "
              f"(bytes read + written); CPU columns: the same machine's {r.get('cpu_workers')} cores. Bound = that "
-             "bandwidth / (112 bytes x pixels) per pattern-iteration (field notes).", "",
+             "bandwidth / (112 bytes x pixels) per pattern-iteration (field notes); half that for DM (two modulus "
+             "projections per iteration).", "",
              "| size | batch | rule | GPU ms/it | pattern-it/s | fraction of bound | / cuFFT pair | CPU pattern-it/s | GPU / CPU |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in r.get("rates", []):
@@ -286,8 +305,9 @@ def markdown(r: dict) -> str:
                         else "- | - |"))
     if "agreement" in r:
         a = r["agreement"]
-        lines += ["", f"Same start on both devices: one ER / HIO / RAAR iteration differs by {a['one_er_rel_diff']:.1e} / "
-                  f"{a['one_hio_rel_diff']:.1e} / {a['one_raar_rel_diff']:.1e} (relative norm); after 10 HIO and a "
+        one = " / ".join(f"{a['one_' + label.lower().replace('+', '_') + '_rel_diff']:.1e}" for label, _, _ in RATE_RULES)
+        lines += ["", f"Same start on both devices: one {' / '.join(label for label, _, _ in RATE_RULES)} iteration differs by "
+                  f"{one} (relative norm); after 10 HIO and a "
                   f"shrink-wrap, {a['shrink_wrap_support_pixels_differing']} of {a['shrink_wrap_support_pixels']} support "
                   f"pixels differ; after 50 iterations with a fixed support the objects differ by {a['fixed_support_50_rel_diff']:.3f} "
                   "(HIO and RAAR amplify rounding: the results are compared by their error instead, below)."]

@@ -18,7 +18,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 else
     export PYTHONPATH=$PWD
 fi
-python3 -c "import sys, numpy, scipy, cupy, torch; print(sys.version.split()[0], 'numpy', numpy.__version__, 'scipy', scipy.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$out/env.txt"
+python3 -c "import sys, numpy, scipy, numba, cupy, torch; print(sys.version.split()[0], 'numpy', numpy.__version__, 'scipy', scipy.__version__, 'numba', numba.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$out/env.txt"
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log under $out, report the exit status
     local name=$1 limit=$2; shift 2
     local t0=$SECONDS
@@ -29,9 +29,10 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log under $out,
 }
 frames=()
 [ -f .gpudata/realistic512.npz ] && frames=(--classifier-frames .gpudata/realistic512.npz)
-step bench 270 python3 benchmarks/bench_gpu.py --json "$out/bench_gpu.json" --markdown "$out/bench_gpu.md" "${frames[@]}"
 step pytest_gpu 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests
+step bench 240 python3 benchmarks/bench_gpu.py --json "$out/bench_gpu.json" --markdown "$out/bench_gpu.md" "${frames[@]}"
 step pytest_phasing 60 python3 -m pytest -q -p no:cacheprovider tests/test_phasing_stage.py tests/test_phasing_engine.py
+step spi_mock 90 python3 benchmarks/spi_phasing_mock.py "$out/spi"   # spi-phasing.toml (positivity) with device auto
 cat > /tmp/show_results.py <<'PY'
 import sys, h5py
 with h5py.File(sys.argv[1], "r") as f:

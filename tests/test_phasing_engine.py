@@ -47,32 +47,35 @@ def _cpu_update_case(seed: int):
     return backend, x, y, Support(backend, rng.random(shape) < 0.4), rng
 
 
-def test_cpu_reality_and_positivity_updates_equal_the_generic_rule():
-    from xfel_dl_plugins.phasing.backend import ArrayBackend
-
+def test_cpu_reality_and_positivity_updates_equal_the_reference_rule():
     backend, x, y, support, _ = _cpu_update_case(3)
+    s = support.weights
     for rule, beta in [("er", 0.0), ("hio", 0.9), ("raar", 0.75)]:
+        x_factor, y_outside = backend.outside_factors(rule, beta)
         for positivity in (False, True):
-            args = (rule, x.copy(), y.copy(), support, beta, positivity, True)
-            expected = ArrayBackend.constrained_update(backend, *args)
-            got = backend.constrained_update(*args)
+            expected = kernels.real_update(x, y, s, x_factor, y_outside, positivity)
+            got = backend.real_update_(rule, x.copy(), y.copy(), support, beta, positivity)
             np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=f"{rule} positivity={positivity}")
             assert got.dtype == np.complex64
+            if rule == "er":  # the support holds a real (non-negative) object, nothing outside it
+                assert not np.any(got[support.mask].imag) and not np.any(got[~support.mask])
+                assert not positivity or np.all(got.real >= 0)
+    y_alias = y.copy()  # ER may update the projection in place (the engine transforms x itself)
+    np.testing.assert_allclose(backend.real_update_("er", y_alias, y_alias, support, 0.0, True),
+                               kernels.real_update(x, y, s, 0.0, 0.0, True), atol=1e-6)
     with pytest.raises(StageError, match="unknown update rule"):
-        backend.constrained_update("dm", x, y, support, 0.9, True, True)
+        backend.real_update_("dm", x, y, support, 0.9, True)
 
 
-def test_cpu_difference_map_passes_equal_the_generic_rule():
-    from xfel_dl_plugins.phasing.backend import ArrayBackend
-
+def test_cpu_difference_map_passes_equal_the_reference_rule():
     backend, x, y, support, rng = _cpu_update_case(4)
     for reality in (False, True):
-        expected = ArrayBackend.dm_split_(backend, x, y, None, support, 0.8, reality)
+        expected = kernels.dm_support_step(x, y, support.weights, np.float32(0.8), reality)
         got = backend.dm_split_(x.copy(), y.copy(), np.empty_like(x), support, 0.8, reality)
         for e, g in zip(expected, got):
             np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=f"reality={reality}")
     z = _random_complex(rng, x.shape)
-    np.testing.assert_allclose(backend.dm_combine_(x.copy(), y, z, 0.8), ArrayBackend.dm_combine_(backend, x, y, z, 0.8),
+    np.testing.assert_allclose(backend.dm_combine_(x.copy(), y, z, 0.8), kernels.dm_combine(x, y, z, np.float32(0.8)),
                                rtol=1e-6, atol=1e-6)
 
 
@@ -384,17 +387,18 @@ def test_gpu_matches_cpu():
     iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((64, 64), 1.0), np.random.default_rng(4))
     support = np.abs(truth) > 0.02 * np.abs(truth).max()
 
-    def both(schedule):
-        states = {d: PhasingState(iobs, valid, n_starts=2, initial_support=support[None], backend=d, seed=3, calc_llk=1)
-                  for d in ("cpu", "cuda")}
+    def both(schedule, positivity=False):
+        states = {d: PhasingState(iobs, valid, n_starts=2, initial_support=support[None], backend=d, seed=3, calc_llk=1,
+                                  positivity=positivity) for d in ("cpu", "cuda")}
         for state in states.values():
             schedule.apply(state)
         return states["cpu"], states["cuda"]
 
     for schedule in (ER(), HIO(), RAAR(), DM()):
-        cpu, gpu = both(schedule)
-        assert np.linalg.norm(cpu.objects() - gpu.objects()) / np.linalg.norm(cpu.objects()) < 1e-5, schedule
-        np.testing.assert_allclose(cpu.llk, gpu.llk, rtol=1e-4)
+        for positivity in (False, True):
+            cpu, gpu = both(schedule, positivity)
+            assert np.linalg.norm(cpu.objects() - gpu.objects()) / np.linalg.norm(cpu.objects()) < 1e-5, (schedule, positivity)
+            np.testing.assert_allclose(cpu.llk, gpu.llk, rtol=1e-4)
     cpu, gpu = both(HIO() ** 10 * SW())
     assert (cpu.supports() != gpu.supports()).sum() <= 2  # a pixel at the threshold may fall either way
     full = phase(iobs, valid, n_starts=4, device="cuda", seed=0)
@@ -416,13 +420,21 @@ def numpy_as_cupy(monkeypatch):
     reference = {"xfel_fourier_projection": lambda amp, fixed, y: kernels.fourier_projection(y, amp, fixed),
                  "xfel_er": lambda y, s, x: kernels.er_update(y, s),
                  "xfel_hio": lambda y, s, beta, x: kernels.hio_update(x, y, s, beta),
-                 "xfel_raar": lambda y, s, beta, x: kernels.raar_update(x, y, s, beta)}
+                 "xfel_raar": lambda y, s, beta, x: kernels.raar_update(x, y, s, beta),
+                 "xfel_real_update": lambda y, s, xf, yo, pos, x: kernels.real_update(x, y, s, xf, yo, bool(pos)),
+                 "xfel_dm_split": lambda x, s, beta, keep_imag, y, f_s: kernels.dm_support_step(x, y, s, beta, not keep_imag),
+                 "xfel_dm_combine": lambda ps_fm, pm_fs, beta, x: kernels.dm_combine(x, ps_fm, pm_fs, beta)}
 
     def elementwise_kernel(in_params, out_params, body, name):
+        n_out = len(out_params.split(","))
+
         def run(*args):
-            out = args[-1]
-            out[...] = reference[name](*args)
-            return out
+            results = reference[name](*args)
+            if n_out == 1:
+                results = (results,)
+            for out, result in zip(args[-n_out:], results):
+                out[...] = result
+            return args[-1]
         return run
 
     fake = types.ModuleType("cupy")
@@ -445,15 +457,16 @@ def test_gpu_backend_logic_matches_cpu_with_numpy_standin(numpy_as_cupy):
     obj = make_object((32, 32), "polygon", rng=np.random.default_rng(9))
     iobs, valid, _ = diffraction(obj, 1e8, beam_stop_mask((32, 32), 1.0), np.random.default_rng(5))
     schedule = SW() * HIO() ** 7 * RAAR(beta=0.5) ** 3 * DM() ** 2 * SW(method="rms") * ER() ** 5
-    states = [PhasingState(np.stack([iobs, iobs]), np.stack([valid, valid]), n_starts=3, backend=backend, seed=2,
-                           calc_llk=4) for backend in (NumpyBackend(2), CupyBackend(2))]
-    for state in states:
-        schedule.apply(state)
-        state.update_llk()
-    assert len(states[1].chunks) == 1 and len(states[0].chunks) >= 1
-    assert states[1].y is None  # the GPU keeps no scratch copy of the batch
-    cpu, gpu = (s.objects() for s in states)
-    assert np.linalg.norm(cpu - gpu) / np.linalg.norm(cpu) < 1e-4
-    np.testing.assert_array_equal(states[0].supports(), states[1].supports())
-    np.testing.assert_allclose(states[0].llk, states[1].llk, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(states[0].llk_free, states[1].llk_free, rtol=1e-3, atol=1e-3)
+    for positivity in (False, True):
+        states = [PhasingState(np.stack([iobs, iobs]), np.stack([valid, valid]), n_starts=3, backend=backend, seed=2,
+                               calc_llk=4, positivity=positivity) for backend in (NumpyBackend(2), CupyBackend(2))]
+        for state in states:
+            schedule.apply(state)
+            state.update_llk()
+        assert len(states[1].chunks) == 1 and len(states[0].chunks) >= 1
+        assert states[1].y is None  # the GPU keeps no scratch copy of the batch
+        cpu, gpu = (s.objects() for s in states)
+        assert np.linalg.norm(cpu - gpu) / np.linalg.norm(cpu) < 1e-4, positivity
+        np.testing.assert_array_equal(states[0].supports(), states[1].supports())
+        np.testing.assert_allclose(states[0].llk, states[1].llk, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(states[0].llk_free, states[1].llk_free, rtol=1e-3, atol=1e-3)

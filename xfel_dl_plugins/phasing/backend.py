@@ -5,8 +5,8 @@ trailing spatial axes (in place, except the GPU's forward FFT: out of place save
 Fourier-modulus projection, and the real-space update rules of :mod:`.kernels`. Update methods
 return the updated array, which the caller rebinds. Both backends run one fused in-place pass per
 rule: the CPU backend a loop compiled by Numba (:mod:`.cpu_kernels`), the GPU backend a CUDA
-elementwise kernel (:data:`CUDA_KERNELS`); the NumPy stand-in of the tests replaces each CUDA
-kernel by its reference expression in :mod:`.kernels`.
+elementwise kernel (:data:`CUDA_KERNELS`). Both are tested against the reference expressions of
+:mod:`.kernels`; the NumPy stand-in of the tests replaces each CUDA kernel by its expression.
 """
 
 from __future__ import annotations
@@ -107,38 +107,13 @@ class ArrayBackend:
         a = abs(y)
         return a * a
 
-    def constrained_update(self, rule: str, x, y, support: Support, beta: float, positivity: bool, reality: bool):
-        """Update with reality (Re y inside the support) and/or positivity (Re y < 0 counts as outside)."""
-        xp = self.xp
-        inside = support.mask
-        y_in = y
-        if reality or positivity:
-            y_in = y.real.astype(y.dtype)
-        if positivity:
-            inside = inside & (y.real >= 0)
-        if rule == "er":
-            outside = xp.zeros_like(y)
-        elif rule == "hio":
-            outside = x - np.float32(beta) * y
-        elif rule == "raar":
-            outside = np.float32(beta) * x + np.float32(1 - 2 * beta) * y
-        else:
+    def outside_factors(self, rule: str, beta: float) -> tuple[float, float]:
+        """(x factor, y factor) of the update ``rule`` outside the support: ER (0, 0), HIO (1, -beta),
+        RAAR (beta, 1 - 2 beta)."""
+        factors = {"er": (0.0, 0.0), "hio": (1.0, -beta), "raar": (beta, 1.0 - 2.0 * beta)}
+        if rule not in factors:
             raise StageError(f"unknown update rule {rule!r}")
-        return xp.where(inside, y_in, outside).astype(np.complex64)
-
-
-    def dm_split_(self, x, y, scratch, support: Support, beta: float, reality: bool):
-        """Difference map between its projections: (P_S f_M(x), f_S(x)) from x and y = P_M x; with
-        ``reality``, P_S keeps the real part. ``scratch`` (None on the GPU) may receive f_S(x)."""
-        s = support.weights
-        ps_fm, f_s = kernels.dm_support_step(x, y, s, np.float32(beta))
-        if reality:
-            ps_fm = ps_fm.real * s
-        return ps_fm.astype(np.complex64), f_s.astype(np.complex64)
-
-    def dm_combine_(self, x, ps_fm, pm_fs, beta: float):
-        """Difference map's update x + beta (P_S f_M(x) - P_M f_S(x))."""
-        return kernels.dm_combine(x, ps_fm, pm_fs, np.float32(beta)).astype(np.complex64)
+        return factors[rule]
 
 
 class NumpyBackend(ArrayBackend):
@@ -223,12 +198,10 @@ class NumpyBackend(ArrayBackend):
     def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
         return self._feedback_(x, y, support, beta, 1.0 - 2.0 * beta, y_scale)
 
-    def constrained_update(self, rule: str, x, y, support: Support, beta: float, positivity: bool, reality: bool):
-        """The rule of :meth:`ArrayBackend.constrained_update` in one pass, in place (y is not pre-scaled)."""
-        factors = {"er": (0.0, 0.0), "hio": (1.0, -beta), "raar": (beta, 1.0 - 2.0 * beta)}
-        if rule not in factors or not (reality or positivity):
-            return super().constrained_update(rule, x, y, support, beta, positivity, reality)
-        x_factor, y_outside = factors[rule]
+    def real_update_(self, rule: str, x, y, support: Support, beta: float, positivity: bool):
+        """In one pass, in place: the update ``rule`` with reality (and positivity) inside the support
+        (:func:`.kernels.real_update`; y is not pre-scaled). ``y`` may be ``x`` itself for ER."""
+        x_factor, y_outside = self.outside_factors(rule, beta)
         self._kernels.real_feedback(_float_pairs(x), _float_pairs(y), support.weights.reshape(-1), np.float32(x_factor),
                                     np.float32(y_outside), bool(positivity))
         return x
@@ -259,6 +232,14 @@ CUDA_KERNELS = {
     "xfel_hio": ("complex64 y, float32 s, float32 beta", "complex64 x", "x = (s != 0.0f) ? y : x - y * beta;"),
     "xfel_raar": ("complex64 y, float32 s, float32 beta", "complex64 x",
                   "x = (s != 0.0f) ? y : x * beta + y * (1.0f - 2.0f * beta);"),
+    "xfel_real_update": ("complex64 y, float32 s, float32 x_factor, float32 y_outside, float32 positivity", "complex64 x",
+                         "x = (s != 0.0f && (positivity == 0.0f || y.real() >= 0.0f))"
+                         " ? complex<float>(y.real(), 0.0f) : x * x_factor + y * y_outside;"),
+    "xfel_dm_split": ("complex64 x, float32 s, float32 beta, float32 keep_imag", "complex64 y, complex64 f_s",
+                      "complex<float> f_m = y * (1.0f + 1.0f / beta) - x * (1.0f / beta);"
+                      " y = (s != 0.0f) ? complex<float>(f_m.real(), f_m.imag() * keep_imag) : complex<float>(0.0f, 0.0f);"
+                      " f_s = (s != 0.0f) ? x : x * (1.0f / beta);"),
+    "xfel_dm_combine": ("complex64 ps_fm, complex64 pm_fs, float32 beta", "complex64 x", "x = x + (ps_fm - pm_fs) * beta;"),
 }
 
 
@@ -307,6 +288,20 @@ class CupyBackend(ArrayBackend):
 
     def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
         return self._kernel["xfel_raar"](y, support.weights, np.float32(beta), x)
+
+    def real_update_(self, rule: str, x, y, support: Support, beta: float, positivity: bool):
+        x_factor, y_outside = self.outside_factors(rule, beta)
+        return self._kernel["xfel_real_update"](y, support.weights, np.float32(x_factor), np.float32(y_outside),
+                                                np.float32(positivity), x)
+
+    def dm_split_(self, x, y, scratch, support: Support, beta: float, reality: bool):
+        """In one pass: y <- P_S f_M(x) in place, f_S(x) into a new array (``scratch`` is None here)."""
+        f_s = self.xp.empty_like(x)
+        self._kernel["xfel_dm_split"](x, support.weights, np.float32(beta), np.float32(0 if reality else 1), y, f_s)
+        return y, f_s
+
+    def dm_combine_(self, x, ps_fm, pm_fs, beta: float):
+        return self._kernel["xfel_dm_combine"](ps_fm, pm_fs, np.float32(beta), x)
 
     def scratch_like(self, x):
         """None: the forward FFT is out of place, so no scratch copy of the batch is needed."""

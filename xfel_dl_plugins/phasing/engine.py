@@ -219,10 +219,10 @@ class PhasingState:
             c = self.chunks[k]
             x, support = x_f[c], self.chunk_supports[k]
             # ER discards x after its projection: transform x itself, no copy into the scratch array
-            source = x if rule == "er" and not self.reality else self.backend.projection_input(self._scratch(c), x)
+            source = x if rule == "er" else self.backend.projection_input(self._scratch(c), x)
             y = self._project_chunk(k, source, scale, record)
             if self.reality:
-                new = self.backend.constrained_update(rule, x, y, support, beta, self.positivity, self.reality)
+                new = self.backend.real_update_(rule, x, y, support, beta, self.positivity)
             elif rule == "er":
                 new = self.backend.er_(x, y, support)
             else:
