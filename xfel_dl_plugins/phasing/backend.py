@@ -34,30 +34,23 @@ CPU_FFT_ELEMENTS_PER_THREAD = 1 << 17
 
 
 class Support:
-    """The support of a chunk of arrays (n, *spatial) in the forms a backend needs."""
+    """The support of a chunk of arrays (n, *spatial) in the forms a backend needs: ``mask`` (bool, one
+    byte per pixel: the GPU kernels read it), and on the CPU ``weights`` (0/1 float per pixel) and
+    ``pair_mask`` (one uint8 per float of the complex64 array seen as float32 pairs)."""
 
     def __init__(self, backend: "ArrayBackend", mask):
         self.mask = mask.astype(bool, copy=False)
-        self.weights = self.mask.astype(np.float32)
-        if backend.name == "cpu":  # one uint8 per float of the complex64 array seen as float32 pairs
+        if backend.name == "cpu":
+            self.weights = self.mask.astype(np.float32)
             self.pair_mask = np.repeat(self.mask.reshape(-1), 2).view(np.uint8)
 
 
 class FourierConstraint:
-    """Measured amplitudes of a chunk of arrays (n, *spatial) and the pixels left free.
-
-    ``fixed`` (True = unconstrained: masked, missing or free pixel) is marked by a negative amplitude
-    in one flat array on the CPU (``amp_or_free``), and given as 0/1 floats beside ``amp`` (zero
-    there) on the GPU.
-    """
+    """Measured amplitudes of a chunk of arrays (n, *spatial) in one float32 array, ``amp_or_free``:
+    a negative value marks a pixel left free (masked, missing or held out)."""
 
     def __init__(self, backend: "ArrayBackend", amp: np.ndarray, fixed: np.ndarray):
-        if backend.name == "cpu":
-            self.amp_or_free = np.where(fixed, -1, amp).astype(np.float32).reshape(-1)
-        else:
-            xp = backend.xp
-            self.amp = xp.asarray(np.where(fixed, 0, amp).astype(np.float32))
-            self.fixed = xp.asarray(fixed.astype(np.float32))
+        self.amp_or_free = backend.asarray(np.where(fixed, -1, amp).astype(np.float32))
 
 
 def _float_pairs(a: np.ndarray) -> np.ndarray:
@@ -178,7 +171,7 @@ class NumpyBackend(ArrayBackend):
 
     def fourier_project_(self, y: np.ndarray, constraint: FourierConstraint, scale: float = 1.0) -> np.ndarray:
         """In place: y *= scale amp/|y| on constrained pixels, y *= scale elsewhere."""
-        self._kernels.fourier_project(_float_pairs(y), constraint.amp_or_free, np.float32(scale))
+        self._kernels.fourier_project(_float_pairs(y), constraint.amp_or_free.reshape(-1), np.float32(scale))
         return y
 
     def er_(self, x, y, support: Support, y_scale: float = 1.0):
@@ -223,22 +216,21 @@ class NumpyBackend(ArrayBackend):
         return dst
 
 
-#: The rules of :mod:`.kernels` as CUDA elementwise kernels, each writing its last argument in place:
-#: name -> (inputs, in-place output, body). ``s`` (support) and ``fixed`` are 0/1 floats.
+#: The rules of :mod:`.kernels` as CUDA elementwise kernels, each writing its last argument(s) in place:
+#: name -> (inputs, outputs, body). ``s`` is the support (bool), ``amp`` the amplitude or -1 (free).
 CUDA_KERNELS = {
-    "xfel_fourier_projection": ("float32 amp, float32 fixed", "complex64 y",
-                                f"if (fixed == 0.0f) y = y * (amp / (abs(y) + {kernels.TINY}f));"),
-    "xfel_er": ("complex64 y, float32 s", "complex64 x", "x = y * s;"),
-    "xfel_hio": ("complex64 y, float32 s, float32 beta", "complex64 x", "x = (s != 0.0f) ? y : x - y * beta;"),
-    "xfel_raar": ("complex64 y, float32 s, float32 beta", "complex64 x",
-                  "x = (s != 0.0f) ? y : x * beta + y * (1.0f - 2.0f * beta);"),
-    "xfel_real_update": ("complex64 y, float32 s, float32 x_factor, float32 y_outside, float32 positivity", "complex64 x",
-                         "x = (s != 0.0f && (positivity == 0.0f || y.real() >= 0.0f))"
+    "xfel_fourier_projection": ("float32 amp", "complex64 y",
+                                f"if (amp >= 0.0f) y = y * (amp / (abs(y) + {kernels.TINY}f));"),
+    "xfel_er": ("complex64 y, bool s", "complex64 x", "x = s ? y : complex<float>(0.0f, 0.0f);"),
+    "xfel_hio": ("complex64 y, bool s, float32 beta", "complex64 x", "x = s ? y : x - y * beta;"),
+    "xfel_raar": ("complex64 y, bool s, float32 beta", "complex64 x", "x = s ? y : x * beta + y * (1.0f - 2.0f * beta);"),
+    "xfel_real_update": ("complex64 y, bool s, float32 x_factor, float32 y_outside, bool positivity", "complex64 x",
+                         "x = (s && (!positivity || y.real() >= 0.0f))"
                          " ? complex<float>(y.real(), 0.0f) : x * x_factor + y * y_outside;"),
-    "xfel_dm_split": ("complex64 x, float32 s, float32 beta, float32 keep_imag", "complex64 y, complex64 f_s",
+    "xfel_dm_split": ("complex64 x, bool s, float32 beta, bool reality", "complex64 y, complex64 f_s",
                       "complex<float> f_m = y * (1.0f + 1.0f / beta) - x * (1.0f / beta);"
-                      " y = (s != 0.0f) ? complex<float>(f_m.real(), f_m.imag() * keep_imag) : complex<float>(0.0f, 0.0f);"
-                      " f_s = (s != 0.0f) ? x : x * (1.0f / beta);"),
+                      " y = s ? complex<float>(f_m.real(), reality ? 0.0f : f_m.imag()) : complex<float>(0.0f, 0.0f);"
+                      " f_s = s ? x : x * (1.0f / beta);"),
     "xfel_dm_combine": ("complex64 ps_fm, complex64 pm_fs, float32 beta", "complex64 x", "x = x + (ps_fm - pm_fs) * beta;"),
 }
 
@@ -278,26 +270,26 @@ class CupyBackend(ArrayBackend):
         return self._cufft.ifftn(a, axes=self.spatial_axes(a.ndim), overwrite_x=True, plan=self._plan(a))
 
     def fourier_project_(self, y, constraint: FourierConstraint, scale: float = 1.0):
-        return self._kernel["xfel_fourier_projection"](constraint.amp, constraint.fixed, y)  # scale is always 1 here
+        return self._kernel["xfel_fourier_projection"](constraint.amp_or_free, y)  # scale is always 1 here
 
     def er_(self, x, y, support: Support, y_scale: float = 1.0):
-        return self._kernel["xfel_er"](y, support.weights, x)
+        return self._kernel["xfel_er"](y, support.mask, x)
 
     def hio_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
-        return self._kernel["xfel_hio"](y, support.weights, np.float32(beta), x)
+        return self._kernel["xfel_hio"](y, support.mask, np.float32(beta), x)
 
     def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
-        return self._kernel["xfel_raar"](y, support.weights, np.float32(beta), x)
+        return self._kernel["xfel_raar"](y, support.mask, np.float32(beta), x)
 
     def real_update_(self, rule: str, x, y, support: Support, beta: float, positivity: bool):
         x_factor, y_outside = self.outside_factors(rule, beta)
-        return self._kernel["xfel_real_update"](y, support.weights, np.float32(x_factor), np.float32(y_outside),
-                                                np.float32(positivity), x)
+        return self._kernel["xfel_real_update"](y, support.mask, np.float32(x_factor), np.float32(y_outside),
+                                                bool(positivity), x)
 
     def dm_split_(self, x, y, scratch, support: Support, beta: float, reality: bool):
         """In one pass: y <- P_S f_M(x) in place, f_S(x) into a new array (``scratch`` is None here)."""
         f_s = self.xp.empty_like(x)
-        self._kernel["xfel_dm_split"](x, support.weights, np.float32(beta), np.float32(0 if reality else 1), y, f_s)
+        self._kernel["xfel_dm_split"](x, support.mask, np.float32(beta), bool(reality), y, f_s)
         return y, f_s
 
     def dm_combine_(self, x, ps_fm, pm_fs, beta: float):

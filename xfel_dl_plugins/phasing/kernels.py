@@ -6,17 +6,19 @@ compiled by Numba (:mod:`.cpu_kernels`), the GPU backend as CUDA elementwise ker
 stand-in and on a CUDA device).
 
 Notation: ``x`` the current iterate (real space), ``y = P_M x`` its Fourier-constrained version,
-``s`` the support as 0/1 floats, ``fixed`` 1.0 where the modulus is not constrained (masked, missing
-or free pixels), ``amp = sqrt(I_obs)`` (0 where ``fixed``).
+``s`` the support (bool or 0/1), ``amp_or_free`` the measured amplitude sqrt(I_obs), or -1 where the
+modulus is not constrained (masked, missing or free pixels).
 """
 
 #: Added to |F| before dividing, so that a vanishing calculated amplitude gives 0, not NaN.
 TINY = 1e-30
 
 
-def fourier_projection(y, amp, fixed):
-    """Replace |F| by the measured amplitude where constrained; leave unconstrained pixels free."""
-    return y * (amp / (abs(y) + TINY) * (1.0 - fixed) + fixed)
+def fourier_projection(y, amp_or_free):
+    """Replace |F| by the measured amplitude where constrained; leave free pixels (a negative
+    ``amp_or_free``) as they are."""
+    free = amp_or_free < 0
+    return y * (amp_or_free / (abs(y) + TINY) * (1.0 - free) + free)
 
 
 def er_update(y, s):
