@@ -49,8 +49,9 @@ class FourierConstraint:
     """Measured amplitudes of a chunk of arrays (n, *spatial) in one float32 array, ``amp_or_free``:
     a negative value marks a pixel left free (masked, missing or held out)."""
 
-    def __init__(self, backend: "ArrayBackend", amp: np.ndarray, fixed: np.ndarray):
-        self.amp_or_free = backend.asarray(np.where(fixed, -1, amp).astype(np.float32))
+    def __init__(self, backend: "ArrayBackend", amp, fixed):
+        xp = backend.xp
+        self.amp_or_free = xp.where(xp.asarray(fixed), np.float32(-1), xp.asarray(amp, dtype=np.float32))
 
 
 def _float_pairs(a: np.ndarray) -> np.ndarray:

@@ -102,10 +102,11 @@ class PhasingState:
         step = self.backend.chunk_length(int(np.prod(self.spatial)))
         self.chunks = [slice(i, min(i + step, n_arrays)) for i in range(0, n_arrays, step)]
         self.pattern_of = np.repeat(np.arange(self.n_patterns), self.n_starts)  # flat array -> pattern
-        amp = np.sqrt(self.iobs_host)
-        fixed = ~self.constrained_host
-        self.constraints = [FourierConstraint(self.backend, amp[self.pattern_of[c]], fixed[self.pattern_of[c]])
-                            for c in self.chunks]
+        amp, fixed = xp.sqrt(self.iobs), xp.asarray(~self.constrained_host)  # per pattern, on the device
+        self.constraints = []
+        for c in self.chunks:
+            rows = xp.asarray(self.pattern_of[c])
+            self.constraints.append(FourierConstraint(self.backend, amp[rows], fixed[rows]))
 
         if not 0 <= support_jitter < 1:
             raise InputDataError(f"support_jitter must be in [0, 1), got {support_jitter}")
@@ -167,10 +168,14 @@ class PhasingState:
     def _random_starts(self):
         """Measured amplitudes with uniformly random phases, back-transformed, inside the support."""
         xp = self.xp
-        phase = np.stack([rng.uniform(0, 2 * np.pi, self.batch_shape[1:]).astype(np.float32) for rng in self.rngs])
-        f0 = xp.asarray(np.sqrt(self.iobs_host)[:, None] * np.exp(1j * phase).astype(np.complex64))
-        x = self.backend.ifft_(f0.astype(np.complex64))
-        return (x * self.support_mask).astype(np.complex64)
+        phase = np.empty(self.batch_shape, np.float32)  # drawn on the host: the same starts on every device
+        for pattern, rng in enumerate(self.rngs):
+            phase[pattern] = rng.uniform(0, 2 * np.pi, self.batch_shape[1:])
+        f0 = xp.exp(xp.asarray(phase) * np.complex64(1j))  # complex64, on the device
+        f0 *= xp.asarray(np.sqrt(self.iobs_host))[:, None]
+        x = self.backend.ifft_(f0)
+        x *= self.support_mask
+        return x
 
     def set_support(self, mask) -> None:
         """Install a new support (batch-shaped bool array on the device)."""
