@@ -172,7 +172,7 @@ class PhasingState:
         for pattern, rng in enumerate(self.rngs):
             phase[pattern] = rng.uniform(0, 2 * np.pi, self.batch_shape[1:])
         f0 = xp.exp(xp.asarray(phase) * np.complex64(1j))  # complex64, on the device
-        f0 *= xp.asarray(np.sqrt(self.iobs_host))[:, None]
+        f0 *= xp.sqrt(self.iobs)[:, None]
         x = self.backend.ifft_(f0)
         x *= self.support_mask
         return x
