@@ -401,9 +401,13 @@ def test_gpu_matches_cpu():
             np.testing.assert_allclose(cpu.llk, gpu.llk, rtol=1e-4)
     cpu, gpu = both(HIO() ** 10 * SW())
     assert (cpu.supports() != gpu.supports()).sum() <= 2  # a pixel at the threshold may fall either way
-    full = phase(iobs, valid, n_starts=4, device="cuda", seed=0)
-    assert full.device == "cuda"
-    assert metrics.ambiguity_error(truth, full.reconstruction[0]) < 0.15
+    # Whole runs are draws: on the CPU 1 of 24 (seeds 0-11, 4 and 8 starts) ended above 0.15 on this
+    # pattern, and so did the H100's seed 0 (0.32) once its starts were drawn on the device. The median
+    # of five draws must be below 0.15.
+    runs = [phase(iobs, valid, n_starts=4, device="cuda", seed=seed) for seed in range(5)]
+    assert all(run.device == "cuda" for run in runs)
+    errors = [metrics.ambiguity_error(truth, run.reconstruction[0]) for run in runs]
+    assert np.median(errors) < 0.15, errors
 
 
 @pytest.fixture
