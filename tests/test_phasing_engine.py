@@ -102,6 +102,41 @@ def test_cpu_kernels_refuse_arrays_they_cannot_update_in_place():
     assert not x.any()
 
 
+def test_cpu_kernels_compile_in_memory_where_numba_cannot_cache(monkeypatch):
+    """Where no cache directory is writable, Numba refuses ``cache=True`` with a RuntimeError ("no
+    locator available"); the kernels are then compiled in memory and give the same results."""
+    import importlib
+
+    import numba
+
+    from xfel_dl_plugins.phasing import cpu_kernels
+
+    real_njit = numba.njit
+
+    def njit_without_cache(*args, cache=False, **options):
+        if cache:
+            raise RuntimeError("cannot cache function 'feedback': no locator available for file 'cpu_kernels.py'")
+        return real_njit(*args, **options)
+
+    rng = np.random.default_rng(5)
+    x, y = _random_complex(rng, (64,)), _random_complex(rng, (64,))
+    inside = np.repeat(rng.random(64) < 0.5, 2).view(np.uint8)
+    expected = x.copy()
+    cpu_kernels.feedback(expected.view(np.float32), y.view(np.float32), inside, np.float32(1), np.float32(-0.9),
+                         np.float32(1))
+    monkeypatch.setattr(numba, "njit", njit_without_cache)
+    try:
+        in_memory = importlib.reload(cpu_kernels)
+        assert type(in_memory.feedback._cache).__name__ == "NullCache"  # Numba's dispatcher: no disk cache
+        got = x.copy()
+        in_memory.feedback(got.view(np.float32), y.view(np.float32), inside, np.float32(1), np.float32(-0.9),
+                           np.float32(1))
+        np.testing.assert_array_equal(got, expected)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(cpu_kernels)  # the cached kernels again, for the other tests
+
+
 def test_backend_fft_is_in_place_and_matches_numpy():
     rng = np.random.default_rng(1)
     a = _random_complex(rng, (3, 2, 8, 12))
