@@ -449,7 +449,7 @@ def test_gpu_matches_cpu():
 def numpy_as_cupy(monkeypatch):
     """Stand-ins for cupy/cupyx built on NumPy: each CUDA elementwise kernel of the GPU backend becomes
     its reference expression in :mod:`kernels` (written into the kernel's in-place output) and cuFFT
-    becomes scipy.fft. Exercises the GPU backend's logic (argument order, float masks, in-place
+    becomes scipy.fft. Exercises the GPU backend's logic (argument order, masks, in-place
     outputs) without a GPU."""
     import sys
     import types
