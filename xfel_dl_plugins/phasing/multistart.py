@@ -222,7 +222,9 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     """
     fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
     fits = StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel) if selection != "llk" else None
-    aligned = {}  # alignments onto the lead that the ranking already made
+    # Alignments onto the lead that the ranking already made (the bic rule). The consensus rule keeps
+    # only its pairwise errors: holding n^2/2 aligned transforms would cost more than redoing n_keep - 1.
+    aligned = {}
     order = rank_starts(fts, start_llk, max_difference, selection, fits, aligned)
     top = order[:max(1, min(n_keep, len(order)))]
     f_ref = fts[top[0]]
