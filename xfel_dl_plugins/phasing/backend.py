@@ -163,12 +163,12 @@ class NumpyBackend(ArrayBackend):
         return max(1, CPU_CHUNK_BYTES // (8 * n_pixels))
 
     def feedback_scale(self, rule: str, beta: float) -> float:
-        """HIO and RAAR scale y before adding it to x: fold that factor into the projection."""
-        if rule == "hio":
-            return -float(beta)
-        if rule == "raar" and abs(1.0 - 2.0 * beta) > 1e-3:
-            return 1.0 - 2.0 * float(beta)
-        return 1.0
+        """HIO and RAAR scale y before adding it to x (their y factor outside the support): fold that
+        factor into the projection, unless it is (nearly) zero (RAAR with beta = 0.5)."""
+        if rule not in ("hio", "raar"):
+            return 1.0
+        y_outside = float(self.outside_factors(rule, beta)[1])
+        return y_outside if abs(y_outside) > 1e-3 else 1.0
 
     def fourier_project_(self, y: np.ndarray, constraint: FourierConstraint, scale: float = 1.0) -> np.ndarray:
         """In place: y *= scale amp/|y| on constrained pixels, y *= scale elsewhere."""
@@ -187,10 +187,10 @@ class NumpyBackend(ArrayBackend):
         return x
 
     def hio_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
-        return self._feedback_(x, y, support, 1.0, -beta, y_scale)
+        return self._feedback_(x, y, support, *self.outside_factors("hio", beta), y_scale)
 
     def raar_(self, x, y, support: Support, beta: float, y_scale: float = 1.0):
-        return self._feedback_(x, y, support, beta, 1.0 - 2.0 * beta, y_scale)
+        return self._feedback_(x, y, support, *self.outside_factors("raar", beta), y_scale)
 
     def real_update_(self, rule: str, x, y, support: Support, beta: float, positivity: bool):
         """In one pass, in place: the update ``rule`` with reality (and positivity) inside the support

@@ -102,11 +102,12 @@ class PhasingState:
         step = self.backend.chunk_length(int(np.prod(self.spatial)))
         self.chunks = [slice(i, min(i + step, n_arrays)) for i in range(0, n_arrays, step)]
         self.pattern_of = np.repeat(np.arange(self.n_patterns), self.n_starts)  # flat array -> pattern
-        amp, fixed = xp.sqrt(self.iobs), xp.asarray(~self.constrained_host)  # per pattern, on the device
+        self.measured_amplitude = xp.sqrt(self.iobs)  # per pattern, on the device
+        fixed = xp.asarray(~self.constrained_host)
         self.constraints = []
         for c in self.chunks:
             rows = xp.asarray(self.pattern_of[c])
-            self.constraints.append(FourierConstraint(self.backend, amp[rows], fixed[rows]))
+            self.constraints.append(FourierConstraint(self.backend, self.measured_amplitude[rows], fixed[rows]))
 
         if not 0 <= support_jitter < 1:
             raise InputDataError(f"support_jitter must be in [0, 1), got {support_jitter}")
@@ -172,7 +173,7 @@ class PhasingState:
         for pattern, rng in enumerate(self.rngs):
             phase[pattern] = rng.uniform(0, 2 * np.pi, self.batch_shape[1:])
         f0 = xp.exp(xp.asarray(phase) * np.complex64(1j))  # complex64, on the device
-        f0 *= xp.sqrt(self.iobs)[:, None]
+        f0 *= self.measured_amplitude[:, None]
         x = self.backend.ifft_(f0)
         x *= self.support_mask
         return x
@@ -202,17 +203,6 @@ class PhasingState:
             self._record_llk(y, self.chunks[k])
         y = self.backend.fourier_project_(y, self.constraints[k], scale)
         return self.backend.ifft_(y)
-
-    def _project_modulus(self, src):
-        """P_M src for the whole batch (a new array on the GPU, the scratch buffer on the CPU)."""
-        record = self._llk_due()
-        src_f = self._flat(src)
-        out = []
-        for k, c in enumerate(self.chunks):
-            out.append(self._project_chunk(k, self.backend.projection_input(self._scratch(c), src_f[c]), 1.0, record))
-        if len(out) == 1:
-            return out[0].reshape(self.batch_shape)
-        return self.y
 
     def iterate(self, rule: str, beta: float) -> None:
         """One iteration of ER ('er'), HIO ('hio') or RAAR ('raar'), chunk by chunk."""
