@@ -346,14 +346,18 @@ def test_bic_selection_screens_over_fitting_supports_then_prices_support_size():
 
 
 def test_bic_screen_keeps_starts_with_smaller_supports():
-    """The free-deviance screen is against over-fitting, which takes more support pixels: a start with a
-    smaller support than the screened lead competes despite its free deviance, a larger one stays out."""
+    """The free-deviance screen is against over-fitting, which takes more support pixels: for a complex
+    object a start with a smaller support than the screened lead competes despite its free deviance, a
+    larger one stays out; for a real one the screen alone decides."""
     free = np.ones((3, 500))
     free[1:] *= 2.0  # starts 1 and 2 miss the free pixels by 2x the best: outside the 1.5x screen
     # BIC = deviance + 2 ln(10^4) x size: 38,420 (lead of the screen), 26,578 (smaller), 21,262 (larger)
     fits = StartFits(np.array([20_000.0, 10_000.0, 1_000.0]), free, np.array([1_000, 900, 1_100]), 10_000)
     assert fits.lowest_bic(np.arange(3)) == 1
     assert fits.lowest_bic(np.array([0, 2])) == 0
+    fits.params_per_pixel = 1  # a real object (positivity, reality): the screen alone, as measured on sphere hits
+    assert fits.lowest_bic(np.arange(3)) == 0
+    fits.params_per_pixel = 2
     fits.support_size[1] = 1_000  # as many pixels as the lead: no longer fewer, screened out
     assert fits.lowest_bic(np.arange(3)) == 0
 

@@ -32,7 +32,8 @@ FREE_LLK_SIGNIFICANCE = 3.0
 #: The BIC selection screens out starts whose free-pixel deviance is more than this many times the
 #: lowest: a support that grew too large fits the constrained pixels by over-fitting them and misses
 #: the held-out ones by factors of 3 to 10^4, while starts of one solution differ by tens of percent.
-#: Starts with fewer support pixels than the screened lead stay in (:meth:`StartFits.lowest_bic`).
+#: Complex objects' starts with fewer support pixels than the screened lead stay in
+#: (:meth:`StartFits.lowest_bic`).
 FREE_DEVIANCE_SCREEN = 1.5
 
 
@@ -108,17 +109,19 @@ class StartFits:
 
     def lowest_bic(self, candidates: np.ndarray) -> int:
         """Among ``candidates``, the start with the lowest BIC that passes the over-fitting screen: its
-        free-pixel deviance is within :data:`FREE_DEVIANCE_SCREEN` x the lowest, or its support has
-        fewer pixels than the lowest-BIC start that is within it (over-fitting takes more parameters,
-        not fewer). Without free pixels, the lowest BIC of all candidates."""
+        free-pixel deviance is within :data:`FREE_DEVIANCE_SCREEN` x the lowest, or, for a complex
+        object, its support has fewer pixels than the lowest-BIC start that is within it (over-fitting
+        takes more parameters, not fewer; measured on complex test objects, while on sphere hits
+        phased with positivity it only lost, docs/benchmarks.md). Without free pixels, the lowest BIC."""
         bic = self.bic[candidates]
         if self.free_deviance is None:
             return int(candidates[np.argmin(bic)])
         free = self.free_deviance[candidates].sum(axis=1)
-        fits_free = free <= FREE_DEVIANCE_SCREEN * free.min()
-        size = self.support_size[candidates]
-        screened_lead = np.argmin(np.where(fits_free, bic, np.inf))
-        admitted = fits_free | (size < size[screened_lead])
+        admitted = free <= FREE_DEVIANCE_SCREEN * free.min()
+        if self.params_per_pixel == 2:
+            size = self.support_size[candidates]
+            screened_lead = np.argmin(np.where(admitted, bic, np.inf))
+            admitted = admitted | (size < size[screened_lead])
         return int(candidates[np.argmin(np.where(admitted, bic, np.inf))])
 
 
@@ -176,8 +179,8 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
 
     ``"bic"`` (needs ``fits``): the lowest Bayesian information criterion (constrained deviance +
     ln(n) x parameters: the fit, with a price on support size) among starts that fit the held-out
-    free pixels within :data:`FREE_DEVIANCE_SCREEN` of the best, or with a smaller support than
-    the lead those give (:meth:`StartFits.lowest_bic`). The screen removes supports that over-fit;
+    free pixels within :data:`FREE_DEVIANCE_SCREEN` of the best, or (complex objects) with a
+    smaller support than the lead those give (:meth:`StartFits.lowest_bic`). The screen removes supports that over-fit;
     the criterion then prefers the better fit and, where fits are alike, the smaller support. ``"consensus"``: the start that the most other starts
     reproduce within ``max_difference`` leads (ties: lower ``start_llk``), unless, given
     ``fits.free_deviance``, a start with a lower free LLK fits the held-out pixels significantly

@@ -43,7 +43,8 @@ class PhaseRetriever(Stage):
         "n_keep": Param(4, int, "starts aligned and averaged (the selected one and those nearest to it)",
                         min=1, max=1024),
         "selection": Param("bic", str, "start to trust: bic (lowest deviance + ln(n) x parameters; a start that "
-                           "misses the free pixels competes only with a smaller support), consensus (the one most others reproduce within "
+                           "misses the free pixels competes only with a smaller support, and only for a "
+                           "complex object), consensus (the one most others reproduce within "
                            "max_difference, unless one fits the free pixels significantly better) or llk (lowest "
                            "free LLK)", choices=SELECTIONS),
         "max_difference": Param(0.15, float, "starts differing from the selected one by more (relative norm, "
