@@ -180,11 +180,12 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
     ``"bic"`` (needs ``fits``): the lowest Bayesian information criterion (constrained deviance +
     ln(n) x parameters: the fit, with a price on support size) among starts that fit the held-out
     free pixels within :data:`FREE_DEVIANCE_SCREEN` of the best, or (complex objects) with a
-    smaller support than the lead those give (:meth:`StartFits.lowest_bic`). The screen removes supports that over-fit;
-    the criterion then prefers the better fit and, where fits are alike, the smaller support. ``"consensus"``: the start that the most other starts
-    reproduce within ``max_difference`` leads (ties: lower ``start_llk``), unless, given
-    ``fits.free_deviance``, a start with a lower free LLK fits the held-out pixels significantly
-    better (:func:`significantly_better`); it costs n_starts^2 / 2 alignments. ``"llk"``: by
+    smaller support than the lead those give (:meth:`StartFits.lowest_bic`). The screen removes
+    supports that over-fit; the criterion then prefers the better fit and, where fits are alike, the
+    smaller support. ``"consensus"``: the start that the most other starts reproduce within
+    ``max_difference`` leads (ties: lower ``start_llk``), unless, given ``fits.free_deviance``, a
+    start with a lower free LLK fits the held-out pixels significantly better
+    (:func:`significantly_better`); it costs n_starts^2 / 2 alignments. ``"llk"``: by
     ``start_llk``. After the lead, the rest follow by their difference to it. Starts with a
     non-finite LLK (diverged) always come last. ``aligned``, if given, receives the alignments onto
     the lead that the bic rule computed (start -> :class:`~.metrics.Alignment`), for reuse.
