@@ -154,12 +154,13 @@ QUALITY_KINDS = ("polygon", "blobs", "complex_blobs", "cell")
 QUALITY_PHOTONS = (1e6, 1e7, 1e8, 1e9)
 
 
-def quality_cases(kinds, photon_levels, n: int, stop: float, picture_dir: Path | None = None):
-    """The quality test's patterns: ([(kind, photons)], iobs, valid, truths), each from its own seed."""
+def quality_cases(kinds, photon_levels, n: int, stop: float, picture_dir: Path | None = None, object_offset: int = 0):
+    """The quality test's patterns: ([(kind, photons)], iobs, valid, truths), each from its own seed
+    (``object_offset`` added: other objects of the same kinds, as the held-out sets use)."""
     cases, iobs, valid, truths = [], [], [], []
     for k, kind in enumerate(kinds):
         for p, photons in enumerate(photon_levels):
-            i, v, t = _pattern(n, kind, photons, seed=100 + 10 * k + p, stop=stop, picture_dir=picture_dir)
+            i, v, t = _pattern(n, kind, photons, seed=100 + 10 * k + p + object_offset, stop=stop, picture_dir=picture_dir)
             cases.append((kind, photons))
             iobs.append(i), valid.append(v), truths.append(t)
     return cases, np.stack(iobs), np.stack(valid), truths
