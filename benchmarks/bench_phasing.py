@@ -160,7 +160,8 @@ def quality_cases(kinds, photon_levels, n: int, stop: float, picture_dir: Path |
     cases, iobs, valid, truths = [], [], [], []
     for k, kind in enumerate(kinds):
         for p, photons in enumerate(photon_levels):
-            i, v, t = _pattern(n, kind, photons, seed=100 + 10 * k + p + object_offset, stop=stop, picture_dir=picture_dir)
+            i, v, t = _pattern(n, kind, photons, seed=100 + 10 * k + p + object_offset, stop=stop,
+                               picture_dir=picture_dir)
             cases.append((kind, photons))
             iobs.append(i), valid.append(v), truths.append(t)
     return cases, np.stack(iobs), np.stack(valid), truths
