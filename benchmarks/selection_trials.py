@@ -6,7 +6,7 @@ many patterns, and phasing them is the cost; the starts' figures are cheap to ke
   # PyNX's best start per test pattern (its default run, 10 starts; needs benchmarks/setup_pynx.sh)
   PYTHONPATH=$PWD python benchmarks/selection_trials.py pynx-best --size 128 --offset 1000 --out DIR
   # phase new draws with the defaults (SIZE:OBJECT_OFFSET:SEED, comma-separated), keep per start its
-  # fits, its error and the error of the average it would lead (a GPU makes this fast; --seconds stops early)
+  # fits and the error of the average it would lead (a GPU makes this fast; --seconds stops early)
   PYTHONPATH=$PWD python benchmarks/selection_trials.py starts --plan 256:0:21,128:1000:21 --device cuda --out DIR/a.npz
   # the shipped rule against the earlier ones, at or below PyNX's best start
   PYTHONPATH=$PWD python benchmarks/selection_trials.py replay DIR/a.npz --pynx DIR
@@ -28,12 +28,13 @@ import numpy as np
 import scipy.fft as sfft
 
 from xfel_dl_plugins.phasing import metrics, phase
-from xfel_dl_plugins.phasing.multistart import FREE_DEVIANCE_SCREEN, StartFits, pairwise_differences
+from xfel_dl_plugins.phasing.multistart import FREE_DEVIANCE_SCREEN, StartFits, align_on_lead, pairwise_differences
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_phasing as bp  # noqa: E402
 
-FIELDS = ("errs", "led", "cdev", "fdev", "ssize", "n_constrained")
+FIELDS = ("led", "cdev", "fdev", "ssize", "n_constrained")
+N_KEEP, MAX_DIFFERENCE = 4, 0.15  # phase()'s defaults, which `starts` runs
 
 
 def photon_levels(size: int) -> tuple:
@@ -46,8 +47,8 @@ def patterns(size: int, offset: int):
 
 
 def start_figures(args) -> dict:
-    """One pattern's starts: fits (as the selection sees them), errors, and the error of the n_keep = 4
-    average each start would lead (its 3 nearest starts within 0.15 after alignment)."""
+    """One pattern's starts: fits (as the selection sees them) and the error of the average each start
+    would lead (:func:`align_on_lead` with its nearest starts, as ``combine_starts`` does)."""
     from threadpoolctl import threadpool_limits
 
     objects, supports, iobs, valid, free, truth = args
@@ -59,12 +60,10 @@ def start_figures(args) -> dict:
         dist = pairwise_differences(fts, np.arange(len(objects)))
         led = np.empty(len(objects))
         for lead in range(len(objects)):
-            nearest = [k for k in np.argsort(dist[lead], kind="stable") if k != lead][:3]
-            kept = [fts[lead]] + [a.aligned_ft for a in (metrics.align_fourier(fts[lead], fts[k]) for k in nearest)
-                                  if a.error <= 0.15]
-            led[lead] = metrics.ambiguity_error(truth, sfft.ifftn(np.mean(kept, axis=0)).astype(np.complex64))
-        return dict(errs=np.array([metrics.ambiguity_error(truth, o) for o in objects]), led=led,
-                    cdev=fits.constrained_deviance, fdev=fits.free_deviance.sum(axis=1), ssize=fits.support_size,
+            order = np.concatenate([[lead], [k for k in np.argsort(dist[lead], kind="stable") if k != lead]])
+            _, aligned_fts, agree = align_on_lead(fts, order, N_KEEP, MAX_DIFFERENCE)  # as combine_starts averages
+            led[lead] = metrics.ambiguity_error(truth, sfft.ifftn(aligned_fts[agree].mean(axis=0)).astype(np.complex64))
+        return dict(led=led, cdev=fits.constrained_deviance, fdev=fits.free_deviance.sum(axis=1), ssize=fits.support_size,
                     n_constrained=fits.n_constrained)
 
 
@@ -76,7 +75,8 @@ def cmd_starts(args) -> None:
             break
         size, offset, seed = (int(v) for v in item.split(":"))
         iobs, valid, truths = patterns(size, offset)
-        r = phase(iobs, valid, n_starts=10, n_keep=4, seed=seed, device=args.device, keep_starts=True)
+        r = phase(iobs, valid, n_starts=10, n_keep=N_KEEP, max_difference=MAX_DIFFERENCE, seed=seed,
+                  device=args.device, keep_starts=True)
         for i in range(len(iobs)):
             jobs.append((r.start_objects[i], r.start_supports[i], iobs[i], valid[i], r.free_pixels[i], truths[i]))
             meta["set"].append(f"{size}_o{offset}_s{seed}")

@@ -217,6 +217,19 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
     return np.concatenate([[lead], rest, by_llk[len(candidates):]])
 
 
+def align_on_lead(fts: np.ndarray, order: np.ndarray, n_keep: int, max_difference: float,
+                  aligned: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``n_keep`` starts of ``order`` aligned on the first, the lead (``aligned``: alignments
+    onto it already made, start -> :class:`~.metrics.Alignment`). Returns those starts, their aligned
+    Fourier transforms and which of them the average takes: the lead and those within ``max_difference``."""
+    top = order[:max(1, min(n_keep, len(order)))]
+    f_ref = fts[top[0]]
+    alignments = [(aligned or {}).get(int(k)) or align_fourier(f_ref, fts[k]) for k in top[1:]]
+    aligned_fts = np.stack([f_ref] + [a.aligned_ft for a in alignments])
+    agree = np.array([True] + [a.error <= max_difference for a in alignments])
+    return top, aligned_fts, agree
+
+
 def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndarray, iobs: np.ndarray,
                    constrained: np.ndarray, free: np.ndarray, n_keep: int, max_difference: float = 0.15,
                    selection: str = "bic", params_per_pixel: int = 2) -> PatternResult:
@@ -237,11 +250,7 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     # only its pairwise errors: holding n^2/2 aligned transforms would cost more than redoing n_keep - 1.
     aligned = {}
     order = rank_starts(fts, start_llk, max_difference, selection, fits, aligned)
-    top = order[:max(1, min(n_keep, len(order)))]
-    f_ref = fts[top[0]]
-    alignments = [aligned.get(int(k)) or align_fourier(f_ref, fts[k]) for k in top[1:]]
-    fts = np.stack([f_ref] + [a.aligned_ft for a in alignments])
-    agree = np.array([True] + [a.error <= max_difference for a in alignments])
+    top, fts, agree = align_on_lead(fts, order, n_keep, max_difference, aligned)
     kept = top[agree]
     mean_ft = fts[agree].mean(axis=0)
     valid = constrained | free
