@@ -38,7 +38,9 @@ from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, mak
 
 from picture_objects import PICTURES, picture_object, skimage_data_dir  # beside this script
 
-RECIPE = DEFAULT_RECIPE  # (SW*HIO**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100
+RECIPE = DEFAULT_RECIPE
+# PyNX runs the first generation's schedule, (SW*HIO**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100
+FIRST_GENERATION, _, SECOND_GENERATION = RECIPE.partition(" * GUIDE * ")
 CONVERGED_MAX = 0.3  # a start with a larger error did not solve the pattern, whatever the others did
 HERE = Path(__file__).resolve().parent
 
@@ -193,13 +195,17 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         runs[label] = pynx.run("quality", iobs=iobs, valid=valid, n_starts=n_starts, seed=1, sw_threshold=thr,
                                sw_method=method, sw_sigma=np.array(sigma), sw_raar_scale=raar_scale)["objects"]
         runs[label + "_s"] = time.perf_counter() - t0
+    # Per-start figures from our first generation: independent random starts through PyNX's schedule
+    # (the second generation's starts are guided towards one of them)
+    first_objects, first_supports, first_ranking = (ours.earlier_generations[0] if ours.earlier_generations else
+                                                    (ours.start_objects, ours.start_supports, ours.start_llk_free))
     rows = []
     for c, ((kind, photons), truth) in enumerate(zip(cases, truths)):
         measured = valid[c]
         truth_llk = _llk(truth, iobs[c], measured)
         row = dict(kind=kind, photons=photons, truth_llk=truth_llk)
-        err = {"ours": [metrics.ambiguity_error(truth, o) for o in ours.start_objects[c]]}
-        llk = {"ours": [_llk(o, iobs[c], measured) for o in ours.start_objects[c]]}
+        err = {"ours": [metrics.ambiguity_error(truth, o) for o in first_objects[c]]}
+        llk = {"ours": [_llk(o, iobs[c], measured) for o in first_objects[c]]}
         for label in ("pynx_default", "pynx_oursw"):
             objs = runs[label][c]
             err[label] = [metrics.ambiguity_error(truth, o) if np.abs(o).max() > 0 else 1.0 for o in objs]
@@ -214,11 +220,10 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
             row[label + "_median_err"] = float(np.median(e))
         row["ours_selected_err"] = metrics.ambiguity_error(truth, ours.reconstruction[c])
         row["ours_selected_err_seeds"] = [row["ours_selected_err"]] + [metrics.ambiguity_error(truth, r[c]) for r in other_draws]
-        # The previous rule (the most reproduced start leads), on the same starts; only its reconstruction is used.
+        # The defaults before GUIDE: the first generation's starts selected and averaged as phase() does
         free = ours.free_pixels[c]
-        by_consensus = combine_starts(ours.start_objects[c], ours.start_supports[c], ours.start_llk_free[c], iobs[c],
-                                      measured & ~free, free, 4, selection="consensus")
-        row["ours_consensus_err"] = metrics.ambiguity_error(truth, by_consensus.reconstruction)
+        unguided = combine_starts(first_objects[c], first_supports[c], first_ranking[c], iobs[c], measured & ~free, free, 4)
+        row["ours_unguided_err"] = metrics.ambiguity_error(truth, unguided.reconstruction)
         row["ours_resolution_px"] = float(ours.resolution_px[c])
         rows.append(row)
         print("quality: " + json.dumps(row), flush=True)
@@ -316,8 +321,11 @@ def markdown(args, timing, batch, quality, figs) -> str:
               + ("pictures bundled with scikit-image, `benchmarks/picture_objects.py`, oversampling 2.67"
                  if quality.get("pictures") else "test objects of `xfel_dl_plugins.phasing.testobjects`, oversampling 2.5")
               + f" per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
-              f"{quality['n_starts']} random starts per pattern, schedule `{RECIPE}` in both codes (PyNX: "
-              "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom). "
+              f"{quality['n_starts']} random starts per pattern, schedule `{FIRST_GENERATION}` in both codes (PyNX: "
+              "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom); "
+              f"ours then continues, after a guided restart (GUIDE: every start halfway to the selected one, after "
+              f"alignment), with `{SECOND_GENERATION}` (its default recipe). "
+              "The per-start columns (converged, floor) are our first generation's: independent starts, PyNX's schedule. "
               "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max "
               f"{quality['our_sw'][0]:g}, sigma {quality['our_sw'][2][0]:g}->{quality['our_sw'][2][1]:g} px, i.e. "
               f"1/64 -> 1/128 of the array side; threshold x {quality['our_sw'][3]:g} in the RAAR stage). "
@@ -328,26 +336,25 @@ def markdown(args, timing, batch, quality, figs) -> str:
               "default `selection=\"bic\"`: among the starts whose free-pixel deviance is at most "
               "1.5 x the lowest, or whose support is smaller than the lead those give, the lowest constrained "
               "deviance + 2 ln(n) x support size; averaged with up to 3 "
-              "others within 0.15 of it after alignment); *consensus rule*: the previous default on the same starts "
-              "(`selection=\"consensus\"`: the start most others reproduce within 0.15, unless one with a lower free "
-              "LLK fits the free pixels better by more than 3 standard errors). PyNX *best*: its lowest-error start "
+              "others within 0.15 of it after alignment); *without GUIDE*: the same selection on the first generation's "
+              "starts (the defaults before 2026-11-27 10:40 UTC). PyNX *best*: its lowest-error start "
               "(an oracle choice); *LLK pick*: its lowest-LLK start.", "",
               "| object | photons | converged ours | conv. PyNX | conv. PyNX(our SW) | floor ours | floor PyNX | "
-              "ours selected err | ours consensus rule err | PyNX best err | PyNX LLK-pick err | PyNX(our SW) best | "
+              "ours selected err | ours without GUIDE err | PyNX best err | PyNX LLK-pick err | PyNX(our SW) best | "
               "ours resolution px |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['photons']:.0e} | {r['ours_converged']:.1f} | {r['pynx_default_converged']:.1f} | "
                      f"{r['pynx_oursw_converged']:.1f} | {r['ours_floor']:.1f} | {r['pynx_default_floor']:.1f} | "
-                     f"{r['ours_selected_err']:.3f} | {r['ours_consensus_err']:.3f} | {r['pynx_default_best_err']:.3f} | {r['pynx_default_llk_pick_err']:.3f} | "
+                     f"{r['ours_selected_err']:.3f} | {r['ours_unguided_err']:.3f} | {r['pynx_default_best_err']:.3f} | {r['pynx_default_llk_pick_err']:.3f} | "
                      f"{r['pynx_oursw_best_err']:.3f} | {r['ours_resolution_px']:.2f} |")
     conv = np.mean([r["ours_converged"] for r in rows]), np.mean([r["pynx_default_converged"] for r in rows])
     wins = sum(r["ours_selected_err"] <= r["pynx_default_best_err"] + 1e-9 for r in rows)
     wins_pick = sum(r["ours_selected_err"] <= r["pynx_default_llk_pick_err"] + 1e-9 for r in rows)
-    wins_consensus = sum(r["ours_consensus_err"] <= r["pynx_default_best_err"] + 1e-9 for r in rows)
+    wins_unguided = sum(r["ours_unguided_err"] <= r["pynx_default_best_err"] + 1e-9 for r in rows)
     lines += ["", f"Mean converged fraction: ours {conv[0]:.2f}, PyNX {conv[1]:.2f}. Our selected result at or below "
               f"PyNX's best (oracle) start on {wins}/{len(rows)} patterns, at or below PyNX's lowest-LLK start on "
-              f"{wins_pick}/{len(rows)}; with the consensus rule at or below PyNX's best on {wins_consensus}/{len(rows)}. Wall time for all starts: ours {quality['ours_s']:.0f} s (one batch), PyNX "
+              f"{wins_pick}/{len(rows)}; without GUIDE at or below PyNX's best on {wins_unguided}/{len(rows)}. Wall time for all starts: ours {quality['ours_s']:.0f} s (one batch, both generations), PyNX "
               f"{quality['pynx_default_s']:.0f} s.", ""]
     seeds = quality.get("seeds", [1])
     if len(seeds) > 1:

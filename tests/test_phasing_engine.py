@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from xfel_dl_plugins.errors import InputDataError, StageError
-from xfel_dl_plugins.phasing import DM, ER, HIO, RAAR, SW, PhasingState, get_backend, kernels, metrics, phase
+from xfel_dl_plugins.phasing import DM, ER, GUIDE, HIO, RAAR, SW, PhasingState, get_backend, kernels, metrics, phase
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
-from xfel_dl_plugins.phasing.multistart import StartFits, rank_starts
+from xfel_dl_plugins.phasing.multistart import StartFits, guide_starts, rank_starts
 from xfel_dl_plugins.phasing.support import autocorrelation_amplitude, autocorrelation_support, free_pixel_mask, support_size_cap
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
@@ -274,7 +274,7 @@ def test_phase_from_random_starts_with_autocorrelation_support_and_shrink_wrap()
         truths.append(truth), patterns.append(iobs), masks.append(valid)
     result = phase(np.stack(patterns), np.stack(masks), n_starts=8, n_keep=4, seed=0, device="cpu")
     assert result.reconstruction.shape == (2, 64, 64) and result.reconstruction.dtype == np.complex64
-    assert result.start_llk.shape == (2, 8) and result.iterations == 1100
+    assert result.start_llk.shape == (2, 8) and result.iterations == 1600
     for truth, rec, pattern in zip(truths, result.patterns, patterns):
         assert metrics.ambiguity_error(truth, rec.reconstruction) < 0.12
         assert rec.support.dtype == bool and 0 < rec.support.sum() < 64 * 64 / 2
@@ -360,6 +360,30 @@ def test_bic_screen_keeps_starts_with_smaller_supports():
     fits.params_per_pixel = 2
     fits.support_size[1] = 1_000  # as many pixels as the lead: no longer fewer, screened out
     assert fits.lowest_bic(np.arange(3)) == 0
+
+
+def test_guided_restart_pulls_every_start_halfway_to_the_lead():
+    """GUIDE: the lead (lowest BIC) stays, every other start moves halfway to it after alignment, and a
+    new generation begins (whole-array support, the shrink-wrap clock reset, LLKs to be measured)."""
+    rng = np.random.default_rng(11)
+    iobs, valid, _ = diffraction(make_object((32, 32), "polygon", rng=rng), 1e7, beam_stop_mask((32, 32), 1.0), rng)
+    state = PhasingState(iobs, valid, n_starts=4, seed=3, backend="cpu")
+    ((SW() * HIO() ** 20) ** 2 * ER() ** 10).apply(state)
+    before = state.objects()[0]
+    state.update_llk()
+    fits = StartFits.measure(np.fft.fftn(before, axes=(1, 2)), state.supports()[0], state.iobs_host[0],
+                             state.constrained_host[0], state.free_host[0])
+    lead = fits.lowest_bic(np.arange(4))
+    guide_starts(state, 0.5)
+    after = state.objects()[0]
+    np.testing.assert_array_equal(after[lead], before[lead])
+    f_lead = np.fft.fftn(before[lead])
+    for k in set(range(4)) - {lead}:
+        old = metrics.align_fourier(f_lead, np.fft.fftn(before[k])).error
+        new = metrics.align_fourier(f_lead, np.fft.fftn(after[k])).error
+        assert 0 < new <= 0.5 * old + 1e-5
+    assert state.supports().all() and state.generation_start == state.iteration == 50
+    assert np.isnan(state.llk).all()
 
 
 def test_start_fits_measured_on_a_simulated_pattern():
@@ -512,7 +536,7 @@ def test_gpu_backend_logic_matches_cpu_with_numpy_standin(numpy_as_cupy):
 
     obj = make_object((32, 32), "polygon", rng=np.random.default_rng(9))
     iobs, valid, _ = diffraction(obj, 1e8, beam_stop_mask((32, 32), 1.0), np.random.default_rng(5))
-    schedule = SW() * HIO() ** 7 * RAAR(beta=0.5) ** 3 * DM() ** 2 * SW(method="rms") * ER() ** 5
+    schedule = SW() * HIO() ** 7 * RAAR(beta=0.5) ** 3 * GUIDE() * SW() * DM() ** 2 * SW(method="rms") * ER() ** 5
     for positivity in (False, True):
         states = [PhasingState(np.stack([iobs, iobs]), np.stack([valid, valid]), n_starts=3, backend=backend, seed=2,
                                calc_llk=4, positivity=positivity) for backend in (NumpyBackend(2), CupyBackend(2))]

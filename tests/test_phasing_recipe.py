@@ -3,7 +3,7 @@
 import pytest
 
 from xfel_dl_plugins.errors import StageError
-from xfel_dl_plugins.phasing import ER, HIO, RAAR, SW, RecipeError, parse_recipe
+from xfel_dl_plugins.phasing import ER, GUIDE, HIO, RAAR, SW, RecipeError, parse_recipe
 
 
 class RecordingState:
@@ -11,6 +11,7 @@ class RecordingState:
 
     def __init__(self):
         self.calls, self.iteration, self.spatial = [], 0, (128, 128)
+        self.generation_start = 0
 
     def iterate(self, rule, beta):
         self.calls.append((rule, beta))
@@ -84,6 +85,25 @@ def test_sw_scale_loosens_both_thresholds_and_survives_repr():
         parse_recipe("SW(sigma=wide) * ER")
 
 
+def test_guide_restarts_the_shrink_wrap_decay_and_survives_repr(monkeypatch):
+    """GUIDE hands the state to the guided restart; the SW widths after it decay as in a new run."""
+    import xfel_dl_plugins.phasing.multistart as multistart
+
+    def restart(state, mix):
+        state.calls.append(("guide", mix))
+        state.generation_start = state.iteration
+
+    monkeypatch.setattr(multistart, "guide_starts", restart)
+    op = parse_recipe("(SW*ER**10)**2 * GUIDE(mix=0.3) * SW * ER**10")
+    assert op.n_iterations == 30 and isinstance(op.steps()[2], GUIDE)
+    state = RecordingState()
+    op.apply(state)
+    sws = [c for c in state.calls if c[0] == "sw"]
+    assert ("guide", 0.3) in state.calls and state.calls.index(("guide", 0.3)) == 22
+    assert sws[0][2] == sws[2][2] == pytest.approx(2.0) and sws[1][2] < 2.0  # 2 px again after GUIDE
+    assert parse_recipe(repr(op)).steps()[2].mix == 0.3
+
+
 def test_python_operator_algebra_matches_recipe():
     schedule = (SW() * HIO(beta=0.8) ** 3) ** 2 * RAAR() ** 2 * ER() ** 1
     a, b = RecordingState(), RecordingState()
@@ -106,6 +126,9 @@ def test_python_operator_algebra_matches_recipe():
     ("SW(threshold=1.5)*ER", "threshold (relative to the maximum) must be in (0, 1)"),
     ("HIO ER", "token 'ER' at column 5"),
     ("SW**3", "performs no iteration"),
+    ("HIO**5 * GUIDE * HIO**5", "GUIDE must be followed by SW"),
+    ("HIO**5 * GUIDE", "GUIDE must be followed by SW"),
+    ("HIO**5 * GUIDE(mix=1) * SW * ER", "mix (the lead's weight) must be in (0, 1)"),
     ("", "recipe is empty"),
 ])
 def test_bad_recipes_give_one_line_errors(recipe, fragment):

@@ -84,6 +84,8 @@ class PhasingState:
         self.calc_llk = int(calc_llk)
         self.rngs = self._pattern_generators(seed, pattern_keys)
         self.iteration = 0
+        self.generation_start = 0  # iteration at which the current generation began (see restart_from)
+        self.earlier_generations = None  # a list to keep, per guided restart, the starts it guided
 
         if modelled is not None and np.shape(modelled) not in (iobs.shape, iobs.shape[1:]):
             raise InputDataError(f"modelled mask of shape {np.shape(modelled)} does not match patterns {iobs.shape}")
@@ -184,6 +186,16 @@ class PhasingState:
         flat = mask.reshape((-1,) + self.spatial)
         self.chunk_supports = [Support(self.backend, flat[c]) for c in self.chunks]
         self.support_size = self.backend.to_numpy(mask.sum(axis=self.axes))
+
+    def restart_from(self, x) -> None:
+        """Begin a new generation from the batch-shaped iterates ``x``, as a new run from them would:
+        the support is the whole array until the next shrink-wrap, whose widths restart their decay.
+        Free pixels, per-start thresholds and the iteration count carry on."""
+        self.x = self.xp.asarray(np.ascontiguousarray(x, np.complex64).reshape(self.batch_shape))
+        self.set_support(self.xp.ones(self.batch_shape, bool))
+        self.generation_start = self.iteration
+        self.llk[:] = np.nan
+        self.llk_free[:] = np.nan
 
     def _flat(self, a):
         return a.reshape((-1,) + self.spatial)

@@ -20,8 +20,8 @@ import scipy.fft as sfft
 from ..errors import InputDataError
 from .defaults import DEFAULT_RECIPE, SELECTIONS
 from .engine import PhasingState
-from .metrics import (ResolutionCurve, align_fourier, best_intensity_scale, poisson_deviance, poisson_llk, prtf,
-                      r_factor, radial_shells)
+from .metrics import (ResolutionCurve, align_fourier, aligned_real_space, best_intensity_scale, poisson_deviance,
+                      poisson_llk, prtf, r_factor, radial_shells)
 from .operators import Operator
 from .recipe import parse_recipe
 
@@ -67,6 +67,8 @@ class PhasingResult:
     start_objects: np.ndarray | None = field(default=None, repr=False)  # (patterns, starts, *spatial) if kept
     start_supports: np.ndarray | None = field(default=None, repr=False)  # the same shape, bool, if kept
     free_pixels: np.ndarray | None = field(default=None, repr=False)  # (patterns, *spatial) held-out pixels, if kept
+    # per GUIDE of the recipe, the (objects, supports, ranking LLK) of the starts it guided, if kept
+    earlier_generations: list | None = field(default=None, repr=False)
 
     def __getattr__(self, name):
         if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "kept"):
@@ -244,12 +246,8 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     object (reality or positivity), 2 for a complex one. The default ``max_difference`` exceeds the
     0.10-0.18 by which starts reaching the same solution differ at 10^6 photons.
     """
-    fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
-    fits = StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel) if selection != "llk" else None
-    # Alignments onto the lead that the ranking already made (the bic rule). The consensus rule keeps
-    # only its pairwise errors: holding n^2/2 aligned transforms would cost more than redoing n_keep - 1.
-    aligned = {}
-    order = rank_starts(fts, start_llk, max_difference, selection, fits, aligned)
+    fts, order, aligned = _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference,
+                                         selection, params_per_pixel)
     top, fts, agree = align_on_lead(fts, order, n_keep, max_difference, aligned)
     kept = top[agree]
     mean_ft = fts[agree].mean(axis=0)
@@ -262,6 +260,44 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     llk_free = poisson_llk(iobs, icalc, free) if free.any() else float("nan")
     recon, support = _roll_to_centre(sfft.ifftn(mean_ft).astype(np.complex64), support)
     return PatternResult(recon, support, llk, llk_free, r_factor(iobs, icalc, constrained), curve, kept)
+
+
+def _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference, selection,
+                   params_per_pixel) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One pattern's starts: their Fourier transforms, :func:`rank_starts`' order, and the alignments
+    onto the lead that the ranking made (the bic rule; the consensus rule keeps only its pairwise
+    errors: holding n^2/2 aligned transforms would cost more than redoing n_keep - 1)."""
+    fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
+    fits = StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel) if selection != "llk" else None
+    aligned = {}
+    order = rank_starts(fts, start_llk, max_difference, selection, fits, aligned)
+    return fts, order, aligned
+
+
+def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
+    """The guided restart of :class:`~.operators.GUIDE`: per pattern, every start but the lead (lowest
+    BIC) becomes ``mix`` x the lead + (1 - mix) x itself aligned on it; diverged starts become the
+    lead. The state then begins a new generation from these iterates."""
+    if state.n_starts < 2:
+        return
+    state.update_llk()
+    objects, supports = state.objects(), state.supports()
+    ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
+    if state.earlier_generations is not None:
+        state.earlier_generations.append((objects, supports, ranking))
+
+    def guided(i: int) -> np.ndarray:
+        # The lead is the bic rule's: the consensus rule would pay n^2/2 alignments per pattern here
+        _, order, aligned = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
+                                           state.constrained_host[i], state.free_host[i], 0.15, "bic",
+                                           1 if state.reality else 2)
+        lead = objects[i][order[0]]
+        out = np.repeat(lead[None], state.n_starts, axis=0)
+        for k, alignment in aligned.items():
+            out[k] += (1 - mix) * (aligned_real_space(alignment) - lead)
+        return out
+
+    state.restart_from(np.stack(_map_patterns(guided, state.n_patterns)))
 
 
 def _undetermined_prtf(shape) -> ResolutionCurve:
@@ -282,6 +318,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     :func:`rank_starts` (``selection``: the lowest BIC among starts that fit the free pixels, or the
     most reproduced start, or the lowest free LLK, or LLK without free pixels) that agree with the
     first within ``max_difference`` are averaged.
+    ``keep_starts``: the result also holds every start's object and support, the free pixels and, per
+    GUIDE of the recipe, the starts it guided (``earlier_generations``).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, positivity, reality, calc_llk, support_threshold, support_sigma,
     support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
@@ -292,6 +330,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     _check_selection(selection)
     state_options.setdefault("backend", device)
     state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
+    if keep_starts:
+        state.earlier_generations = []
     schedule.apply(state)
     state.update_llk()
     objects, supports = state.objects(), state.supports()
@@ -302,7 +342,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
                            state.n_patterns)
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None,
-                         supports if keep_starts else None, state.free_host if keep_starts else None)
+                         supports if keep_starts else None, state.free_host if keep_starts else None,
+                         state.earlier_generations)
 
 
 def _map_patterns(func, n_patterns: int) -> list:

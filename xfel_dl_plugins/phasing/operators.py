@@ -219,8 +219,9 @@ class SW(Operator):
         return start * (end / start) ** frac
 
     def apply(self, state) -> None:
-        state.shrink_wrap(self.threshold * self.scale, self.threshold_rms * self.scale,
-                          self.current_sigma(state.iteration, state.spatial), self.method, self.force_shrink)
+        sigma = self.current_sigma(state.iteration - state.generation_start, state.spatial)
+        state.shrink_wrap(self.threshold * self.scale, self.threshold_rms * self.scale, sigma, self.method,
+                          self.force_shrink)
 
     def __repr__(self) -> str:
         sigma, sigma_end = ("auto" if v is None else f"{v:g}" for v in (self.sigma, self.sigma_end))
@@ -228,3 +229,28 @@ class SW(Operator):
                 f"sigma_end={sigma_end}, decay={self.decay}, method={self.method}"
                 + (f", scale={self.scale:g}" if self.scale != 1 else "")
                 + (", force_shrink=true" if self.force_shrink else "") + ")")
+
+
+@dataclass(repr=False)
+class GUIDE(Operator):
+    """Guided restart (the "guided HIO" of Chen et al., Phys. Rev. B 76, 064113, 2007), per pattern:
+    the start the selection would lead with (:func:`~.multistart.rank_starts`, lowest BIC) stays,
+    every other start becomes ``mix`` x the lead + (1 - mix) x itself aligned on the lead
+    (translation, twin, global phase). A new generation then begins from these iterates, as a new run
+    would (:meth:`~.engine.PhasingState.restart_from`): the support is the whole array until the next
+    SW, which must follow, and the shrink-wrap widths restart their decay."""
+
+    mix: float = 0.5
+
+    def __post_init__(self):
+        if isinstance(self.mix, (str, bool)) or not 0.0 < self.mix < 1.0:
+            raise StageError(f"GUIDE: mix (the lead's weight) must be in (0, 1), got {self.mix!r}")
+        self.mix = float(self.mix)
+
+    def apply(self, state) -> None:
+        from .multistart import guide_starts  # multistart builds on the operators: import at use
+
+        guide_starts(state, self.mix)
+
+    def __repr__(self) -> str:
+        return f"GUIDE(mix={self.mix:g})"

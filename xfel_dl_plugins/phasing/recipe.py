@@ -6,7 +6,7 @@ Grammar (names case-insensitive, whitespace ignored)::
     step     := atom ('**' INTEGER)?              repetition
     atom     := NAME ('(' [key '=' value (',' key '=' value)*] ')')? | '(' schedule ')'
 
-Names: ER, HIO, RAAR, DM, SW (alias SUP). Example::
+Names: ER, HIO, RAAR, DM, SW (alias SUP), GUIDE (a guided restart, followed by SW). Example::
 
     (SW*HIO**50)**10 * RAAR(beta=0.8)**500 * ER**100
 
@@ -18,9 +18,10 @@ from __future__ import annotations
 import re
 
 from ..errors import StageError
-from .operators import DM, ER, HIO, RAAR, SW, Operator, Repeat, Sequence
+from .operators import DM, ER, GUIDE, HIO, RAAR, SW, Operator, Repeat, Sequence
 
-OPERATORS: dict[str, type[Operator]] = {"ER": ER, "HIO": HIO, "RAAR": RAAR, "DM": DM, "SW": SW, "SUP": SW}
+OPERATORS: dict[str, type[Operator]] = {"ER": ER, "HIO": HIO, "RAAR": RAAR, "DM": DM, "SW": SW, "SUP": SW,
+                                        "GUIDE": GUIDE}
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_]\w*)|"
                     r"(?P<op>\*\*|[*(),=]))")
@@ -150,6 +151,10 @@ def parse_recipe(text: str, sw_defaults: dict | None = None) -> Operator:
     op = parser.schedule()
     if parser.peek()[0] != "end":
         parser.fail("'*', ',' or end of recipe")
+    steps = op.steps()
+    for step, following in zip(steps, steps[1:] + [None]):
+        if isinstance(step, GUIDE) and not isinstance(following, SW):
+            raise RecipeError(f"recipe {text!r}: GUIDE must be followed by SW (it leaves the support the whole array)")
     if op.n_iterations == 0:
         raise RecipeError(f"recipe {text!r} performs no iteration (add ER, HIO, RAAR or DM)")
     return op
