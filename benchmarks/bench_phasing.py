@@ -337,7 +337,7 @@ def markdown(args, timing, batch, quality, figs) -> str:
               "1.5 x the lowest, or whose support is smaller than the lead those give, the lowest constrained "
               "deviance + 2 ln(n) x support size; averaged with up to 3 "
               "others within 0.15 of it after alignment); *without GUIDE*: the same selection on the first generation's "
-              "starts (the defaults before 2026-11-27 10:40 UTC). PyNX *best*: its lowest-error start "
+              "starts (the defaults before 2026-11-27 10:42 UTC). PyNX *best*: its lowest-error start "
               "(an oracle choice); *LLK pick*: its lowest-LLK start.", "",
               "| object | photons | converged ours | conv. PyNX | conv. PyNX(our SW) | floor ours | floor PyNX | "
               "ours selected err | ours without GUIDE err | PyNX best err | PyNX LLK-pick err | PyNX(our SW) best | "
