@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from xfel_dl_plugins.errors import InputDataError, StageError
-from xfel_dl_plugins.phasing import DM, ER, GUIDE, HIO, RAAR, SW, PhasingState, get_backend, kernels, metrics, phase
+from xfel_dl_plugins.phasing import (DM, ER, GUIDE, HIO, RAAR, SW, PhasingState, combine_starts, get_backend, kernels,
+                                     metrics, phase)
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
 from xfel_dl_plugins.phasing.multistart import StartFits, guide_starts, rank_starts
 from xfel_dl_plugins.phasing.support import autocorrelation_amplitude, autocorrelation_support, free_pixel_mask, support_size_cap
@@ -384,6 +385,23 @@ def test_guided_restart_pulls_every_start_halfway_to_the_lead():
         assert 0 < new <= 0.5 * old + 1e-5
     assert state.supports().all() and state.generation_start == state.iteration == 50
     assert np.isnan(state.llk).all()
+
+
+def test_after_a_guided_restart_the_prtf_comes_from_the_independent_starts():
+    """Guided starts agree partly by construction: the PRTF and resolution phase() reports are those
+    of the first generation's starts (the ones the GUIDE pulled together), the image the second's."""
+    rng = np.random.default_rng(12)
+    iobs, valid, _ = diffraction(make_object((32, 32), "blobs", rng=rng), 1e7, beam_stop_mask((32, 32), 1.0), rng)
+    result = phase(iobs[None], valid[None], recipe="(SW*HIO**20)**2 * ER**10 * GUIDE * SW * HIO**20 * ER**10",
+                   n_starts=5, n_keep=4, seed=1, device="cpu", keep_starts=True)
+    objects, supports, ranking = result.earlier_generations[0]
+    free = result.free_pixels[0]
+    first = combine_starts(objects[0], supports[0], ranking[0], iobs, valid & ~free, free, 4)
+    np.testing.assert_array_equal(result.prtf[0], first.prtf.value)
+    last = combine_starts(result.start_objects[0], result.start_supports[0], result.start_llk_free[0], iobs,
+                          valid & ~free, free, 4)
+    np.testing.assert_array_equal(result.reconstruction[0], last.reconstruction)
+    assert not np.array_equal(last.prtf.value, first.prtf.value)
 
 
 def test_start_fits_measured_on_a_simulated_pattern():

@@ -22,7 +22,7 @@ from .defaults import DEFAULT_RECIPE, SELECTIONS
 from .engine import PhasingState
 from .metrics import (ResolutionCurve, align_fourier, aligned_real_space, best_intensity_scale, poisson_deviance,
                       poisson_llk, prtf, r_factor, radial_shells)
-from .operators import Operator
+from .operators import GUIDE, Operator
 from .recipe import parse_recipe
 
 #: A start overrules the consensus when its mean free-pixel deviance is lower by more than this many
@@ -274,6 +274,16 @@ def _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_di
     return fts, order, aligned
 
 
+def independent_prtf(objects, supports, start_llk, iobs, constrained, free, n_keep, max_difference=0.15,
+                     selection="bic", params_per_pixel=2) -> ResolutionCurve:
+    """The PRTF of the starts :func:`combine_starts` would align (the lead and its ``n_keep`` - 1
+    nearest), for starts that ran independently (a generation before any GUIDE)."""
+    fts, order, aligned = _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference,
+                                         selection, params_per_pixel)
+    top, fts, _ = align_on_lead(fts, order, n_keep, max_difference, aligned)
+    return prtf(fts, iobs, constrained | free) if len(top) > 1 else _undetermined_prtf(iobs.shape)
+
+
 def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
     """The guided restart of :class:`~.operators.GUIDE`: per pattern, every start but the lead (lowest
     BIC) becomes ``mix`` x the lead + (1 - mix) x itself aligned on it; diverged starts become the
@@ -318,6 +328,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     :func:`rank_starts` (``selection``: the lowest BIC among starts that fit the free pixels, or the
     most reproduced start, or the lowest free LLK, or LLK without free pixels) that agree with the
     first within ``max_difference`` are averaged.
+    With a GUIDE in the recipe, the PRTF and its resolution are those of the first generation's starts,
+    which ran independently (:func:`independent_prtf`); the reconstruction is the last generation's.
     ``keep_starts``: the result also holds every start's object and support, the free pixels and, per
     GUIDE of the recipe, the starts it guided (``earlier_generations``).
     Other keywords go to :class:`~.engine.PhasingState`
@@ -330,7 +342,7 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     _check_selection(selection)
     state_options.setdefault("backend", device)
     state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
-    if keep_starts:
+    if keep_starts or any(isinstance(step, GUIDE) for step in schedule.steps()):
         state.earlier_generations = []
     schedule.apply(state)
     state.update_llk()
@@ -340,10 +352,20 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
                                                      state.constrained_host[i], state.free_host[i], n_keep,
                                                      max_difference, selection, 1 if state.reality else 2),
                            state.n_patterns)
+    if state.earlier_generations:
+        # A PRTF measures how independent reconstructions agree: after a GUIDE the starts share half
+        # of the lead, so it is taken from the first generation's starts, before any pulled them together
+        first_objects, first_supports, first_ranking = state.earlier_generations[0]
+        curves = _map_patterns(lambda i: independent_prtf(first_objects[i], first_supports[i], first_ranking[i],
+                                                          state.iobs_host[i], state.constrained_host[i],
+                                                          state.free_host[i], n_keep, max_difference, selection,
+                                                          1 if state.reality else 2), state.n_patterns)
+        for result, curve in zip(results, curves):
+            result.prtf = curve
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None,
                          supports if keep_starts else None, state.free_host if keep_starts else None,
-                         state.earlier_generations)
+                         state.earlier_generations if keep_starts else None)
 
 
 def _map_patterns(func, n_patterns: int) -> list:
