@@ -86,7 +86,8 @@ class PhaseRetriever(Stage):
         Field("resolution_nm", "float32", (), "the same in nm (NaN without a reciprocal grid)", "nm"),
         Field("prtf", "float32", ("size",), "PRTF per shell of width 1/size cycles/px (NaN: no data)"),
         Field("starts_averaged", "uint8", (), "starts averaged into the reconstruction: the selected one and those "
-              "within max_difference of it (1: no other start reproduced it; 0: not phased)"),
+              "within max_difference of it (1: no other start reproduced it; 0: not phased; after a GUIDE "
+              "the starts were pulled towards the selected one, so agreement is weaker evidence)"),
         Field("centre_filled", "int32", (), "unmeasured pixels near the beam filled from the sphere fit (fill_centre)",
               "pixels"),
     )
