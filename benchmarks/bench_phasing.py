@@ -197,7 +197,8 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         runs[label + "_s"] = time.perf_counter() - t0
     # Per-start figures from our first generation: independent random starts through PyNX's schedule
     # (the second generation's starts are guided towards one of them)
-    first_objects, first_supports, first_ranking = (ours.earlier_generations[0] if ours.earlier_generations else
+    first = ours.guided[0] if ours.guided else None
+    first_objects, first_supports, first_ranking = ((first.objects, first.supports, first.ranking) if first else
                                                     (ours.start_objects, ours.start_supports, ours.start_llk_free))
     rows = []
     for c, ((kind, photons), truth) in enumerate(zip(cases, truths)):

@@ -394,10 +394,12 @@ def test_after_a_guided_restart_the_prtf_comes_from_the_independent_starts():
     iobs, valid, _ = diffraction(make_object((32, 32), "blobs", rng=rng), 1e7, beam_stop_mask((32, 32), 1.0), rng)
     result = phase(iobs[None], valid[None], recipe="(SW*HIO**20)**2 * ER**10 * GUIDE * SW * HIO**20 * ER**10",
                    n_starts=5, n_keep=4, seed=1, device="cpu", keep_starts=True)
-    objects, supports, ranking = result.earlier_generations[0]
+    first_generation = result.guided[0]
     free = result.free_pixels[0]
-    first = combine_starts(objects[0], supports[0], ranking[0], iobs, valid & ~free, free, 4)
-    np.testing.assert_array_equal(result.prtf[0], first.prtf.value)
+    first = combine_starts(first_generation.objects[0], first_generation.supports[0], first_generation.ranking[0],
+                           iobs, valid & ~free, free, 4)
+    np.testing.assert_allclose(result.prtf[0], first.prtf.value, rtol=1e-4, atol=1e-5)
+    assert len(first_generation.ranked_fts[0]) == 5  # every start finite: all ranked, the lead first
     last = combine_starts(result.start_objects[0], result.start_supports[0], result.start_llk_free[0], iobs,
                           valid & ~free, free, 4)
     np.testing.assert_array_equal(result.reconstruction[0], last.reconstruction)

@@ -85,7 +85,8 @@ class PhasingState:
         self.rngs = self._pattern_generators(seed, pattern_keys)
         self.iteration = 0
         self.generation_start = 0  # iteration at which the current generation began (see restart_from)
-        self.earlier_generations = None  # a list to keep, per guided restart, the starts it guided
+        self.guided = []  # per GUIDE, what it saw of the starts it pulled together (multistart.GuidedStarts)
+        self.keep_guided_starts = False  # whether those records also keep the starts' objects and supports
 
         if modelled is not None and np.shape(modelled) not in (iobs.shape, iobs.shape[1:]):
             raise InputDataError(f"modelled mask of shape {np.shape(modelled)} does not match patterns {iobs.shape}")

@@ -22,7 +22,7 @@ from .defaults import DEFAULT_RECIPE, SELECTIONS
 from .engine import PhasingState
 from .metrics import (ResolutionCurve, align_fourier, aligned_real_space, best_intensity_scale, poisson_deviance,
                       poisson_llk, prtf, r_factor, radial_shells)
-from .operators import GUIDE, Operator
+from .operators import Operator
 from .recipe import parse_recipe
 
 #: A start overrules the consensus when its mean free-pixel deviance is lower by more than this many
@@ -67,8 +67,7 @@ class PhasingResult:
     start_objects: np.ndarray | None = field(default=None, repr=False)  # (patterns, starts, *spatial) if kept
     start_supports: np.ndarray | None = field(default=None, repr=False)  # the same shape, bool, if kept
     free_pixels: np.ndarray | None = field(default=None, repr=False)  # (patterns, *spatial) held-out pixels, if kept
-    # per GUIDE of the recipe, the (objects, supports, ranking LLK) of the starts it guided, if kept
-    earlier_generations: list | None = field(default=None, repr=False)
+    guided: list | None = field(default=None, repr=False)  # per GUIDE of the recipe, its GuidedStarts, if kept
 
     def __getattr__(self, name):
         if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "kept"):
@@ -80,6 +79,17 @@ class PhasingResult:
     @property
     def prtf_frequency(self) -> np.ndarray:
         return self.patterns[0].prtf.frequency
+
+
+@dataclass
+class GuidedStarts:
+    """What a GUIDE saw of each pattern's starts before it pulled them together. Those starts ran
+    independently, so their agreement (the PRTF) means what it should."""
+
+    ranked_fts: list  # per pattern: the finite starts' transforms (complex64) aligned on the lead, lead first, nearest next
+    objects: np.ndarray | None = None  # (patterns, starts, *spatial): kept with phase(keep_starts=True)
+    supports: np.ndarray | None = None
+    ranking: np.ndarray | None = None  # (patterns, starts): the LLK the ranking broke ties with
 
 
 @dataclass
@@ -252,7 +262,7 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     kept = top[agree]
     mean_ft = fts[agree].mean(axis=0)
     valid = constrained | free
-    curve = prtf(fts, iobs, valid) if len(top) > 1 else _undetermined_prtf(iobs.shape)
+    curve = _prtf_of(fts, iobs, valid)
     icalc = np.abs(mean_ft) ** 2
     icalc *= best_intensity_scale(iobs, icalc, constrained)
     support = supports[kept[0]]
@@ -274,40 +284,39 @@ def _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_di
     return fts, order, aligned
 
 
-def independent_prtf(objects, supports, start_llk, iobs, constrained, free, n_keep, max_difference=0.15,
-                     selection="bic", params_per_pixel=2) -> ResolutionCurve:
-    """The PRTF of the starts :func:`combine_starts` would align (the lead and its ``n_keep`` - 1
-    nearest), for starts that ran independently (a generation before any GUIDE)."""
-    fts, order, aligned = _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference,
-                                         selection, params_per_pixel)
-    top, fts, _ = align_on_lead(fts, order, n_keep, max_difference, aligned)
-    return prtf(fts, iobs, constrained | free) if len(top) > 1 else _undetermined_prtf(iobs.shape)
-
-
 def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
     """The guided restart of :class:`~.operators.GUIDE`: per pattern, every start but the lead (lowest
     BIC) becomes ``mix`` x the lead + (1 - mix) x itself aligned on it; diverged starts become the
-    lead. The state then begins a new generation from these iterates."""
+    lead. The starts as they were go to ``state.guided`` (:class:`GuidedStarts`), and the state
+    begins a new generation from the pulled ones."""
     if state.n_starts < 2:
         return
     state.update_llk()
     objects, supports = state.objects(), state.supports()
     ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
-    if state.earlier_generations is not None:
-        state.earlier_generations.append((objects, supports, ranking))
 
-    def guided(i: int) -> np.ndarray:
+    def guided(i: int) -> tuple[np.ndarray, np.ndarray]:
         # The lead is the bic rule's: the consensus rule would pay n^2/2 alignments per pattern here
-        _, order, aligned = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
-                                           state.constrained_host[i], state.free_host[i], 0.15, "bic",
-                                           1 if state.reality else 2)
+        fts, order, aligned = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
+                                             state.constrained_host[i], state.free_host[i], 0.15, "bic",
+                                             1 if state.reality else 2)
         lead = objects[i][order[0]]
+        ranked = [int(k) for k in order[1:] if int(k) in aligned]  # finite starts, nearest to the lead first
         out = np.repeat(lead[None], state.n_starts, axis=0)
-        for k, alignment in aligned.items():
-            out[k] += (1 - mix) * (aligned_real_space(alignment) - lead)
-        return out
+        for k in ranked:
+            out[k] += (1 - mix) * (aligned_real_space(aligned[k]) - lead)
+        ranked_fts = np.stack([fts[order[0]]] + [aligned[k].aligned_ft for k in ranked]).astype(np.complex64)
+        return out, ranked_fts
 
-    state.restart_from(np.stack(_map_patterns(guided, state.n_patterns)))
+    pulled = _map_patterns(guided, state.n_patterns)
+    kept = (objects, supports, ranking) if state.keep_guided_starts else ()
+    state.guided.append(GuidedStarts([ranked_fts for _, ranked_fts in pulled], *kept))
+    state.restart_from(np.stack([out for out, _ in pulled]))
+
+
+def _prtf_of(aligned_fts: np.ndarray, iobs: np.ndarray, valid: np.ndarray) -> ResolutionCurve:
+    """PRTF of starts aligned on the first (NaN for a single start)."""
+    return prtf(aligned_fts, iobs, valid) if len(aligned_fts) > 1 else _undetermined_prtf(iobs.shape)
 
 
 def _undetermined_prtf(shape) -> ResolutionCurve:
@@ -328,10 +337,10 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     :func:`rank_starts` (``selection``: the lowest BIC among starts that fit the free pixels, or the
     most reproduced start, or the lowest free LLK, or LLK without free pixels) that agree with the
     first within ``max_difference`` are averaged.
-    With a GUIDE in the recipe, the PRTF and its resolution are those of the first generation's starts,
-    which ran independently (:func:`independent_prtf`); the reconstruction is the last generation's.
-    ``keep_starts``: the result also holds every start's object and support, the free pixels and, per
-    GUIDE of the recipe, the starts it guided (``earlier_generations``).
+    With a GUIDE in the recipe, the PRTF and its resolution are those of the first GUIDE's lead and
+    its ``n_keep`` - 1 nearest starts, which ran independently; the reconstruction is the last
+    generation's. ``keep_starts``: the result also holds every start's object and support, the free
+    pixels and, per GUIDE of the recipe, the starts it guided (``guided``, :class:`GuidedStarts`).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, positivity, reality, calc_llk, support_threshold, support_sigma,
     support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
@@ -342,8 +351,7 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     _check_selection(selection)
     state_options.setdefault("backend", device)
     state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
-    if keep_starts or any(isinstance(step, GUIDE) for step in schedule.steps()):
-        state.earlier_generations = []
+    state.keep_guided_starts = keep_starts
     schedule.apply(state)
     state.update_llk()
     objects, supports = state.objects(), state.supports()
@@ -352,20 +360,15 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
                                                      state.constrained_host[i], state.free_host[i], n_keep,
                                                      max_difference, selection, 1 if state.reality else 2),
                            state.n_patterns)
-    if state.earlier_generations:
+    if state.guided:
         # A PRTF measures how independent reconstructions agree: after a GUIDE the starts share half
-        # of the lead, so it is taken from the first generation's starts, before any pulled them together
-        first_objects, first_supports, first_ranking = state.earlier_generations[0]
-        curves = _map_patterns(lambda i: independent_prtf(first_objects[i], first_supports[i], first_ranking[i],
-                                                          state.iobs_host[i], state.constrained_host[i],
-                                                          state.free_host[i], n_keep, max_difference, selection,
-                                                          1 if state.reality else 2), state.n_patterns)
-        for result, curve in zip(results, curves):
-            result.prtf = curve
+        # of the lead, so it is taken from the starts the first GUIDE saw, before it pulled them together
+        for i, result in enumerate(results):
+            result.prtf = _prtf_of(state.guided[0].ranked_fts[i][:n_keep], state.iobs_host[i], state.valid_host[i])
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None,
                          supports if keep_starts else None, state.free_host if keep_starts else None,
-                         state.earlier_generations if keep_starts else None)
+                         state.guided if keep_starts else None)
 
 
 def _map_patterns(func, n_patterns: int) -> list:
