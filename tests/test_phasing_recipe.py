@@ -102,6 +102,7 @@ def test_guide_restarts_the_shrink_wrap_decay_and_survives_repr(monkeypatch):
     assert ("guide", 0.3) in state.calls and state.calls.index(("guide", 0.3)) == 22
     assert sws[0][2] == sws[2][2] == pytest.approx(2.0) and sws[1][2] < 2.0  # 2 px again after GUIDE
     assert parse_recipe(repr(op)).steps()[2].mix == 0.3
+    assert parse_recipe("(SW*ER**10*GUIDE)**2 * SW * ER").n_iterations == 21  # each GUIDE meets an SW
 
 
 def test_python_operator_algebra_matches_recipe():
@@ -128,6 +129,7 @@ def test_python_operator_algebra_matches_recipe():
     ("SW**3", "performs no iteration"),
     ("HIO**5 * GUIDE * HIO**5", "GUIDE must be followed by SW"),
     ("HIO**5 * GUIDE", "GUIDE must be followed by SW"),
+    ("(HIO**5 * GUIDE)**2 * SW * ER", "GUIDE must be followed by SW"),
     ("HIO**5 * GUIDE(mix=1) * SW * ER", "mix (the lead's weight) must be in (0, 1)"),
     ("", "recipe is empty"),
 ])

@@ -139,6 +139,24 @@ class _Parser:
         return kwargs
 
 
+def _guides_followed_by_sw(op: Operator) -> bool:
+    """Whether every GUIDE of the schedule is followed by SW as it runs, a repeated block's end
+    followed by its own start too (``(HIO**5 * GUIDE)**2 * SW * ER`` is not)."""
+    steps = op.steps()
+    return (all(not isinstance(step, GUIDE) or isinstance(following, SW)
+                for step, following in zip(steps, steps[1:] + [None]))
+            and all(isinstance(block[0], SW) for block in _repeated_blocks_ending_in_guide(op)))
+
+
+def _repeated_blocks_ending_in_guide(op: Operator) -> list:
+    """The steps of every block repeated more than once whose last step is a GUIDE."""
+    children = op.ops if isinstance(op, Sequence) else [op.op] if isinstance(op, Repeat) else []
+    found = [block for child in children for block in _repeated_blocks_ending_in_guide(child)]
+    if isinstance(op, Repeat) and op.n > 1 and isinstance(op.steps()[-1], GUIDE):
+        found.append(op.steps())
+    return found
+
+
 def parse_recipe(text: str, sw_defaults: dict | None = None) -> Operator:
     """Parse a recipe string into an operator schedule (raises :class:`RecipeError`).
 
@@ -151,10 +169,8 @@ def parse_recipe(text: str, sw_defaults: dict | None = None) -> Operator:
     op = parser.schedule()
     if parser.peek()[0] != "end":
         parser.fail("'*', ',' or end of recipe")
-    steps = op.steps()
-    for step, following in zip(steps, steps[1:] + [None]):
-        if isinstance(step, GUIDE) and not isinstance(following, SW):
-            raise RecipeError(f"recipe {text!r}: GUIDE must be followed by SW (it leaves the support the whole array)")
+    if not _guides_followed_by_sw(op):
+        raise RecipeError(f"recipe {text!r}: GUIDE must be followed by SW (it leaves the support the whole array)")
     if op.n_iterations == 0:
         raise RecipeError(f"recipe {text!r} performs no iteration (add ER, HIO, RAAR or DM)")
     return op
