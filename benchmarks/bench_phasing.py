@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,8 +40,13 @@ from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, mak
 from picture_objects import PICTURES, picture_object, skimage_data_dir  # beside this script
 
 RECIPE = DEFAULT_RECIPE
-# PyNX runs the first generation's schedule, (SW*HIO**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100
-FIRST_GENERATION, _, SECOND_GENERATION = RECIPE.partition(" * GUIDE * ")
+#: The schedule pynx_worker.py's quality task runs (its operators are PyNX's, written out there)
+PYNX_SCHEDULE = "(SW*HIO**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100"
+# Our default recipe: a first generation, PyNX's schedule, then a GUIDE and a second generation
+FIRST_GENERATION, SECOND_GENERATION = (re.split(r"\s*\*\s*GUIDE(?:\([^)]*\))?\s*\*\s*", RECIPE, maxsplit=1) + [""])[:2]
+if FIRST_GENERATION != PYNX_SCHEDULE or not SECOND_GENERATION:
+    raise SystemExit(f"bench_phasing: the default recipe {RECIPE!r} no longer starts with PyNX's schedule "
+                     f"{PYNX_SCHEDULE!r} and a GUIDE: update pynx_worker.py's quality task and PYNX_SCHEDULE")
 CONVERGED_MAX = 0.3  # a start with a larger error did not solve the pattern, whatever the others did
 HERE = Path(__file__).resolve().parent
 

@@ -388,7 +388,7 @@ def test_guided_restart_pulls_every_start_halfway_to_the_lead():
 
 
 def test_after_a_guided_restart_the_prtf_comes_from_the_independent_starts():
-    """Guided starts agree partly by construction: the PRTF and resolution phase() reports are those
+    """Guided starts agree partly by construction: the PRTF, resolution and agreement phase() reports are those
     of the first generation's starts (the ones the GUIDE pulled together), the image the second's."""
     rng = np.random.default_rng(12)
     iobs, valid, _ = diffraction(make_object((32, 32), "blobs", rng=rng), 1e7, beam_stop_mask((32, 32), 1.0), rng)
@@ -399,6 +399,7 @@ def test_after_a_guided_restart_the_prtf_comes_from_the_independent_starts():
     first = combine_starts(first_generation.objects[0], first_generation.supports[0], first_generation.ranking[0],
                            iobs, valid & ~free, free, 4)
     np.testing.assert_allclose(result.prtf[0], first.prtf.value, rtol=1e-4, atol=1e-5)
+    assert result.agreeing[0] == first.agreeing == len(first.kept)  # the independent starts' agreement
     assert len(first_generation.ranked_fts[0]) == 5  # every start finite: all ranked, the lead first
     last = combine_starts(result.start_objects[0], result.start_supports[0], result.start_llk_free[0], iobs,
                           valid & ~free, free, 4)

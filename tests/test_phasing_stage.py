@@ -40,7 +40,7 @@ def test_declaration():
     assert PhaseRetriever.inputs == ("pattern", "pattern_valid")
     names = {f.name for f in PhaseRetriever.outputs}
     assert {"amplitude", "phase", "support", "llk", "llk_free", "r_factor", "resolution_px", "resolution_nm",
-            "prtf", "starts_averaged"} <= names
+            "prtf", "starts_averaged", "starts_agreeing"} <= names
     assert all("complex" not in f.dtype for f in PhaseRetriever.outputs)
     assert "cpu" in PhaseRetriever.devices and "cuda" in PhaseRetriever.devices
 
@@ -64,11 +64,12 @@ def test_process_reconstructs_and_fills_every_output():
     np.testing.assert_allclose(out["resolution_nm"], out["resolution_px"] * pixel_nm, rtol=1e-5)
     assert np.isfinite(out["prtf"][:, 1:20]).all()
     assert ((out["starts_averaged"] >= 1) & (out["starts_averaged"] <= 3)).all()
+    assert ((out["starts_agreeing"] >= 1) & (out["starts_agreeing"] <= 3)).all()
     summary = stage.finish()
     assert summary["patterns_phased"] == summary["patterns_resolved"] == 2 and summary["device"] == "cpu"
-    assert summary["patterns_reproduced"] == int((out["starts_averaged"] > 1).sum())
+    assert summary["patterns_reproduced"] == int((out["starts_agreeing"] > 1).sum())
     alone = 2 - summary["patterns_reproduced"]
-    assert stage.warnings() == ([f"{alone} of 2 phased patterns were reproduced by no other start (starts_averaged = 1): "
+    assert stage.warnings() == ([f"{alone} of 2 phased patterns were reproduced by no other start (starts_agreeing = 1): "
                                  "check them, each image rests on a single start"] if alone else [])
 
 
@@ -97,6 +98,7 @@ def test_frames_without_valid_pixels_or_photons_get_nan_not_an_error():
     out = stage.process(batch)
     assert np.isfinite(out["llk"][0]) and np.isnan(out["llk"][1:]).all() and out["support"][1:].sum() == 0
     assert out["starts_averaged"][0] == 1 and (out["starts_averaged"][1:] == 0).all()  # n_keep = 1
+    np.testing.assert_array_equal(out["starts_agreeing"], out["starts_averaged"])
     assert stage.warnings() == ["2 frames not phased: no photon on a valid pixel (blank or fully masked)"]
     assert stage.finish()["patterns_phased"] == 1
 

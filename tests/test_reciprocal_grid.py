@@ -58,6 +58,7 @@ def test_run_warns_about_unmasked_zeros_and_unphased_frames(tmp_path):
     """`xfel-dl run` on a CXI file without a mask: the run finishes, prints one warning line per
     problem on stderr and keeps the warnings in the results file."""
     import json
+    import re
 
     import extra_data
     from conftest import run_cli
@@ -87,6 +88,8 @@ recipe = "(SW*HIO**10)**2 * ER**10"\n""")
     proc = run_cli("report", tmp_path / "r.h5", "--out-dir", tmp_path / "report")
     assert proc.returncode == 0, proc.stderr
     assert "frames phased: 2 of 3; with a resolution: 2" in proc.stdout
+    counts = re.search(r"reproduced by 2 or more independent starts: (\d+); by a single start .*: (\d+)", proc.stdout)
+    assert counts and int(counts[1]) + int(counts[2]) == 2, proc.stdout
     assert "- phasing: 1 frames not phased" in proc.stdout and "- reciprocal_grid: 2 of 3 frames" in proc.stdout
     assert "phasing.png" in proc.stdout and "Warning" not in proc.stderr
     assert (tmp_path / "report" / "phasing.png").stat().st_size > 20_000

@@ -192,7 +192,7 @@ PHASING_SCALARS = ("llk", "llk_free", "resolution_px", "resolution_nm")
 def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6) -> list[str]:
     """``phasing.png`` (the best-resolved reconstructions, PRTF curves, resolutions) and the section's lines."""
     sd = results[src]
-    fields = list(PHASING_SCALARS) + ["prtf"] + (["starts_averaged"] if "data.starts_averaged" in sd.keys() else [])
+    fields = list(PHASING_SCALARS) + ["prtf"] + [f for f in ("starts_averaged", "starts_agreeing") if f"data.{f}" in sd.keys()]
     rows = read_stage(results, src, fields)
     res_px, res_nm = rows.fields["resolution_px"], rows.fields["resolution_nm"]
     phased = np.isfinite(rows.fields["llk"])
@@ -209,7 +209,7 @@ def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6)
         axes[0, col].imshow(amplitude[box], cmap="gray", origin="lower")
         axes[0, col].set_title(f"train {rows.train_id[i]} pulse {rows.pulse_id[i]}\n"
                                f"res {resolution[i]:.1f} {unit}" +
-                               (f", {_starts_label(rows.fields['starts_averaged'][i])}" if "starts_averaged" in rows.fields else ""),
+                               (f", {_starts_label(rows.fields, i)}" if "starts_averaged" in rows.fields else ""),
                                fontsize=9)
         axes[1, col].imshow(np.where(support[box] > 0, phase[box], np.nan), cmap="twilight", vmin=-np.pi,
                             vmax=np.pi, origin="lower")
@@ -245,9 +245,11 @@ def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6)
 
     lines = ["## Phase retrieval", "", f"- frames phased: {int(phased.sum())} of {len(phased)}; with a resolution: "
              f"{len(resolved)}" + (f", median {np.median(resolution[resolved]):.1f} {unit}" if len(resolved) else "")]
-    if "starts_averaged" in rows.fields:
-        alone = int((rows.fields["starts_averaged"][phased] == 1).sum())
-        lines.append(f"- averaged over 2 or more starts that agree: {int(phased.sum()) - alone}; a single start "
+    # Files from before starts_agreeing: the averaged starts (the same where the recipe has no GUIDE)
+    agreeing = next((rows.fields[f] for f in ("starts_agreeing", "starts_averaged") if f in rows.fields), None)
+    if agreeing is not None:
+        alone = int((agreeing[phased] == 1).sum())
+        lines.append(f"- reproduced by 2 or more independent starts: {int(phased.sum()) - alone}; by a single start "
                      f"(no other reproduced it, or n_keep = 1): {alone}")
     lines += [f"- examples: the {len(examples)} best-resolved frames", "", f"![phasing]({png.name})", ""]
     return lines
@@ -266,8 +268,15 @@ def _read_frames(sd, rows: StageRows, indices, names) -> list[tuple[np.ndarray, 
             for i in indices]
 
 
-def _starts_label(n: int) -> str:
-    return "1 start" if n == 1 else f"{n} starts averaged"
+def _starts_label(fields: dict, i: int) -> str:
+    """How many starts frame ``i``'s image averages and, where written, how many other independent
+    starts reproduced the selected one."""
+    n = int(fields["starts_averaged"][i])
+    label = "1 start" if n == 1 else f"{n} starts averaged"
+    if "starts_agreeing" not in fields:
+        return label
+    others = int(fields["starts_agreeing"][i]) - 1
+    return f"{label}, reproduced by {others if others > 0 else 'none'}"
 
 
 def _support_box(support: np.ndarray, margin: int = 4):

@@ -48,6 +48,7 @@ class PatternResult:
     r_factor: float
     prtf: ResolutionCurve  # over the n_keep best starts
     kept: np.ndarray  # indices of the averaged starts, best first
+    agreeing: int = 0  # independent starts (the selected one included) within max_difference of it: len(kept) without a GUIDE
 
     @property
     def resolution_px(self) -> float:
@@ -70,7 +71,7 @@ class PhasingResult:
     guided: list | None = field(default=None, repr=False)  # per GUIDE of the recipe, its GuidedStarts, if kept
 
     def __getattr__(self, name):
-        if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "kept"):
+        if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "kept", "agreeing"):
             return np.stack([np.asarray(getattr(p, name)) for p in self.patterns])
         if name == "prtf":
             return np.stack([p.prtf.value for p in self.patterns])
@@ -87,6 +88,7 @@ class GuidedStarts:
     independently, so their agreement (the PRTF) means what it should."""
 
     ranked_fts: list  # per pattern: the finite starts' transforms (complex64) aligned on the lead, lead first, nearest next
+    differences: list  # per pattern: those starts' differences to the lead after alignment (the lead's 0 first)
     objects: np.ndarray | None = None  # (patterns, starts, *spatial): kept with phase(keep_starts=True)
     supports: np.ndarray | None = None
     ranking: np.ndarray | None = None  # (patterns, starts): the LLK the ranking broke ties with
@@ -269,7 +271,7 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     llk = poisson_llk(iobs, icalc, constrained, n_params=int(support.sum()))
     llk_free = poisson_llk(iobs, icalc, free) if free.any() else float("nan")
     recon, support = _roll_to_centre(sfft.ifftn(mean_ft).astype(np.complex64), support)
-    return PatternResult(recon, support, llk, llk_free, r_factor(iobs, icalc, constrained), curve, kept)
+    return PatternResult(recon, support, llk, llk_free, r_factor(iobs, icalc, constrained), curve, kept, len(kept))
 
 
 def _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference, selection,
@@ -306,12 +308,13 @@ def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
         for k in ranked:
             out[k] += (1 - mix) * (aligned_real_space(aligned[k]) - lead)
         ranked_fts = np.stack([fts[order[0]]] + [aligned[k].aligned_ft for k in ranked]).astype(np.complex64)
-        return out, ranked_fts
+        return out, ranked_fts, np.array([0.0] + [aligned[k].error for k in ranked])
 
     pulled = _map_patterns(guided, state.n_patterns)
     kept = (objects, supports, ranking) if state.keep_guided_starts else ()
-    state.guided.append(GuidedStarts([ranked_fts for _, ranked_fts in pulled], *kept))
-    state.restart_from(np.stack([out for out, _ in pulled]))
+    state.guided.append(GuidedStarts([ranked_fts for _, ranked_fts, _ in pulled],
+                                     [differences for _, _, differences in pulled], *kept))
+    state.restart_from(np.stack([out for out, _, _ in pulled]))
 
 
 def _prtf_of(aligned_fts: np.ndarray, iobs: np.ndarray, valid: np.ndarray) -> ResolutionCurve:
@@ -337,9 +340,9 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     :func:`rank_starts` (``selection``: the lowest BIC among starts that fit the free pixels, or the
     most reproduced start, or the lowest free LLK, or LLK without free pixels) that agree with the
     first within ``max_difference`` are averaged.
-    With a GUIDE in the recipe, the PRTF and its resolution are those of the first GUIDE's lead and
-    its ``n_keep`` - 1 nearest starts, which ran independently; the reconstruction is the last
-    generation's. ``keep_starts``: the result also holds every start's object and support, the free
+    With a GUIDE in the recipe, the PRTF, its resolution and ``agreeing`` are those of the first
+    GUIDE's lead and its ``n_keep`` - 1 nearest starts, which ran independently; the reconstruction
+    is the last generation's. ``keep_starts``: the result also holds every start's object and support, the free
     pixels and, per GUIDE of the recipe, the starts it guided (``guided``, :class:`GuidedStarts`).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, positivity, reality, calc_llk, support_threshold, support_sigma,
@@ -361,10 +364,12 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
                                                      max_difference, selection, 1 if state.reality else 2),
                            state.n_patterns)
     if state.guided:
-        # A PRTF measures how independent reconstructions agree: after a GUIDE the starts share half
-        # of the lead, so it is taken from the starts the first GUIDE saw, before it pulled them together
+        # A PRTF, and agreement, measure how independent reconstructions agree: after a GUIDE the starts
+        # share half of the lead, so both are taken from the starts the first GUIDE saw, before it pulled them together
+        first = state.guided[0]
         for i, result in enumerate(results):
-            result.prtf = _prtf_of(state.guided[0].ranked_fts[i][:n_keep], state.iobs_host[i], state.valid_host[i])
+            result.prtf = _prtf_of(first.ranked_fts[i][:n_keep], state.iobs_host[i], state.valid_host[i])
+            result.agreeing = int((first.differences[i][:n_keep] <= max_difference).sum())
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None,
                          supports if keep_starts else None, state.free_host if keep_starts else None,

@@ -86,8 +86,11 @@ class PhaseRetriever(Stage):
         Field("resolution_nm", "float32", (), "the same in nm (NaN without a reciprocal grid)", "nm"),
         Field("prtf", "float32", ("size",), "PRTF per shell of width 1/size cycles/px (NaN: no data)"),
         Field("starts_averaged", "uint8", (), "starts averaged into the reconstruction: the selected one and those "
-              "within max_difference of it (1: no other start reproduced it; 0: not phased; after a GUIDE "
-              "the starts were pulled towards the selected one, so agreement is weaker evidence)"),
+              "within max_difference of it (0: not phased; after a GUIDE the starts were pulled towards the "
+              "selected one: see starts_agreeing)"),
+        Field("starts_agreeing", "uint8", (), "independent starts that reproduce the selected one within "
+              "max_difference, itself included, among the n_keep the PRTF is taken from (before a GUIDE "
+              "pulled them together; 1: no other start reproduced it; 0: not phased)"),
         Field("centre_filled", "int32", (), "unmeasured pixels near the beam filled from the sphere fit (fill_centre)",
               "pixels"),
     )
@@ -156,8 +159,9 @@ class PhaseRetriever(Stage):
             out["prtf"][usable, :curves.shape[1]] = curves
             out["resolution_nm"][usable] = out["resolution_px"][usable] * self._real_space_pixel_nm(batch, size)
             out["starts_averaged"][usable] = [len(p.kept) for p in result.patterns]
+            out["starts_agreeing"][usable] = result.agreeing
         self._resolutions.append(out["resolution_px"])
-        self._reproduced += int((out["starts_averaged"] > 1).sum())
+        self._reproduced += int((out["starts_agreeing"] > 1).sum())
         self._phased += int(usable.sum())
         self._unphased += int((~usable).sum())
         return out
@@ -215,7 +219,7 @@ class PhaseRetriever(Stage):
         alone = self._phased - self._reproduced
         if self.p.n_keep > 1 and alone:
             lines.append(f"{alone} of {self._phased} phased patterns were reproduced by no other start "
-                         f"(starts_averaged = 1): check them, each image rests on a single start")
+                         f"(starts_agreeing = 1): check them, each image rests on a single start")
         if self._unphased:
             lines.append(f"{self._unphased} frames not phased: no photon on a valid pixel (blank or fully masked)")
         if self._not_filled:
