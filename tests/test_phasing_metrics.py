@@ -121,3 +121,39 @@ def test_frc_identical_noisy_and_threshold(obj):
     smooth = sfft.ifftn(sfft.fftn(a) * (metrics.radial_shells(a.shape)[0] < 16)).real
     partial = metrics.frc(smooth + 0.01 * b, smooth + 0.01 * a)
     assert 0.2 < partial.cutoff_frequency < 0.3
+
+
+def test_missing_mode_fractions_known_cases():
+    """One unmeasured pixel: its one mode holds support / array of the power (a DFT row restricted
+    to the support); a support of the whole array leaves every unmeasured pixel's mode invisible;
+    otherwise the values equal a brute-force concentration problem built from explicit DFT rows."""
+    n = 24
+    one_missing = np.ones((n, n), bool)
+    one_missing[0, 0] = False
+    box = np.zeros((n, n), bool)
+    box[:6, :10] = True
+    np.testing.assert_allclose(metrics.missing_mode_fractions(box, one_missing), [60 / n ** 2])
+    stop = np.ones((n, n), bool)
+    stop[:2, :3] = False
+    np.testing.assert_allclose(metrics.missing_mode_fractions(np.ones((n, n), bool), stop), np.ones(6))
+    stop[-2:, :2] = False
+    support = np.zeros((n, n), bool)
+    support[4:14, 3:17] = True
+    rows = sfft.fftn(np.eye(n * n)[support.ravel()].reshape(-1, n, n), axes=(1, 2)) / n  # unitary DFT of each support pixel
+    unmeasured = rows.reshape(len(rows), -1)[:, (~stop).ravel()].T
+    brute = np.sort(np.linalg.eigvalsh(unmeasured @ unmeasured.conj().T))[::-1]
+    fractions = metrics.missing_mode_fractions(support, stop)
+    np.testing.assert_allclose(fractions, brute, atol=1e-9)
+    assert metrics.unconstrained_modes(support, stop) == int((brute > 0.5).sum()) >= 1
+    assert metrics.unconstrained_modes(support, np.ones((n, n), bool)) == 0
+    with pytest.raises(InputDataError, match="differ in shape"):
+        metrics.missing_mode_fractions(support, stop[:-1])
+
+
+def test_a_larger_beam_stop_hides_more_of_the_object():
+    """The same object and support: a 4-px beam stop leaves modes almost invisible that a 2-px one measures."""
+    from xfel_dl_plugins.phasing.testobjects import beam_stop_mask
+
+    support = np.abs(make_object((128, 128), "cell", rng=np.random.default_rng(1))) > 0.01
+    small, large = (metrics.missing_mode_fractions(support, beam_stop_mask((128, 128), r)) for r in (1.5, 4.0))
+    assert large[0] > 0.95 > small[0] and metrics.unconstrained_modes(support, beam_stop_mask((128, 128), 4.0)) >= 3

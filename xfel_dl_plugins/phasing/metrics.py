@@ -10,6 +10,8 @@ object ``rho`` models the intensity ``I_c = |fftn(rho)|**2`` (unnormalised forwa
   after removing the trivial ambiguities (translation with sub-pixel precision, global complex
   factor, twin ``rho(r) -> conj(rho(-r))``).
 - :func:`prtf`, :func:`frc`, :func:`half_bit_threshold`: resolution estimates.
+- :func:`missing_mode_fractions`, :func:`unconstrained_modes`: how much of an object the data leave
+  undetermined (the modes a support lets live mostly in the unmeasured pixels).
 """
 
 from __future__ import annotations
@@ -268,3 +270,37 @@ def frc(image1: np.ndarray, image2: np.ndarray) -> ResolutionCurve:
     value[freq > 0.5] = np.nan
     threshold = half_bit_threshold(counts)
     return ResolutionCurve(freq, value, threshold, _cutoff(freq, value, threshold))
+
+
+# --------------------------------------------------------------------------------------------
+# What the data do not determine
+# --------------------------------------------------------------------------------------------
+#: A mode with more than this fraction of its power in unmeasured pixels counts as unconstrained.
+UNCONSTRAINED_FRACTION = 0.5
+
+
+def missing_mode_fractions(support: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per mode, the fraction of its power in the unmeasured pixels, largest first.
+
+    The modes are the objects on ``support`` whose transforms concentrate most in the pixels
+    ``~valid`` (the eigenvectors of that concentration problem, as in Thibault et al. 2006,
+    Acta Cryst. A 62, 248): a mode near 1 is invisible in the data, so neither the modulus nor the
+    support constraint fixes it. One value per unmeasured pixel (the rest are 0). The matrix is
+    ``S(q_m - q_m') / N`` over unmeasured pixels m, m' (``S``: the support's transform), so the
+    cost grows with the number of unmeasured pixels squared, not with the array.
+    """
+    support, valid = np.asarray(support, bool), np.asarray(valid, bool)
+    if support.shape != valid.shape:
+        raise InputDataError(f"support {support.shape} and valid {valid.shape} differ in shape")
+    missing = np.argwhere(~valid)
+    if len(missing) == 0:
+        return np.zeros(0)
+    support_ft = sfft.fftn(support.astype(np.float64))
+    differences = (missing[:, None, :] - missing[None, :, :]) % np.array(support.shape)
+    gram = support_ft[tuple(np.moveaxis(differences, -1, 0))] / support.size
+    return np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, 1.0)
+
+
+def unconstrained_modes(support: np.ndarray, valid: np.ndarray, fraction: float = UNCONSTRAINED_FRACTION) -> int:
+    """Number of modes with more than ``fraction`` of their power unmeasured (:func:`missing_mode_fractions`)."""
+    return int((missing_mode_fractions(support, valid) > fraction).sum())

@@ -48,7 +48,7 @@ class PatternResult:
     r_factor: float
     prtf: ResolutionCurve  # over the n_keep best starts
     kept: np.ndarray  # indices of the averaged starts, best first
-    agreeing: int = 0  # independent starts (the selected one included) within max_difference of it: len(kept) without a GUIDE
+    agreeing: int  # independent starts (the selected one included) within max_difference of it: len(kept) without a GUIDE
 
     @property
     def resolution_px(self) -> float:
