@@ -8,7 +8,8 @@ many patterns, and phasing them is the cost; the starts' figures are cheap to ke
   # phase new draws with the defaults (SIZE:OBJECT_OFFSET:SEED, comma-separated), keep per start its
   # fits and the error of the average it would lead (a GPU makes this fast; --seconds stops early)
   PYTHONPATH=$PWD python benchmarks/selection_trials.py starts --plan 256:0:21,128:1000:21 --device cuda --out DIR/a.npz
-  # the shipped rule against the earlier ones, at or below PyNX's best start
+  # the shipped rule against the earlier ones, at or below PyNX's best start; then where phase()'s
+  # results miss: on patterns PyNX solved or not, and by how much of the object the beam stop hides
   PYTHONPATH=$PWD python benchmarks/selection_trials.py replay DIR/a.npz --pynx DIR
 
 Objects: bench_phasing's test objects (polygon, blobs, complex_blobs, cell), object seeds + OFFSET,
@@ -122,14 +123,44 @@ def no_screen(f: dict, i: int) -> int:
 RULES = {"shipped": shipped, "screen only (before)": screen_only, "no screen": no_screen}
 
 
+def hidden_fractions(size: int, offset: int) -> np.ndarray:
+    """Per test pattern, the largest fraction of a mode's power that the beam stop hides
+    (:func:`~xfel_dl_plugins.phasing.metrics.missing_mode_fractions` on the true support, 1 % of the maximum)."""
+    _, valid, truths = patterns(size, offset)
+    return np.array([metrics.missing_mode_fractions(np.abs(t) > 0.01 * np.abs(t).max(), v)[0]
+                     for t, v in zip(truths, valid)])
+
+
+def print_breakdown(ours: np.ndarray, best: np.ndarray, sizes: np.ndarray, hidden: np.ndarray) -> None:
+    """Where the selected result misses PyNX's best start: patterns PyNX solved or not (error 0.5),
+    and how much of the object the beam stop hides."""
+    for s in (256, 128):
+        at = sizes == s
+        if not at.any():
+            continue
+        solved = at & (best <= 0.5)
+        print(f"  {s}^2: PyNX's best start <= 0.5 on {solved.sum()}, ours <= 0.5 on {(ours[solved] <= 0.5).sum()} of them "
+              f"(at or below PyNX's best: {(ours[solved] <= best[solved] + 1e-9).sum()}); PyNX's best > 0.5 on "
+              f"{(at & ~solved).sum()}, ours <= 0.5 on {(ours[at & ~solved] <= 0.5).sum()} of them")
+        for lo, hi in ((0.0, 0.9), (0.9, 0.97), (0.97, 1.01)):
+            band = at & (hidden >= lo) & (hidden < hi)
+            if band.any():
+                print(f"    a mode {lo:.2f}-{min(hi, 1):.2f} hidden: {band.sum()} patterns, at or below PyNX's best "
+                      f"{(ours[band] <= best[band] + 1e-9).sum()}, both codes > 0.5 on {((ours[band] > 0.5) & (best[band] > 0.5)).sum()}")
+
+
 def cmd_replay(args) -> None:
+    hidden_by_set = {}
     for path in args.figures:
         f = dict(np.load(path))
         sizes = np.array([int(str(s).split("_")[0]) for s in f["set"]])
-        best = np.empty(len(sizes))
+        best, hidden = np.empty(len(sizes)), np.empty(len(sizes))
         for i, (name, p) in enumerate(zip(f["set"], f["pattern"])):
             size, offset, _ = str(name).split("_")  # e.g. 128_o1000_s21
             best[i] = np.load(args.pynx / f"pynx_best_{size}_{offset}.npy")[p]
+            if (size, offset) not in hidden_by_set:
+                hidden_by_set[size, offset] = hidden_fractions(int(size), int(offset[1:]))
+            hidden[i] = hidden_by_set[size, offset][p]
         print(f"{path}: {len(best)} patterns")
         rows = [("phase() as it ran", f["selected"]), ("oracle (best start leads)", f["led"].min(axis=1))]
         rows += [(name, np.array([f["led"][i, rule(f, i)] for i in range(len(best))])) for name, rule in RULES.items()]
@@ -137,6 +168,8 @@ def cmd_replay(args) -> None:
             ok = led <= best + 1e-9
             print(f"  {name:26s}" + "  ".join(f"{s}^2 {int(ok[sizes == s].sum())} / {int((sizes == s).sum())}, "
                                                f"mean {led[sizes == s].mean():.3f}" for s in (256, 128) if (sizes == s).any()))
+        print(" phase() as it ran, by pattern:")
+        print_breakdown(f["selected"], best, sizes, hidden)
 
 
 def main(argv=None) -> None:
