@@ -20,13 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
-def _batch(n=2, seed=0, grid=None):
+def _batch(n=2, seed=0, grid=None, stop=1.0):
     """Patterns as reciprocal_grid delivers them: beam centre at [size//2, size//2]."""
     rng = np.random.default_rng(seed)
     truths, patterns, valids = [], [], []
     for i in range(n):
         obj = make_object((SIZE, SIZE), "polygon", rng=rng)
-        iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((SIZE, SIZE), 1.0), rng)
+        iobs, valid, truth = diffraction(obj, 1e8, beam_stop_mask((SIZE, SIZE), stop), rng)
         truths.append(truth)
         patterns.append(np.fft.fftshift(iobs))
         valids.append(np.fft.fftshift(valid))
@@ -71,6 +71,24 @@ def test_process_reconstructs_and_fills_every_output():
     alone = 2 - summary["patterns_reproduced"]
     assert stage.warnings() == ([f"{alone} of 2 phased patterns were reproduced by no other start (starts_agreeing = 1): "
                                  "check them, each image rests on a single start"] if alone else [])
+
+
+def test_a_beam_stop_that_hides_parts_of_the_object_gets_a_warning():
+    """A 1-px beam stop hides no mode of these 64^2 polygons (the largest unmeasured fraction of the
+    true support's modes is 0.35); a 5-px one hides several beyond 0.95: the run says so."""
+    summaries = {}
+    for stop in (1.0, 5.0):
+        stage = PhaseRetriever(StageContext(device="cpu", seed=1), size=SIZE, n_starts=2, n_keep=1,
+                               recipe="(SW*HIO**20)**3 * ER**20")
+        stage.setup()
+        stage.process(_batch(3, stop=stop)[0])
+        summaries[stop] = stage.finish()
+        hidden_lines = [w for w in stage.warnings() if "modes of a typical support" in w]
+        assert len(hidden_lines) == (summaries[stop]["hidden_modes"] > 0)
+    assert summaries[1.0]["hidden_modes"] == 0 and summaries[1.0]["largest_hidden_fraction"] < 0.8
+    assert summaries[5.0]["hidden_modes"] >= 2 and summaries[5.0]["largest_hidden_fraction"] > 0.95
+    assert hidden_lines[0].startswith(f"the unmeasured pixels near the beam (beam stop, gaps) hide {summaries[5.0]['hidden_modes']} modes")
+    assert hidden_lines[0].endswith("fill_centre or positivity would constrain them in part")
 
 
 def test_bad_parameters_and_inputs():

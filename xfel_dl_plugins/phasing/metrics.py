@@ -287,7 +287,8 @@ def missing_mode_fractions(support: np.ndarray, valid: np.ndarray) -> np.ndarray
     Acta Cryst. A 62, 248): a mode near 1 is invisible in the data, so neither the modulus nor the
     support constraint fixes it. One value per unmeasured pixel (the rest are 0). The matrix is
     ``S(q_m - q_m') / N`` over unmeasured pixels m, m' (``S``: the support's transform), so the
-    cost grows with the number of unmeasured pixels squared, not with the array.
+    cost grows with the number of unmeasured pixels (an eigenproblem of their number cubed), not
+    with the array.
     """
     support, valid = np.asarray(support, bool), np.asarray(valid, bool)
     if support.shape != valid.shape:
