@@ -33,7 +33,7 @@ def hidden_by_set() -> dict:
     for size, offset in SETS:
         cases, _, valid, truths = bp.quality_cases(bp.QUALITY_KINDS, st.photon_levels(size), size, size / 64,
                                                    object_offset=offset)
-        fractions = [metrics.missing_mode_fractions(np.abs(t) > 0.01 * np.abs(t).max(), v) for t, v in zip(truths, valid)]
+        fractions = [st.true_support_fractions(t, v) for t, v in zip(truths, valid)]
         out[size, offset] = ([f"{kind} {photons:.0e}" for kind, photons in cases], np.array([f[0] for f in fractions]),
                              np.array([(f > metrics.UNCONSTRAINED_FRACTION).sum() for f in fractions]))
     return out
@@ -50,7 +50,7 @@ def cell_with_stops(n_starts: int, seed: int) -> list[dict]:
         t0 = time.perf_counter()
         result = phase(iobs, valid, n_starts=n_starts, seed=seed, device="cpu")
         for i, photons in enumerate(st.photon_levels(256)):
-            fractions = metrics.missing_mode_fractions(np.abs(truths[i]) > 0.01 * np.abs(truths[i]).max(), valid[i])
+            fractions = st.true_support_fractions(truths[i], valid[i])
             rows.append(dict(stop=stop, photons=photons, truth=truths[i], recon=result.reconstruction[i],
                              error=metrics.ambiguity_error(truths[i], result.reconstruction[i]),
                              hidden=float(fractions[0]), modes=int((fractions > metrics.UNCONSTRAINED_FRACTION).sum())))

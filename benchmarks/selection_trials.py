@@ -123,12 +123,16 @@ def no_screen(f: dict, i: int) -> int:
 RULES = {"shipped": shipped, "screen only (before)": screen_only, "no screen": no_screen}
 
 
+def true_support_fractions(truth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """:func:`~xfel_dl_plugins.phasing.metrics.missing_mode_fractions` of a test object's true
+    support (above 1 % of its maximum): how much of each mode the unmeasured pixels hide."""
+    return metrics.missing_mode_fractions(np.abs(truth) > 0.01 * np.abs(truth).max(), valid)
+
+
 def hidden_fractions(size: int, offset: int) -> np.ndarray:
-    """Per test pattern, the largest fraction of a mode's power that the beam stop hides
-    (:func:`~xfel_dl_plugins.phasing.metrics.missing_mode_fractions` on the true support, 1 % of the maximum)."""
+    """Per test pattern, the largest fraction of a mode's power that the beam stop hides."""
     _, valid, truths = patterns(size, offset)
-    return np.array([metrics.missing_mode_fractions(np.abs(t) > 0.01 * np.abs(t).max(), v)[0]
-                     for t, v in zip(truths, valid)])
+    return np.array([true_support_fractions(t, v)[0] for t, v in zip(truths, valid)])
 
 
 def print_breakdown(ours: np.ndarray, best: np.ndarray, sizes: np.ndarray, hidden: np.ndarray) -> None:
