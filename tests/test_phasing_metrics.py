@@ -148,6 +148,11 @@ def test_missing_mode_fractions_known_cases():
     assert metrics.unconstrained_modes(support, np.ones((n, n), bool)) == 0
     with pytest.raises(InputDataError, match="differ in shape"):
         metrics.missing_mode_fractions(support, stop[:-1])
+    volume_missing = np.ones((8, 8, 8), bool)  # 3D: one unmeasured voxel, a 2 x 3 x 4 support
+    volume_missing[0, 0, 0] = False
+    volume_support = np.zeros((8, 8, 8), bool)
+    volume_support[:2, :3, :4] = True
+    np.testing.assert_allclose(metrics.missing_mode_fractions(volume_support, volume_missing), [24 / 8 ** 3])
 
 
 def test_a_larger_beam_stop_hides_more_of_the_object():
