@@ -7,7 +7,8 @@ Per test set (bench_phasing's objects, 128^2 with its 2-px beam stop, 256^2 with
 prints, per pattern, the largest fraction of a support mode's power that falls in the unmeasured
 pixels and how many modes have more than half (:func:`~xfel_dl_plugins.phasing.metrics.missing_mode_fractions`
 on the true support). Then it phases the 256^2 `cell` (1e7 and 1e8 photons) with the defaults and
-beam stops of 0, 2 and 4 px: the error after removing the ambiguities against what the stop hides.
+beam stops of 0, 2 and 4 px, and with the 4-px stop and positivity (the cell is a real, non-negative
+density): the error after removing the ambiguities against what the stop hides.
 """
 
 import argparse
@@ -24,7 +25,8 @@ import bench_phasing as bp  # noqa: E402
 import selection_trials as st  # noqa: E402
 
 SETS = ((128, 0), (128, 1000), (128, 2000), (256, 0), (256, 1000))
-CELL_STOPS = (0.0, 2.0, 4.0)  # beam-stop radius in px; the 256^2 set uses 256 / 64 = 4
+#: (beam-stop radius in px, positivity); the 256^2 set's stop is 256 / 64 = 4 px
+CELL_CASES = ((0.0, False), (2.0, False), (4.0, False), (4.0, True))
 
 
 def hidden_by_set() -> dict:
@@ -40,21 +42,22 @@ def hidden_by_set() -> dict:
 
 
 def cell_with_stops(n_starts: int, seed: int) -> list[dict]:
-    """The 256^2 `cell` patterns of the table (1e7, 1e8) phased with each beam stop of CELL_STOPS."""
+    """The 256^2 `cell` patterns of the table (1e7, 1e8) phased in each case of CELL_CASES."""
     rows = []
-    for stop in CELL_STOPS:
+    for stop, positivity in CELL_CASES:
         patterns = [bp._pattern(256, "cell", photons, seed=100 + 10 * bp.QUALITY_KINDS.index("cell") + p,
                                 stop=stop if stop else 0.01)  # 0.01 px: only the zero frequency unmeasured
                     for p, photons in enumerate(st.photon_levels(256))]
         iobs, valid, truths = (np.stack([p[k] for p in patterns]) for k in range(3))
         t0 = time.perf_counter()
-        result = phase(iobs, valid, n_starts=n_starts, seed=seed, device="cpu")
+        result = phase(iobs, valid, n_starts=n_starts, seed=seed, device="cpu", positivity=positivity)
         for i, photons in enumerate(st.photon_levels(256)):
             fractions = st.true_support_fractions(truths[i], valid[i])
-            rows.append(dict(stop=stop, photons=photons, truth=truths[i], recon=result.reconstruction[i],
+            rows.append(dict(stop=stop, positivity=positivity, photons=photons, truth=truths[i], recon=result.reconstruction[i],
                              error=metrics.ambiguity_error(truths[i], result.reconstruction[i]),
                              hidden=float(fractions[0]), modes=int((fractions > metrics.UNCONSTRAINED_FRACTION).sum())))
-            print(f"cell 256^2 {photons:.0e} photons, beam stop {stop:g} px: error {rows[-1]['error']:.3f}, largest hidden "
+            print(f"cell 256^2 {photons:.0e} photons, beam stop {stop:g} px{', positivity' if positivity else ''}: "
+                  f"error {rows[-1]['error']:.3f}, largest hidden "
                   f"fraction {rows[-1]['hidden']:.3f}, modes over half {rows[-1]['modes']} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
     return rows
@@ -66,8 +69,8 @@ def figure(path: Path, hidden: dict, cells: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(16, 6.5))
-    grid = fig.add_gridspec(2, 5, width_ratios=(1.8, 1, 1, 1, 1))
+    fig = plt.figure(figsize=(19, 6.5))
+    grid = fig.add_gridspec(2, 2 + len(CELL_CASES), width_ratios=(1.8,) + (1,) * (1 + len(CELL_CASES)))
     ax = fig.add_subplot(grid[:, 0])
     for k, ((size, offset), (_, largest, _)) in enumerate(hidden.items()):
         ax.plot(k + np.linspace(-0.3, 0.3, len(largest)), largest, "o", ms=4)
@@ -86,7 +89,7 @@ def figure(path: Path, hidden: dict, cells: list[dict]) -> None:
         show(fig.add_subplot(grid[r, 1]), rows[0]["truth"], f"cell 256^2, truth\n{photons:.0e} photons")
         for c, row in enumerate(rows):
             show(fig.add_subplot(grid[r, 2 + c]), row["recon"],
-                 f"beam stop {row['stop']:g} px: error {row['error']:.2f}\n"
+                 f"stop {row['stop']:g} px{', positivity' if row['positivity'] else ''}: error {row['error']:.2f}\n"
                  f"largest hidden {row['hidden']:.2f}, {row['modes']} mode{'' if row['modes'] == 1 else 's'} > 0.5")
     fig.tight_layout()
     fig.savefig(path, dpi=70)
