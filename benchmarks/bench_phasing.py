@@ -42,13 +42,19 @@ from picture_objects import PICTURES, picture_object, skimage_data_dir  # beside
 RECIPE = DEFAULT_RECIPE
 #: The schedule pynx_worker.py's quality task runs (its operators are PyNX's, written out there)
 PYNX_SCHEDULE = "(SW*HIO**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100"
-# Our default recipe: a first generation, PyNX's schedule, then a GUIDE and a second generation
-FIRST_GENERATION, SECOND_GENERATION = (re.split(r"\s*\*\s*GUIDE(?:\([^)]*\))?\s*\*\s*", RECIPE, maxsplit=1) + [""])[:2]
-if FIRST_GENERATION != PYNX_SCHEDULE or not SECOND_GENERATION:
-    raise SystemExit(f"bench_phasing: the default recipe {RECIPE!r} no longer starts with PyNX's schedule "
-                     f"{PYNX_SCHEDULE!r} and a GUIDE: update pynx_worker.py's quality task and PYNX_SCHEDULE")
 CONVERGED_MAX = 0.3  # a start with a larger error did not solve the pattern, whatever the others did
 HERE = Path(__file__).resolve().parent
+
+
+def recipe_generations() -> tuple[str, str]:
+    """Our default recipe's first generation (PyNX's schedule) and the second, after its GUIDE; the
+    quality comparison stops here if the recipe no longer begins with what PyNX's worker runs."""
+    first, second = (re.split(r"\s*\*\s*GUIDE(?:\([^)]*\))?\s*\*\s*", RECIPE, maxsplit=1) + [""])[:2]
+    if first != PYNX_SCHEDULE or not second:
+        raise SystemExit(f"bench_phasing: the default recipe {RECIPE!r} no longer starts with PyNX's schedule "
+                         f"{PYNX_SCHEDULE!r} and a GUIDE: update pynx_worker.py's quality task and PYNX_SCHEDULE")
+    return first, second
+
 
 
 class PyNX:
@@ -183,6 +189,7 @@ def _shrink_wraps(op: Operator) -> tuple[SW, SW]:
 
 def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop: float, seeds=(1,),
                   picture_dir: Path | None = None) -> dict:
+    recipe_generations()  # before the runs: the comparison needs our first generation to be PyNX's schedule
     cases, iobs, valid, truths = quality_cases(kinds, photon_levels, n, stop, picture_dir)
     t0 = time.perf_counter()
     ours = phase(iobs, valid, recipe=RECIPE, n_starts=n_starts, n_keep=4, seed=seeds[0], device="cpu", keep_starts=True)
@@ -323,15 +330,16 @@ def markdown(args, timing, batch, quality, figs) -> str:
               f"(target >= 1.5x). Ours with one thread (chunks in sequence): {batch['ours1_s']:.2f} s, "
               f"{batch['pynx_s'] / batch['ours1_s']:.2f}x.", ""]
     rows = quality["rows"]
+    first_generation, second_generation = recipe_generations()
     lines += ["### Quality from random starts", "",
               f"{len(rows)} patterns of {quality['size']}^2 ("
               + ("pictures bundled with scikit-image, `benchmarks/picture_objects.py`, oversampling 2.67"
                  if quality.get("pictures") else "test objects of `xfel_dl_plugins.phasing.testobjects`, oversampling 2.5")
               + f" per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
-              f"{quality['n_starts']} random starts per pattern, schedule `{FIRST_GENERATION}` in both codes (PyNX: "
+              f"{quality['n_starts']} random starts per pattern, schedule `{first_generation}` in both codes (PyNX: "
               "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom); "
               f"ours then continues, after a guided restart (GUIDE: every start halfway to the selected one, after "
-              f"alignment), with `{SECOND_GENERATION}` (its default recipe). "
+              f"alignment), with `{second_generation}` (its default recipe). "
               "The per-start columns (converged, floor) are our first generation's: independent starts, PyNX's schedule. "
               "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max "
               f"{quality['our_sw'][0]:g}, sigma {quality['our_sw'][2][0]:g}->{quality['our_sw'][2][1]:g} px, i.e. "

@@ -400,7 +400,7 @@ def test_after_a_guided_restart_the_prtf_comes_from_the_independent_starts():
                            iobs, valid & ~free, free, 4)
     np.testing.assert_allclose(result.prtf[0], first.prtf.value, rtol=1e-4, atol=1e-5)
     assert result.agreeing[0] == first.agreeing == len(first.kept)  # the independent starts' agreement
-    assert len(first_generation.ranked_fts[0]) == 5  # every start finite: all ranked, the lead first
+    assert len(first_generation.ranked_fts[0]) == 4  # the lead and its n_keep - 1 nearest: what the PRTF reads
     last = combine_starts(result.start_objects[0], result.start_supports[0], result.start_llk_free[0], iobs,
                           valid & ~free, free, 4)
     np.testing.assert_array_equal(result.reconstruction[0], last.reconstruction)

@@ -87,6 +87,7 @@ class PhasingState:
         self.generation_start = 0  # iteration at which the current generation began (see restart_from)
         self.guided = []  # per GUIDE, what it saw of the starts it pulled together (multistart.GuidedStarts)
         self.keep_guided_starts = False  # whether those records also keep the starts' objects and supports
+        self.guided_ranked = None  # how many ranked starts (lead included) those records keep (None: all)
 
         if modelled is not None and np.shape(modelled) not in (iobs.shape, iobs.shape[1:]):
             raise InputDataError(f"modelled mask of shape {np.shape(modelled)} does not match patterns {iobs.shape}")

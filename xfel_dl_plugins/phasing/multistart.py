@@ -87,7 +87,7 @@ class GuidedStarts:
     """What a GUIDE saw of each pattern's starts before it pulled them together. Those starts ran
     independently, so their agreement (the PRTF) means what it should."""
 
-    ranked_fts: list  # per pattern: the finite starts' transforms (complex64) aligned on the lead, lead first, nearest next
+    ranked_fts: list  # per pattern: the lead's and its nearest finite starts' transforms (complex64) aligned on it
     differences: list  # per pattern: those starts' differences to the lead after alignment (the lead's 0 first)
     objects: np.ndarray | None = None  # (patterns, starts, *spatial): kept with phase(keep_starts=True)
     supports: np.ndarray | None = None
@@ -297,7 +297,7 @@ def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
     objects, supports = state.objects(), state.supports()
     ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
 
-    def guided(i: int) -> tuple[np.ndarray, np.ndarray]:
+    def guided(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The lead is the bic rule's: the consensus rule would pay n^2/2 alignments per pattern here
         fts, order, aligned = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
                                              state.constrained_host[i], state.free_host[i], 0.15, "bic",
@@ -307,8 +307,9 @@ def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
         out = np.repeat(lead[None], state.n_starts, axis=0)
         for k in ranked:
             out[k] += (1 - mix) * (aligned_real_space(aligned[k]) - lead)
-        ranked_fts = np.stack([fts[order[0]]] + [aligned[k].aligned_ft for k in ranked]).astype(np.complex64)
-        return out, ranked_fts, np.array([0.0] + [aligned[k].error for k in ranked])
+        recorded = ranked[:None if state.guided_ranked is None else state.guided_ranked - 1]  # phase(): its n_keep
+        ranked_fts = np.stack([fts[order[0]]] + [aligned[k].aligned_ft for k in recorded]).astype(np.complex64)
+        return out, ranked_fts, np.array([0.0] + [aligned[k].error for k in recorded])
 
     pulled = _map_patterns(guided, state.n_patterns)
     kept = (objects, supports, ranking) if state.keep_guided_starts else ()
@@ -354,7 +355,7 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     _check_selection(selection)
     state_options.setdefault("backend", device)
     state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
-    state.keep_guided_starts = keep_starts
+    state.keep_guided_starts, state.guided_ranked = keep_starts, n_keep
     schedule.apply(state)
     state.update_llk()
     objects, supports = state.objects(), state.supports()
@@ -368,8 +369,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
         # share half of the lead, so both are taken from the starts the first GUIDE saw, before it pulled them together
         first = state.guided[0]
         for i, result in enumerate(results):
-            result.prtf = _prtf_of(first.ranked_fts[i][:n_keep], state.iobs_host[i], state.valid_host[i])
-            result.agreeing = int((first.differences[i][:n_keep] <= max_difference).sum())
+            result.prtf = _prtf_of(first.ranked_fts[i], state.iobs_host[i], state.valid_host[i])  # n_keep starts
+            result.agreeing = int((first.differences[i] <= max_difference).sum())
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None,
                          supports if keep_starts else None, state.free_host if keep_starts else None,
