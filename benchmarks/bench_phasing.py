@@ -188,15 +188,16 @@ def _shrink_wraps(op: Operator) -> tuple[SW, SW]:
 
 
 def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop: float, seeds=(1,),
-                  picture_dir: Path | None = None) -> dict:
+                  picture_dir: Path | None = None, positivity: bool | str = False, our_starts: int | None = None) -> dict:
+    """``positivity`` and ``our_starts`` (default ``n_starts``, PyNX's) are our runs' (phase())."""
     recipe_generations()  # before the runs: the comparison needs our first generation to be PyNX's schedule
     cases, iobs, valid, truths = quality_cases(kinds, photon_levels, n, stop, picture_dir)
+    ours_run = dict(recipe=RECIPE, n_starts=our_starts or n_starts, n_keep=4, device="cpu", positivity=positivity)
     t0 = time.perf_counter()
-    ours = phase(iobs, valid, recipe=RECIPE, n_starts=n_starts, n_keep=4, seed=seeds[0], device="cpu", keep_starts=True)
+    ours = phase(iobs, valid, seed=seeds[0], keep_starts=True, **ours_run)
     ours_s = time.perf_counter() - t0
     # Other draws of our random starts: the selected result's error per seed (PyNX keeps its one draw).
-    other_draws = [phase(iobs, valid, recipe=RECIPE, n_starts=n_starts, n_keep=4, seed=s, device="cpu").reconstruction
-                   for s in seeds[1:]]
+    other_draws = [phase(iobs, valid, seed=s, **ours_run).reconstruction for s in seeds[1:]]
     runs = {}
     # PyNX's default, and PyNX with our rule as the recipe sets it: max rule, our widths (they scale
     # with the array), the RAAR stage's threshold factor
@@ -235,15 +236,26 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         row["ours_selected_err"] = metrics.ambiguity_error(truth, ours.reconstruction[c])
         row["ours_selected_err_seeds"] = [row["ours_selected_err"]] + [metrics.ambiguity_error(truth, r[c]) for r in other_draws]
         # The defaults before GUIDE: the first generation's starts selected and averaged as phase() does
-        free = ours.free_pixels[c]
-        unguided = combine_starts(first_objects[c], first_supports[c], first_ranking[c], iobs[c], measured & ~free, free, 4)
+        # (with positivity = "auto", those of the family the pattern's result came from)
+        free, family = ours.free_pixels[c], _family_starts(ours, c)
+        unguided = combine_starts(first_objects[c][family], first_supports[c][family], first_ranking[c][family], iobs[c],
+                                  measured & ~free, free, 4, params_per_pixel=1 if ours.positivity[c] else 2)
         row["ours_unguided_err"] = metrics.ambiguity_error(truth, unguided.reconstruction)
         row["ours_resolution_px"] = float(ours.resolution_px[c])
         rows.append(row)
         print("quality: " + json.dumps(row), flush=True)
-    return dict(rows=rows, seeds=list(seeds), our_sw=our_sw, ours_s=ours_s, pynx_default_s=runs["pynx_default_s"], pynx_oursw_s=runs["pynx_oursw_s"],
+    return dict(rows=rows, seeds=list(seeds), positivity=positivity, our_starts=ours_run["n_starts"], our_sw=our_sw, ours_s=ours_s, pynx_default_s=runs["pynx_default_s"], pynx_oursw_s=runs["pynx_oursw_s"],
                 size=n, n_starts=n_starts, stop=stop, pictures=picture_dir is not None, ours=ours, truths=truths, iobs=iobs, valid=valid,
                 pynx_objects=runs["pynx_default"], cases=cases)
+
+
+def _family_starts(result, c: int) -> slice:
+    """The starts (first generation or last) of the run pattern ``c``'s result came from: all of them,
+    or, where positivity = "auto" ran a complex and a positive run (complex starts first), that run's."""
+    if result.families is None:
+        return slice(None)
+    n_complex = result.families[0]
+    return slice(n_complex, None) if result.positivity[c] else slice(0, n_complex)
 
 
 def figures(q: dict, outdir: Path) -> list[str]:
@@ -401,6 +413,9 @@ def main(argv=None):
     ap.add_argument("--objects", choices=["test", "pictures"], default="test",
                     help="quality objects: the package's test objects, or held-out pictures bundled with scikit-image "
                          "(found in the PyNX venv; benchmarks/picture_objects.py)")
+    ap.add_argument("--positivity", choices=["false", "true", "auto"], default="false",
+                    help="our runs' positivity (auto: half the starts positive, the data choose per pattern)")
+    ap.add_argument("--our-starts", type=int, default=None, help="our random starts per pattern (default: PyNX's 10)")
     args = ap.parse_args(argv)
     pynx = PyNX(args.pynx_dir)
     # Skipped sections are taken from the JSON written beside the markdown by an earlier run.
@@ -420,7 +435,9 @@ def main(argv=None):
         kinds = kinds[:2] if args.quick else kinds
         photons = args.photons or ((1e6, 1e8) if args.quick else QUALITY_PHOTONS)
         stop = args.stop if args.stop is not None else args.size / 64
-        quality = bench_quality(pynx, kinds, tuple(photons), args.size, 10, stop, tuple(args.seeds), picture_dir)
+        positivity = {"false": False, "true": True, "auto": "auto"}[args.positivity]
+        quality = bench_quality(pynx, kinds, tuple(photons), args.size, 10, stop, tuple(args.seeds), picture_dir,
+                                positivity, args.our_starts)
     else:
         quality = None
     figs = figures(quality, args.figures) if (args.figures and quality) else []

@@ -265,6 +265,37 @@ def test_positivity_gives_real_non_negative_objects_inside_the_support():
     assert min(metrics.ambiguity_error(truth, o) for o in objects[0]) < 0.05
 
 
+def test_auto_positivity_lets_the_data_choose_per_pattern():
+    """positivity="auto": half the starts phase a real, non-negative density, half a complex object;
+    a pattern takes the run whose selected start has the lower BIC. A uniform polygon takes the
+    positive one, the same shape with a saddle-shaped phase the complex one; kept starts index both runs."""
+    rng = np.random.default_rng(8)
+    real = make_object((48, 48), "polygon", rng=rng)
+    y, x = np.mgrid[-24:24, -24:24] / 10.0
+    saddle = (real * np.exp(1j * (x * x - y * y))).astype(np.complex64)
+    cases = [diffraction(obj, 1e8, beam_stop_mask((48, 48), 1.0), rng) for obj in (real, saddle)]
+    iobs, valid = np.stack([c[0] for c in cases]), np.stack([c[1] for c in cases])
+    recipe = "(SW*HIO**40)**5 * ER**50"
+    auto = phase(iobs, valid, recipe=recipe, n_starts=6, n_keep=2, seed=1, device="cpu", positivity="auto",
+                 keep_starts=True)
+    assert auto.positivity.tolist() == [True, False]
+    assert auto.families == (3, 3) and auto.start_llk.shape == (2, 6) and auto.start_objects.shape == (2, 6, 48, 48)
+    assert (auto.kept[0] >= 3).all() and (auto.kept[1] < 3).all()  # complex starts first, then positive ones
+    runs = {pos: phase(iobs, valid, recipe=recipe, n_starts=3, n_keep=2, seed=1, device="cpu", positivity=pos)
+            for pos in (False, True)}  # each family alone: the same starts
+    for i, pos in enumerate((True, False)):
+        np.testing.assert_array_equal(runs[pos].reconstruction[i], auto.reconstruction[i])
+        assert runs[pos].bic[i] == auto.bic[i] < runs[not pos].bic[i]
+    errors = {pos: [metrics.ambiguity_error(c[2], r) for c, r in zip(cases, runs[pos].reconstruction)] for pos in runs}
+    assert errors[True][0] < 0.1 and errors[False][1] < 0.1 < errors[True][1]  # the data chose right for the saddle
+    with pytest.raises(InputDataError, match="n_starts >= 2"):
+        phase(iobs, valid, recipe=recipe, n_starts=1, positivity="auto")
+    with pytest.raises(InputDataError, match="reality"):
+        phase(iobs, valid, recipe=recipe, n_starts=4, positivity="auto", reality=True)
+    with pytest.raises(InputDataError, match="positivity must be"):
+        phase(iobs, valid, recipe=recipe, n_starts=4, positivity="maybe")
+
+
 def test_phase_from_random_starts_with_autocorrelation_support_and_shrink_wrap():
     """The whole chain on a noisy pattern with a beam-stop hole: 2 patterns x 8 starts in one batch."""
     rng = np.random.default_rng(6)

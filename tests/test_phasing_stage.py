@@ -68,6 +68,7 @@ def test_process_reconstructs_and_fills_every_output():
     summary = stage.finish()
     assert summary["patterns_phased"] == summary["patterns_resolved"] == 2 and summary["device"] == "cpu"
     assert summary["patterns_reproduced"] == int((out["starts_agreeing"] > 1).sum())
+    assert (out["positivity"] == 0).all() and summary["patterns_positive"] == 0  # positivity = false
     alone = 2 - summary["patterns_reproduced"]
     assert stage.warnings() == ([f"{alone} of 2 phased patterns were reproduced by no other start (starts_agreeing = 1): "
                                  "check them, each image rests on a single start"] if alone else [])
@@ -91,7 +92,23 @@ def test_a_beam_stop_that_hides_parts_of_the_object_gets_a_warning():
     assert hidden_lines[0].endswith("fill_centre or positivity would constrain them in part")
 
 
+def test_auto_positivity_marks_the_frames_the_data_phased_as_positive_densities():
+    stage = PhaseRetriever(StageContext(device="cpu", seed=1), size=SIZE, n_starts=4, n_keep=2,
+                           recipe="(SW*HIO**40)**5 * ER**50", positivity="auto")
+    stage.setup()
+    batch, truths = _batch(2)
+    out = stage.process(batch)
+    assert out["positivity"].tolist() == [1, 1]  # uniform polygons: real, non-negative densities
+    assert stage.finish()["patterns_positive"] == 2
+    for i, truth in enumerate(truths):
+        assert metrics.ambiguity_error(truth, out["amplitude"][i] * np.exp(1j * out["phase"][i])) < 0.1
+
+
 def test_bad_parameters_and_inputs():
+    with pytest.raises(StageError, match="parameter 'positivity' must be a boolean or 'auto', got str 'yes'"):
+        PhaseRetriever(size=SIZE, positivity="yes")
+    with pytest.raises(StageError, match="positivity = 'auto' needs n_starts >= 2 and reality = false"):
+        PhaseRetriever(size=SIZE, positivity="auto", reality=True).setup()
     with pytest.raises(StageError, match="n_keep"):
         PhaseRetriever(size=SIZE, n_starts=2, n_keep=3).setup()
     with pytest.raises(StageError, match="unknown operator 'HOI'"):

@@ -36,6 +36,11 @@ FREE_LLK_SIGNIFICANCE = 3.0
 #: (:meth:`StartFits.lowest_bic`).
 FREE_DEVIANCE_SCREEN = 1.5
 
+#: With ``positivity="auto"`` this fraction of the starts is phased as a real, non-negative density,
+#: the rest as a complex object, and per pattern the run whose selected start has the lower BIC
+#: gives the reconstruction (docs/benchmarks.md, "The data choose positivity").
+AUTO_POSITIVITY_STARTS = 0.5
+
 
 @dataclass
 class PatternResult:
@@ -49,6 +54,8 @@ class PatternResult:
     prtf: ResolutionCurve  # over the n_keep best starts
     kept: np.ndarray  # indices of the averaged starts, best first
     agreeing: int  # independent starts (the selected one included) within max_difference of it: len(kept) without a GUIDE
+    bic: float = float("nan")  # the selected start's Bayesian information criterion (StartFits.bic)
+    positivity: bool = False  # phased as a real, non-negative density
 
     @property
     def resolution_px(self) -> float:
@@ -69,10 +76,14 @@ class PhasingResult:
     start_supports: np.ndarray | None = field(default=None, repr=False)  # the same shape, bool, if kept
     free_pixels: np.ndarray | None = field(default=None, repr=False)  # (patterns, *spatial) held-out pixels, if kept
     guided: list | None = field(default=None, repr=False)  # per GUIDE of the recipe, its GuidedStarts, if kept
+    families: tuple | None = None  # positivity="auto": (complex starts, positive starts), in that order on the starts axis
 
     def __getattr__(self, name):
-        if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "kept", "agreeing"):
+        if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "agreeing",
+                    "bic", "positivity"):
             return np.stack([np.asarray(getattr(p, name)) for p in self.patterns])
+        if name == "kept":  # as many per pattern as agreed: a list
+            return [p.kept for p in self.patterns]
         if name == "prtf":
             return np.stack([p.prtf.value for p in self.patterns])
         raise AttributeError(name)
@@ -258,8 +269,8 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     object (reality or positivity), 2 for a complex one. The default ``max_difference`` exceeds the
     0.10-0.18 by which starts reaching the same solution differ at 10^6 photons.
     """
-    fts, order, aligned = _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference,
-                                         selection, params_per_pixel)
+    fts, order, aligned, fits = _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference,
+                                               selection, params_per_pixel)
     top, fts, agree = align_on_lead(fts, order, n_keep, max_difference, aligned)
     kept = top[agree]
     mean_ft = fts[agree].mean(axis=0)
@@ -271,19 +282,20 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     llk = poisson_llk(iobs, icalc, constrained, n_params=int(support.sum()))
     llk_free = poisson_llk(iobs, icalc, free) if free.any() else float("nan")
     recon, support = _roll_to_centre(sfft.ifftn(mean_ft).astype(np.complex64), support)
-    return PatternResult(recon, support, llk, llk_free, r_factor(iobs, icalc, constrained), curve, kept, len(kept))
+    return PatternResult(recon, support, llk, llk_free, r_factor(iobs, icalc, constrained), curve, kept, len(kept),
+                         float(fits.bic[kept[0]]), params_per_pixel == 1)
 
 
 def _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference, selection,
-                   params_per_pixel) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One pattern's starts: their Fourier transforms, :func:`rank_starts`' order, and the alignments
+                   params_per_pixel) -> tuple[np.ndarray, np.ndarray, dict, StartFits]:
+    """One pattern's starts: their Fourier transforms, :func:`rank_starts`' order, the alignments
     onto the lead that the ranking made (the bic rule; the consensus rule keeps only its pairwise
-    errors: holding n^2/2 aligned transforms would cost more than redoing n_keep - 1)."""
+    errors: holding n^2/2 aligned transforms would cost more than redoing n_keep - 1), and their fits."""
     fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
-    fits = StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel) if selection != "llk" else None
+    fits = StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel)
     aligned = {}
     order = rank_starts(fts, start_llk, max_difference, selection, fits, aligned)
-    return fts, order, aligned
+    return fts, order, aligned, fits
 
 
 def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
@@ -299,7 +311,7 @@ def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
 
     def guided(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The lead is the bic rule's: the consensus rule would pay n^2/2 alignments per pattern here
-        fts, order, aligned = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
+        fts, order, aligned, _ = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
                                              state.constrained_host[i], state.free_host[i], 0.15, "bic",
                                              1 if state.reality else 2)
         lead = objects[i][order[0]]
@@ -332,7 +344,8 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
           n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, selection: str = "bic",
-          device: str = "auto", keep_starts: bool = False, **state_options) -> PhasingResult:
+          device: str = "auto", keep_starts: bool = False, positivity: bool | str = False,
+          **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 
     ``patterns`` (n, ny, nx) or (n, nz, ny, nx); ``valid`` True where measured (masked pixels,
@@ -345,15 +358,37 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     GUIDE's lead and its ``n_keep`` - 1 nearest starts, which ran independently; the reconstruction
     is the last generation's. ``keep_starts``: the result also holds every start's object and support, the free
     pixels and, per GUIDE of the recipe, the starts it guided (``guided``, :class:`GuidedStarts`).
+    ``positivity``: a real, non-negative density inside the support; ``"auto"``: the data decide per
+    pattern (:data:`AUTO_POSITIVITY_STARTS`, :func:`_choose_family`).
     Other keywords go to :class:`~.engine.PhasingState`
-    (free_fraction, modelled, positivity, reality, calc_llk, support_threshold, support_sigma,
+    (free_fraction, modelled, reality, calc_llk, support_threshold, support_sigma,
     support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
     """
     schedule = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     if n_keep < 1:
         raise InputDataError(f"n_keep must be >= 1, got {n_keep}")
     _check_selection(selection)
+    if positivity not in (False, True, "auto"):
+        raise InputDataError(f"positivity must be true, false or 'auto', got {positivity!r}")
     state_options.setdefault("backend", device)
+    run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
+               keep_starts=keep_starts)
+    if positivity == "auto" and state_options.get("reality"):
+        raise InputDataError("positivity = 'auto' chooses between a complex and a real, non-negative object: "
+                             "it cannot be combined with reality")
+    if positivity != "auto":
+        return _phase_family(patterns, valid, n_starts=n_starts, positivity=bool(positivity), **run, **state_options)
+    n_positive = int(round(AUTO_POSITIVITY_STARTS * n_starts))
+    if n_positive < 1 or n_starts - n_positive < 1:
+        raise InputDataError(f"positivity = 'auto' needs n_starts >= 2 (a complex and a positive family), got {n_starts}")
+    families = [_phase_family(patterns, valid, n_starts=n, positivity=pos, **run, **state_options)
+                for n, pos in ((n_starts - n_positive, False), (n_positive, True))]
+    return _choose_family(*families)
+
+
+def _phase_family(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
+                  selection: str, keep_starts: bool, **state_options) -> PhasingResult:
+    """:func:`phase` with one object constraint for every start."""
     state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
     state.keep_guided_starts, state.guided_ranked = keep_starts, n_keep
     schedule.apply(state)
@@ -371,10 +406,45 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
         for i, result in enumerate(results):
             result.prtf = _prtf_of(first.ranked_fts[i], state.iobs_host[i], state.valid_host[i])  # n_keep starts
             result.agreeing = int((first.differences[i] <= max_difference).sum())
+    for result in results:
+        result.positivity = state.positivity
     return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
                          state.backend.name, objects if keep_starts else None,
                          supports if keep_starts else None, state.free_host if keep_starts else None,
                          state.guided if keep_starts else None)
+
+
+def _choose_family(complex_run: PhasingResult, positive_run: PhasingResult) -> PhasingResult:
+    """Per pattern, the reconstruction of the run whose selected start has the lower BIC: the
+    positive one fits the constrained pixels (the same in both runs: one seed draws them) with half
+    the parameters per support pixel, so it leads where a real, non-negative density explains the
+    data about as well, and a complex object's data reject it by far. Starts of both runs follow
+    one another (complex first): ``kept`` and the kept starts index them so."""
+    offset = complex_run.start_llk.shape[1]
+    patterns = []
+    for c, p in zip(complex_run.patterns, positive_run.patterns):
+        if p.bic < c.bic:  # NaN (no finite start) never leads
+            p.kept = p.kept + offset
+            patterns.append(p)
+        else:
+            patterns.append(c)
+
+    def joined(a, b):
+        return None if a is None else np.concatenate([a, b], axis=1)
+
+    guided = None
+    if complex_run.guided is not None:
+        guided = [GuidedStarts([(gp if r.positivity else gc).ranked_fts[i] for i, r in enumerate(patterns)],
+                               [(gp if r.positivity else gc).differences[i] for i, r in enumerate(patterns)],
+                               joined(gc.objects, gp.objects), joined(gc.supports, gp.supports),
+                               joined(gc.ranking, gp.ranking))
+                  for gc, gp in zip(complex_run.guided, positive_run.guided)]
+    return PhasingResult(patterns, joined(complex_run.start_llk, positive_run.start_llk),
+                         joined(complex_run.start_llk_free, positive_run.start_llk_free), complex_run.iterations,
+                         complex_run.recipe, complex_run.device,
+                         joined(complex_run.start_objects, positive_run.start_objects),
+                         joined(complex_run.start_supports, positive_run.start_supports), complex_run.free_pixels, guided,
+                         (offset, positive_run.start_llk.shape[1]))
 
 
 def _map_patterns(func, n_patterns: int) -> list:

@@ -51,12 +51,15 @@ class Param:
     choices: tuple = ()
     min: float | None = None
     max: float | None = None
+    also: tuple = ()  # strings accepted besides values of the type (e.g. "auto" for a boolean)
 
     def validate(self, name: str, value: Any) -> Any:
         """Return ``value`` converted to this parameter's type, or raise StageError naming the problem."""
-        expected = _TYPE_NAMES.get(self.type, self.type.__name__)
+        expected = _TYPE_NAMES.get(self.type, self.type.__name__) + "".join(f" or {v!r}" for v in self.also)
         if value is None and self.default is None:
             return None  # a default of None: the stage chooses (e.g. from the data's size)
+        if isinstance(value, str) and value in self.also:
+            return value
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if self.type is list and isinstance(value, tuple):
@@ -76,7 +79,8 @@ class Param:
     def describe(self) -> str:
         unit = f" [{self.unit}]" if self.unit else ""
         extra = f", one of {list(self.choices)}" if self.choices else ""
-        return f"{_TYPE_NAMES.get(self.type, self.type.__name__)} = {self.default!r}{unit}{extra}: {self.doc}"
+        kind = _TYPE_NAMES.get(self.type, self.type.__name__) + "".join(f" or {v!r}" for v in self.also)
+        return f"{kind} = {self.default!r}{unit}{extra}: {self.doc}"
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,9 @@ class PhaseRetriever(Stage):
                              "half measured) take the intensity of a sphere fitted to the frame's measured rings; "
                              "for sphere-like particles whose first speckles fall in a central hole (needs the "
                              "reciprocal_grid stage's q grid)"),
-        "positivity": Param(False, bool, "real, non-negative density inside the support"),
+        "positivity": Param(False, bool, "real, non-negative density inside the support; 'auto': half the starts "
+                            "with it, half as a complex object, and per frame the data choose (the lower BIC of "
+                            "the two selected starts)", also=("auto",)),
         "reality": Param(False, bool, "real density inside the support"),
         "free_fraction": Param(0.05, float, "fraction of valid pixels held out for the free LLK", min=0.0, max=0.3),
         "calc_llk": Param(50, int, "compute the LLK every this many iterations (0: at the end only)", min=0),
@@ -106,6 +108,8 @@ class PhaseRetriever(Stage):
         Field("starts_agreeing", "uint8", (), "independent starts that reproduce the selected one within "
               "max_difference, itself included, among the n_keep the PRTF is taken from (before a GUIDE "
               "pulled them together; 1: no other start reproduced it; 0: not phased)"),
+        Field("positivity", "uint8", (), "1: phased as a real, non-negative density (positivity = true, or chosen "
+              "by the data with 'auto'); 0: as a complex object, or not phased"),
         Field("centre_filled", "int32", (), "unmeasured pixels near the beam filled from the sphere fit (fill_centre)",
               "pixels"),
     )
@@ -115,6 +119,9 @@ class PhaseRetriever(Stage):
 
         if self.p.n_keep > self.p.n_starts:
             raise StageError(f"n_keep ({self.p.n_keep}) must be <= n_starts ({self.p.n_starts})")
+        if self.p.positivity == "auto" and (self.p.reality or self.p.n_starts < 2):
+            raise StageError("positivity = 'auto' needs n_starts >= 2 and reality = false (it chooses per frame "
+                             "between a complex object and a real, non-negative one)")
         init = self.p.support_init
         if len(init) != 2 or not all(isinstance(v, (int, float)) for v in init) or not 0 < init[0] <= init[1] < 1:
             raise StageError(f"parameter 'support_init' must be [low, high] with 0 < low <= high < 1, got {init!r}")
@@ -124,7 +131,7 @@ class PhaseRetriever(Stage):
         self.schedule = parse_recipe(self.p.recipe, sw_defaults=sw_defaults)
         self.backend = get_backend(self.context.device, ndim=2)
         self._resolutions: list[np.ndarray] = []
-        self._phased = self._reproduced = self._unphased = self._not_filled = 0
+        self._phased = self._reproduced = self._positive = self._unphased = self._not_filled = 0
         self._hidden: tuple[int, float] | None = None  # the most hidden modes a batch's median support showed, its largest fraction
         self._sphere_fit = None
         if self.p.fill_centre:
@@ -176,9 +183,11 @@ class PhaseRetriever(Stage):
             out["resolution_nm"][usable] = out["resolution_px"][usable] * self._real_space_pixel_nm(batch, size)
             out["starts_averaged"][usable] = [len(p.kept) for p in result.patterns]
             out["starts_agreeing"][usable] = result.agreeing
+            out["positivity"][usable] = result.positivity
             self._note_hidden_modes(result.support, valid[usable])
         self._resolutions.append(out["resolution_px"])
         self._reproduced += int((out["starts_agreeing"] > 1).sum())
+        self._positive += int(out["positivity"].sum())
         self._phased += int(usable.sum())
         self._unphased += int((~usable).sum())
         return out
@@ -245,6 +254,7 @@ class PhaseRetriever(Stage):
         finite = res[np.isfinite(res)]
         return {"recipe": repr(self.schedule), "device": self.backend.name, "patterns_phased": self._phased,
                 "patterns_resolved": int(len(finite)), "patterns_reproduced": self._reproduced,
+                "patterns_positive": self._positive,
                 "median_resolution_px": float(np.median(finite)) if len(finite) else float("nan"),
                 # -1 / NaN: not measured (nothing phased, or too many unmeasured pixels)
                 "hidden_modes": self._hidden[0] if self._hidden else -1,
