@@ -34,7 +34,7 @@ import scipy.fft as sfft
 
 from xfel_dl_plugins.phasing import DEFAULT_RECIPE, HIO, SW, Operator, PhasingState, metrics, parse_recipe, phase
 from xfel_dl_plugins.phasing.backend import NumpyBackend
-from xfel_dl_plugins.phasing.multistart import combine_starts
+from xfel_dl_plugins.phasing.multistart import auto_family_sizes, combine_starts
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
 from picture_objects import PICTURES, picture_object, skimage_data_dir  # beside this script
@@ -242,6 +242,7 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
                                   measured & ~free, free, 4, params_per_pixel=1 if ours.positivity[c] else 2)
         row["ours_unguided_err"] = metrics.ambiguity_error(truth, unguided.reconstruction)
         row["ours_resolution_px"] = float(ours.resolution_px[c])
+        row["ours_positive"] = bool(ours.positivity[c])
         rows.append(row)
         print("quality: " + json.dumps(row), flush=True)
     return dict(rows=rows, seeds=list(seeds), positivity=positivity, our_starts=ours_run["n_starts"], our_sw=our_sw, ours_s=ours_s, pynx_default_s=runs["pynx_default_s"], pynx_oursw_s=runs["pynx_oursw_s"],
@@ -352,7 +353,12 @@ def markdown(args, timing, batch, quality, figs) -> str:
               "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom); "
               f"ours then continues, after a guided restart (GUIDE: every start halfway to the selected one, after "
               f"alignment), with `{second_generation}` (its default recipe). "
-              "The per-start columns (converged, floor) are our first generation's: independent starts, PyNX's schedule. "
+              "The per-start columns (converged, floor) are our first generation's: independent starts, PyNX's schedule"
+              + ({"auto": f"; with `positivity = \"auto\"` (ours: {auto_family_sizes(quality['our_starts'])[1]} of the "
+                          f"{quality['our_starts']} starts phase a real, non-negative density, the others a complex "
+                          "object; per pattern the run whose selected start has the lower BIC gives the result) they "
+                          "count both kinds of start. ",
+                  True: "; ours with positivity. "}.get(quality.get("positivity"), ". ")) +
               "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max "
               f"{quality['our_sw'][0]:g}, sigma {quality['our_sw'][2][0]:g}->{quality['our_sw'][2][1]:g} px, i.e. "
               f"1/64 -> 1/128 of the array side; threshold x {quality['our_sw'][3]:g} in the RAAR stage). "
@@ -368,13 +374,14 @@ def markdown(args, timing, batch, quality, figs) -> str:
               "(an oracle choice); *LLK pick*: its lowest-LLK start.", "",
               "| object | photons | converged ours | conv. PyNX | conv. PyNX(our SW) | floor ours | floor PyNX | "
               "ours selected err | ours without GUIDE err | PyNX best err | PyNX LLK-pick err | PyNX(our SW) best | "
-              "ours resolution px |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "ours resolution px | ours phased as |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['photons']:.0e} | {r['ours_converged']:.1f} | {r['pynx_default_converged']:.1f} | "
                      f"{r['pynx_oursw_converged']:.1f} | {r['ours_floor']:.1f} | {r['pynx_default_floor']:.1f} | "
                      f"{r['ours_selected_err']:.3f} | {r['ours_unguided_err']:.3f} | {r['pynx_default_best_err']:.3f} | {r['pynx_default_llk_pick_err']:.3f} | "
-                     f"{r['pynx_oursw_best_err']:.3f} | {r['ours_resolution_px']:.2f} |")
+                     f"{r['pynx_oursw_best_err']:.3f} | {r['ours_resolution_px']:.2f} | "
+                     f"{'positive' if r.get('ours_positive') else 'complex'} |")
     conv = np.mean([r["ours_converged"] for r in rows]), np.mean([r["pynx_default_converged"] for r in rows])
     wins = sum(r["ours_selected_err"] <= r["pynx_default_best_err"] + 1e-9 for r in rows)
     wins_pick = sum(r["ours_selected_err"] <= r["pynx_default_llk_pick_err"] + 1e-9 for r in rows)
@@ -413,8 +420,9 @@ def main(argv=None):
     ap.add_argument("--objects", choices=["test", "pictures"], default="test",
                     help="quality objects: the package's test objects, or held-out pictures bundled with scikit-image "
                          "(found in the PyNX venv; benchmarks/picture_objects.py)")
-    ap.add_argument("--positivity", choices=["false", "true", "auto"], default="false",
-                    help="our runs' positivity (auto: half the starts positive, the data choose per pattern)")
+    ap.add_argument("--positivity", choices=["false", "true", "auto"], default="auto",
+                    help="our runs' positivity (auto, the phase_retriever's default: half the starts positive, the "
+                         "data choose per pattern; false: every start complex, as before 2026-11-27 14:27 UTC)")
     ap.add_argument("--our-starts", type=int, default=None, help="our random starts per pattern (default: PyNX's 10)")
     args = ap.parse_args(argv)
     pynx = PyNX(args.pynx_dir)

@@ -68,7 +68,8 @@ def test_process_reconstructs_and_fills_every_output():
     summary = stage.finish()
     assert summary["patterns_phased"] == summary["patterns_resolved"] == 2 and summary["device"] == "cpu"
     assert summary["patterns_reproduced"] == int((out["starts_agreeing"] > 1).sum())
-    assert (out["positivity"] == 0).all() and summary["patterns_positive"] == 0  # positivity = false
+    # positivity = "auto", the default: these uniform polygons came out as real, non-negative densities
+    assert out["positivity"].tolist() == [1, 1] and summary["patterns_positive"] == 2
     alone = 2 - summary["patterns_reproduced"]
     assert stage.warnings() == ([f"{alone} of 2 phased patterns were reproduced by no other start (starts_agreeing = 1): "
                                  "check them, each image rests on a single start"] if alone else [])
@@ -80,7 +81,7 @@ def test_a_beam_stop_that_hides_parts_of_the_object_gets_a_warning():
     summaries = {}
     for stop in (1.0, 5.0):
         stage = PhaseRetriever(StageContext(device="cpu", seed=1), size=SIZE, n_starts=2, n_keep=1,
-                               recipe="(SW*HIO**20)**3 * ER**20")
+                               recipe="(SW*HIO**20)**3 * ER**20", positivity=False)
         stage.setup()
         stage.process(_batch(3, stop=stop)[0])
         summaries[stop] = stage.finish()
@@ -92,14 +93,15 @@ def test_a_beam_stop_that_hides_parts_of_the_object_gets_a_warning():
     assert hidden_lines[0].endswith("fill_centre or positivity would constrain them in part")
 
 
-def test_auto_positivity_marks_the_frames_the_data_phased_as_positive_densities():
+@pytest.mark.parametrize("positivity, expected", [(False, [0, 0]), (True, [1, 1]), ("auto", [1, 1])])
+def test_the_positivity_output_says_how_each_frame_was_phased(positivity, expected):
     stage = PhaseRetriever(StageContext(device="cpu", seed=1), size=SIZE, n_starts=4, n_keep=2,
-                           recipe="(SW*HIO**40)**5 * ER**50", positivity="auto")
+                           recipe="(SW*HIO**40)**5 * ER**50", positivity=positivity)
     stage.setup()
     batch, truths = _batch(2)
     out = stage.process(batch)
-    assert out["positivity"].tolist() == [1, 1]  # uniform polygons: real, non-negative densities
-    assert stage.finish()["patterns_positive"] == 2
+    assert out["positivity"].tolist() == expected  # "auto": uniform polygons are real, non-negative densities
+    assert stage.finish()["patterns_positive"] == sum(expected)
     for i, truth in enumerate(truths):
         assert metrics.ambiguity_error(truth, out["amplitude"][i] * np.exp(1j * out["phase"][i])) < 0.1
 

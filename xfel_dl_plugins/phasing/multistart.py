@@ -378,12 +378,18 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
                              "it cannot be combined with reality")
     if positivity != "auto":
         return _phase_family(patterns, valid, n_starts=n_starts, positivity=bool(positivity), **run, **state_options)
+    n_complex, n_positive = auto_family_sizes(n_starts)
+    families = [_phase_family(patterns, valid, n_starts=n, positivity=pos, **run, **state_options)
+                for n, pos in ((n_complex, False), (n_positive, True))]
+    return _choose_family(*families)
+
+
+def auto_family_sizes(n_starts: int) -> tuple[int, int]:
+    """With ``positivity="auto"``: how many of ``n_starts`` phase a complex object, how many a positive one."""
     n_positive = int(round(AUTO_POSITIVITY_STARTS * n_starts))
     if n_positive < 1 or n_starts - n_positive < 1:
-        raise InputDataError(f"positivity = 'auto' needs n_starts >= 2 (a complex and a positive family), got {n_starts}")
-    families = [_phase_family(patterns, valid, n_starts=n, positivity=pos, **run, **state_options)
-                for n, pos in ((n_starts - n_positive, False), (n_positive, True))]
-    return _choose_family(*families)
+        raise InputDataError(f"positivity = 'auto' needs n_starts >= 2 (a complex and a positive run), got {n_starts}")
+    return n_starts - n_positive, n_positive
 
 
 def _phase_family(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,

@@ -3,7 +3,8 @@
 Reads the ``pattern`` / ``pattern_valid`` fields of the ``reciprocal_grid`` stage (FFT-centred
 after ifftshift: beam centre at [size//2, size//2] before the shift is undone here), runs a recipe
 of ER/HIO/RAAR/DM and shrink-wrap from ``n_starts`` random starts per pattern (drawn from the seed
-and the frame's trainId and pulseId), picks the start with the lowest Bayesian information criterion
+and the frame's trainId and pulseId; with ``positivity = "auto"``, the default, half of them phase a
+real, non-negative density and half a complex object, and per frame the data choose), picks the start with the lowest Bayesian information criterion
 among those that fit the held-out pixels (or another rule: ``selection``), averages it
 with up to ``n_keep - 1`` starts nearest to it after removing translation, twin and global phase,
 and writes the reconstruction (amplitude and phase), its support and figures of merit per frame.
@@ -83,7 +84,7 @@ class PhaseRetriever(Stage):
                              "half measured) take the intensity of a sphere fitted to the frame's measured rings; "
                              "for sphere-like particles whose first speckles fall in a central hole (needs the "
                              "reciprocal_grid stage's q grid)"),
-        "positivity": Param(False, bool, "real, non-negative density inside the support; 'auto': half the starts "
+        "positivity": Param("auto", bool, "real, non-negative density inside the support; 'auto': half the starts "
                             "with it, half as a complex object, and per frame the data choose (the lower BIC of "
                             "the two selected starts)", also=("auto",)),
         "reality": Param(False, bool, "real density inside the support"),
