@@ -71,7 +71,7 @@ def test_run_warns_about_unmasked_zeros_and_unphased_frames(tmp_path):
     manifest = tmp_path / "m.toml"
     manifest.write_text(f"""[chain]\nname = "w"\ndevice = "cpu"\n[input]\ncxi = "p.cxi"\n
 [[stages]]\nuse = "reciprocal_grid"\n[stages.params]\nsize = {SIZE}\nbinning = 1\n
-[[stages]]\nuse = "phase_retriever"\nlabel = "phasing"\n[stages.params]\nsize = {SIZE}\nn_starts = 3\nn_keep = 2
+[[stages]]\nuse = "phase_retriever"\nlabel = "phasing"\n[stages.params]\nsize = {SIZE}\nn_starts = 4\nn_keep = 2
 recipe = "(SW*HIO**10)**2 * ER**10"\n""")
     proc = run_cli("run", manifest, "--input", cxi, "--output", tmp_path / "r.h5", "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -90,6 +90,8 @@ recipe = "(SW*HIO**10)**2 * ER**10"\n""")
     assert "frames phased: 2 of 3; with a resolution: 2" in proc.stdout
     counts = re.search(r"reproduced by 2 or more independent starts: (\d+); by a single start .*: (\d+)", proc.stdout)
     assert counts and int(counts[1]) + int(counts[2]) == 2, proc.stdout
+    kinds = re.search(r"phased as real, non-negative densities: (\d+); as complex objects: (\d+)", proc.stdout)
+    assert kinds and int(kinds[1]) + int(kinds[2]) == 2, proc.stdout  # positivity = "auto", the default
     assert "- phasing: 1 frames not phased" in proc.stdout and "- reciprocal_grid: 2 of 3 frames" in proc.stdout
     assert "phasing.png" in proc.stdout and "Warning" not in proc.stderr
     assert (tmp_path / "report" / "phasing.png").stat().st_size > 20_000

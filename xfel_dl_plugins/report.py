@@ -192,7 +192,8 @@ PHASING_SCALARS = ("llk", "llk_free", "resolution_px", "resolution_nm")
 def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6) -> list[str]:
     """``phasing.png`` (the best-resolved reconstructions, PRTF curves, resolutions) and the section's lines."""
     sd = results[src]
-    fields = list(PHASING_SCALARS) + ["prtf"] + [f for f in ("starts_averaged", "starts_agreeing") if f"data.{f}" in sd.keys()]
+    fields = list(PHASING_SCALARS) + ["prtf"] + [f for f in ("starts_averaged", "starts_agreeing", "positivity")
+                                                 if f"data.{f}" in sd.keys()]
     rows = read_stage(results, src, fields)
     res_px, res_nm = rows.fields["resolution_px"], rows.fields["resolution_nm"]
     phased = np.isfinite(rows.fields["llk"])
@@ -251,6 +252,9 @@ def _phasing_section(results, src: str, out_dir: Path, plt, n_examples: int = 6)
         alone = int((agreeing[phased] == 1).sum())
         lines.append(f"- reproduced by 2 or more independent starts: {int(phased.sum()) - alone}; by a single start "
                      f"(no other reproduced it, or n_keep = 1): {alone}")
+    if "positivity" in rows.fields:  # files from before positivity = "auto" have no such field
+        lines.append(f"- phased as real, non-negative densities: {int(rows.fields['positivity'][phased].sum())}; as "
+                     f"complex objects: {int((rows.fields['positivity'][phased] == 0).sum())}")
     lines += [f"- examples: the {len(examples)} best-resolved frames", "", f"![phasing]({png.name})", ""]
     return lines
 
