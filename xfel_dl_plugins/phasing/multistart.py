@@ -5,6 +5,9 @@ information criterion among those that fit the held-out pixels), align the other
 
     result = phase(patterns, valid, recipe="(SW*HIO**50)**10 * RAAR**500 * ER**100", n_starts=8, n_keep=4)
     result.reconstruction[i], result.llk[i], result.resolution_px[i], result.prtf[i]
+
+With ``positivity="auto"`` half the starts phase a real, non-negative density and half a complex
+object, and per pattern the run whose selected start has the lower BIC gives the result.
 """
 
 from __future__ import annotations

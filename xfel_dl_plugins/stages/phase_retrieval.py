@@ -4,8 +4,9 @@ Reads the ``pattern`` / ``pattern_valid`` fields of the ``reciprocal_grid`` stag
 after ifftshift: beam centre at [size//2, size//2] before the shift is undone here), runs a recipe
 of ER/HIO/RAAR/DM and shrink-wrap from ``n_starts`` random starts per pattern (drawn from the seed
 and the frame's trainId and pulseId; with ``positivity = "auto"``, the default, half of them phase a
-real, non-negative density and half a complex object, and per frame the data choose), picks the start with the lowest Bayesian information criterion
-among those that fit the held-out pixels (or another rule: ``selection``), averages it
+real, non-negative density and half a complex object, and per frame the data choose), picks the
+start with the lowest Bayesian information criterion among those that fit the held-out pixels (or
+another rule: ``selection``), averages it
 with up to ``n_keep - 1`` starts nearest to it after removing translation, twin and global phase,
 and writes the reconstruction (amplitude and phase), its support and figures of merit per frame.
 
