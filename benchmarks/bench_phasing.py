@@ -349,7 +349,9 @@ def markdown(args, timing, batch, quality, figs) -> str:
               + ("pictures bundled with scikit-image, `benchmarks/picture_objects.py`, oversampling 2.67"
                  if quality.get("pictures") else "test objects of `xfel_dl_plugins.phasing.testobjects`, oversampling 2.5")
               + f" per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
-              f"{quality['n_starts']} random starts per pattern, schedule `{first_generation}` in both codes (PyNX: "
+              f"{quality['n_starts']} random starts per pattern"
+              + (f" (ours {quality['our_starts']})" if quality.get("our_starts", quality["n_starts"]) != quality["n_starts"] else "")
+              + f", schedule `{first_generation}` in both codes (PyNX: "
               "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom); "
               f"ours then continues, after a guided restart (GUIDE: every start halfway to the selected one, after "
               f"alignment), with `{second_generation}` (its default recipe). "
