@@ -296,6 +296,20 @@ def test_auto_positivity_lets_the_data_choose_per_pattern():
         phase(iobs, valid, recipe=recipe, n_starts=4, positivity="maybe")
 
 
+def test_auto_positivity_never_chooses_a_run_without_a_finite_start():
+    """_choose_family compares the selected starts' BICs; a run whose starts all diverged (NaN) loses."""
+    from xfel_dl_plugins.phasing.multistart import PatternResult, PhasingResult, _choose_family
+
+    def run(bics, positive):
+        patterns = [PatternResult(np.zeros((4, 4), np.complex64), np.ones((4, 4), bool), 1.0, 1.0, 0.1, None,
+                                  np.array([0]), 1, b, positive) for b in bics]
+        return PhasingResult(patterns, np.zeros((len(bics), 2)), np.zeros((len(bics), 2)), 10, "ER**10", "cpu")
+
+    chosen = _choose_family(run([np.nan, 5.0, 3.0, np.nan], False), run([7.0, np.nan, 4.0, np.nan], True))
+    assert chosen.positivity.tolist() == [True, False, False, False]
+    assert chosen.kept[0].tolist() == [2]  # a positive run's starts follow the complex run's two
+
+
 def test_phase_from_random_starts_with_autocorrelation_support_and_shrink_wrap():
     """The whole chain on a noisy pattern with a beam-stop hole: 2 patterns x 8 starts in one batch."""
     rng = np.random.default_rng(6)

@@ -109,8 +109,10 @@ def test_the_positivity_output_says_how_each_frame_was_phased(positivity, expect
 def test_bad_parameters_and_inputs():
     with pytest.raises(StageError, match="parameter 'positivity' must be a boolean or 'auto', got str 'yes'"):
         PhaseRetriever(size=SIZE, positivity="yes")
-    with pytest.raises(StageError, match="positivity = 'auto' needs n_starts >= 2 and reality = false"):
+    with pytest.raises(StageError, match="phase_retriever: positivity = 'auto' .* cannot be combined with reality"):
         PhaseRetriever(size=SIZE, positivity="auto", reality=True).setup()
+    with pytest.raises(StageError, match="positivity = 'auto' needs n_starts >= 2"):
+        PhaseRetriever(size=SIZE, positivity="auto", n_starts=1, n_keep=1).setup()
     with pytest.raises(StageError, match="n_keep"):
         PhaseRetriever(size=SIZE, n_starts=2, n_keep=3).setup()
     with pytest.raises(StageError, match="unknown operator 'HOI'"):

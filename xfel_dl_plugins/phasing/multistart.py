@@ -286,7 +286,7 @@ def combine_starts(objects: np.ndarray, supports: np.ndarray, start_llk: np.ndar
     llk_free = poisson_llk(iobs, icalc, free) if free.any() else float("nan")
     recon, support = _roll_to_centre(sfft.ifftn(mean_ft).astype(np.complex64), support)
     return PatternResult(recon, support, llk, llk_free, r_factor(iobs, icalc, constrained), curve, kept, len(kept),
-                         float(fits.bic[kept[0]]), params_per_pixel == 1)
+                         float(fits.bic[kept[0]]))
 
 
 def _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_difference, selection,
@@ -315,8 +315,8 @@ def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
     def guided(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The lead is the bic rule's: the consensus rule would pay n^2/2 alignments per pattern here
         fts, order, aligned, _ = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
-                                             state.constrained_host[i], state.free_host[i], 0.15, "bic",
-                                             1 if state.reality else 2)
+                                                state.constrained_host[i], state.free_host[i], 0.15, "bic",
+                                                1 if state.reality else 2)
         lead = objects[i][order[0]]
         ranked = [int(k) for k in order[1:] if int(k) in aligned]  # finite starts, nearest to the lead first
         out = np.repeat(lead[None], state.n_starts, axis=0)
@@ -371,14 +371,10 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     if n_keep < 1:
         raise InputDataError(f"n_keep must be >= 1, got {n_keep}")
     _check_selection(selection)
-    if positivity not in (False, True, "auto"):
-        raise InputDataError(f"positivity must be true, false or 'auto', got {positivity!r}")
+    check_positivity(positivity, n_starts, bool(state_options.get("reality")))
     state_options.setdefault("backend", device)
     run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
                keep_starts=keep_starts)
-    if positivity == "auto" and state_options.get("reality"):
-        raise InputDataError("positivity = 'auto' chooses between a complex and a real, non-negative object: "
-                             "it cannot be combined with reality")
     if positivity != "auto":
         return _phase_family(patterns, valid, n_starts=n_starts, positivity=bool(positivity), **run, **state_options)
     n_complex, n_positive = auto_family_sizes(n_starts)
@@ -387,12 +383,29 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     return _choose_family(*families)
 
 
+def check_positivity(positivity, n_starts: int, reality: bool) -> None:
+    """Raise :class:`InputDataError` unless ``positivity`` is True, False or ``"auto"`` with at least
+    two starts and no reality constraint (``"auto"`` chooses between complex and positive objects)."""
+    if positivity not in (False, True, "auto"):
+        raise InputDataError(f"positivity must be true, false or 'auto', got {positivity!r}")
+    if positivity == "auto" and reality:
+        raise InputDataError("positivity = 'auto' chooses between a complex and a real, non-negative object: "
+                             "it cannot be combined with reality")
+    if positivity == "auto":
+        auto_family_sizes(n_starts)
+
+
 def auto_family_sizes(n_starts: int) -> tuple[int, int]:
     """With ``positivity="auto"``: how many of ``n_starts`` phase a complex object, how many a positive one."""
     n_positive = int(round(AUTO_POSITIVITY_STARTS * n_starts))
     if n_positive < 1 or n_starts - n_positive < 1:
         raise InputDataError(f"positivity = 'auto' needs n_starts >= 2 (a complex and a positive run), got {n_starts}")
     return n_starts - n_positive, n_positive
+
+
+def _criterion(bic: float) -> float:
+    """A BIC to compare: a run without a finite selected start (NaN) loses to any that has one."""
+    return bic if np.isfinite(bic) else np.inf
 
 
 def _phase_family(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
@@ -432,7 +445,7 @@ def _choose_family(complex_run: PhasingResult, positive_run: PhasingResult) -> P
     offset = complex_run.start_llk.shape[1]
     patterns = []
     for c, p in zip(complex_run.patterns, positive_run.patterns):
-        if p.bic < c.bic:  # NaN (no finite start) never leads
+        if _criterion(p.bic) < _criterion(c.bic):  # ties, and neither run finite: the complex one
             p.kept = p.kept + offset
             patterns.append(p)
         else:

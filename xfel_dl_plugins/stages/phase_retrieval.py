@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import StageError
+from ..errors import InputDataError, StageError
 from ..io.grid import radial_profiles, ring_index
 from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE, SELECTIONS, SUPPORT_CAP
 from .base import Field, FrameBatch, Param, Stage
@@ -118,12 +118,14 @@ class PhaseRetriever(Stage):
 
     def setup(self) -> None:
         from ..phasing import get_backend, parse_recipe
+        from ..phasing.multistart import check_positivity
 
         if self.p.n_keep > self.p.n_starts:
             raise StageError(f"n_keep ({self.p.n_keep}) must be <= n_starts ({self.p.n_starts})")
-        if self.p.positivity == "auto" and (self.p.reality or self.p.n_starts < 2):
-            raise StageError("positivity = 'auto' needs n_starts >= 2 and reality = false (it chooses per frame "
-                             "between a complex object and a real, non-negative one)")
+        try:
+            check_positivity(self.p.positivity, self.p.n_starts, self.p.reality)
+        except InputDataError as exc:
+            raise StageError(f"phase_retriever: {exc}") from None
         init = self.p.support_init
         if len(init) != 2 or not all(isinstance(v, (int, float)) for v in init) or not 0 < init[0] <= init[1] < 1:
             raise StageError(f"parameter 'support_init' must be [low, high] with 0 < low <= high < 1, got {init!r}")
