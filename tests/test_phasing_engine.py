@@ -5,7 +5,7 @@ import pytest
 
 from xfel_dl_plugins.errors import InputDataError, StageError
 from xfel_dl_plugins.phasing import (DM, ER, GUIDE, HIO, RAAR, SW, PhasingState, combine_starts, get_backend, kernels,
-                                     metrics, phase)
+                                     metrics, parse_recipe, phase)
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
 from xfel_dl_plugins.phasing.multistart import StartFits, guide_starts, rank_starts
 from xfel_dl_plugins.phasing.support import autocorrelation_amplitude, autocorrelation_support, free_pixel_mask, support_size_cap
@@ -265,16 +265,22 @@ def test_positivity_gives_real_non_negative_objects_inside_the_support():
     assert min(metrics.ambiguity_error(truth, o) for o in objects[0]) < 0.05
 
 
-def test_auto_positivity_lets_the_data_choose_per_pattern():
-    """positivity="auto": half the starts phase a real, non-negative density, half a complex object;
-    a pattern takes the run whose selected start has the lower BIC. A uniform polygon takes the
-    positive one, the same shape with a saddle-shaped phase the complex one; kept starts index both runs."""
+def _real_and_complex_polygon():
+    """A uniform polygon and the same shape with a saddle-shaped phase, 1e8 photons, beam stop:
+    the (pattern, valid, truth) cases and their stacked patterns and masks."""
     rng = np.random.default_rng(8)
     real = make_object((48, 48), "polygon", rng=rng)
     y, x = np.mgrid[-24:24, -24:24] / 10.0
     saddle = (real * np.exp(1j * (x * x - y * y))).astype(np.complex64)
     cases = [diffraction(obj, 1e8, beam_stop_mask((48, 48), 1.0), rng) for obj in (real, saddle)]
-    iobs, valid = np.stack([c[0] for c in cases]), np.stack([c[1] for c in cases])
+    return cases, np.stack([c[0] for c in cases]), np.stack([c[1] for c in cases])
+
+
+def test_auto_positivity_lets_the_data_choose_per_pattern():
+    """positivity="auto" with a recipe without a GUIDE: half the starts phase a real, non-negative density,
+    half a complex object, both to the end; a pattern takes the run whose selected start has the lower BIC. A uniform polygon takes the
+    positive one, the same shape with a saddle-shaped phase the complex one; kept starts index both runs."""
+    cases, iobs, valid = _real_and_complex_polygon()
     recipe = "(SW*HIO**40)**5 * ER**50"
     auto = phase(iobs, valid, recipe=recipe, n_starts=6, n_keep=2, seed=1, device="cpu", positivity="auto",
                  keep_starts=True)
@@ -294,6 +300,39 @@ def test_auto_positivity_lets_the_data_choose_per_pattern():
         phase(iobs, valid, recipe=recipe, n_starts=4, positivity="auto", reality=True)
     with pytest.raises(InputDataError, match="positivity must be"):
         phase(iobs, valid, recipe=recipe, n_starts=4, positivity="maybe")
+
+
+def test_auto_positivity_chooses_at_the_guide_and_runs_the_second_generation_in_that_kind():
+    """With a GUIDE, positivity="auto" chooses per pattern at the GUIDE (the lead with the lower BIC),
+    and every start of the second generation, complex and positive ones pulled to that lead, runs in the
+    chosen kind. A pattern's result depends on the seed and its key only, not on the batch it ran in."""
+    cases, iobs, valid = _real_and_complex_polygon()
+    recipe = "(SW*HIO**40)**3 * ER**30 * GUIDE * (SW*HIO**40)**2 * ER**30"
+    auto = phase(iobs, valid, recipe=recipe, n_starts=6, n_keep=3, seed=1, device="cpu", positivity="auto",
+                 keep_starts=True)
+    assert auto.positivity.tolist() == [True, False] and auto.families == (3, 3) and auto.iterations == 260
+    assert auto.start_objects.shape == (2, 6, 48, 48) and auto.guided[0].objects.shape == (2, 6, 48, 48)
+    second = auto.start_objects
+    assert (second[0].imag == 0).all() and (second[0].real >= 0).all()  # all six starts positive
+    assert np.abs(second[1].imag).max() > 0.1 * np.abs(second[1]).max()  # all six complex
+    for i, case in enumerate(cases):
+        assert metrics.ambiguity_error(case[2], auto.reconstruction[i]) < 0.1
+        assert len(auto.guided[0].ranked_fts[i]) == 3  # the chosen run's lead and nearest: the PRTF's starts
+    assert np.isfinite(auto.resolution_px).all()
+    alone = phase(iobs[1:], valid[1:], recipe=recipe, n_starts=6, n_keep=3, seed=1, device="cpu", positivity="auto",
+                  pattern_keys=[(1,)])
+    np.testing.assert_array_equal(alone.reconstruction[0], auto.reconstruction[1])
+    np.testing.assert_array_equal(alone.start_llk[0], auto.start_llk[1])
+
+
+def test_the_first_guide_of_a_recipe_splits_it_into_two_generations():
+    from xfel_dl_plugins.phasing.multistart import split_at_first_guide
+
+    before, guide, after = split_at_first_guide(parse_recipe("HIO**5 * GUIDE(mix=0.3) * SW * ER**2 * GUIDE * SW * ER"))
+    assert (repr(before), guide.mix) == ("HIO(beta=0.9)**5", 0.3)
+    assert repr(after) == repr(parse_recipe("SW * ER**2 * GUIDE * SW * ER"))
+    assert split_at_first_guide(parse_recipe("(HIO**5 * GUIDE * SW)**2 * ER")) == (None, None, None)  # inside a repeat
+    assert split_at_first_guide(parse_recipe("HIO**5")) == (None, None, None)
 
 
 def test_auto_positivity_never_chooses_a_run_without_a_finite_start():

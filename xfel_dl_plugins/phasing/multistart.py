@@ -7,7 +7,8 @@ information criterion among those that fit the held-out pixels), align the other
     result.reconstruction[i], result.llk[i], result.resolution_px[i], result.prtf[i]
 
 With ``positivity="auto"`` half the starts phase a real, non-negative density and half a complex
-object, and per pattern the run whose selected start has the lower BIC gives the result.
+object; per pattern, at the recipe's GUIDE, the run whose lead has the lower BIC is chosen, and the
+second generation runs every start in that kind.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .defaults import DEFAULT_RECIPE, SELECTIONS
 from .engine import PhasingState
 from .metrics import (ResolutionCurve, align_fourier, aligned_real_space, best_intensity_scale, poisson_deviance,
                       poisson_llk, prtf, r_factor, radial_shells)
-from .operators import Operator
+from .operators import GUIDE, Operator, Sequence
 from .recipe import parse_recipe
 
 #: A start overrules the consensus when its mean free-pixel deviance is lower by more than this many
@@ -39,9 +40,9 @@ FREE_LLK_SIGNIFICANCE = 3.0
 #: (:meth:`StartFits.lowest_bic`).
 FREE_DEVIANCE_SCREEN = 1.5
 
-#: With ``positivity="auto"`` this fraction of the starts is phased as a real, non-negative density,
-#: the rest as a complex object, and per pattern the run whose selected start has the lower BIC
-#: gives the reconstruction (docs/benchmarks.md, "The data choose positivity").
+#: With ``positivity="auto"`` this fraction of the starts' first generation is phased as a real,
+#: non-negative density, the rest as a complex object; per pattern the run whose lead has the lower
+#: BIC at the GUIDE is chosen (docs/benchmarks.md, "The data choose positivity").
 AUTO_POSITIVITY_STARTS = 0.5
 
 
@@ -79,7 +80,9 @@ class PhasingResult:
     start_supports: np.ndarray | None = field(default=None, repr=False)  # the same shape, bool, if kept
     free_pixels: np.ndarray | None = field(default=None, repr=False)  # (patterns, *spatial) held-out pixels, if kept
     guided: list | None = field(default=None, repr=False)  # per GUIDE of the recipe, its GuidedStarts, if kept
-    families: tuple | None = None  # positivity="auto": (complex starts, positive starts), in that order on the starts axis
+    families: tuple | None = None  # positivity="auto": (complex starts, positive starts) of the first generation, in
+    # that order on the starts axis of guided[0] (with a GUIDE; the second generation's starts are all of the chosen
+    # kind, positivity) or of the final starts (without one)
 
     def __getattr__(self, name):
         if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "agreeing",
@@ -106,6 +109,16 @@ class GuidedStarts:
     objects: np.ndarray | None = None  # (patterns, starts, *spatial): kept with phase(keep_starts=True)
     supports: np.ndarray | None = None
     ranking: np.ndarray | None = None  # (patterns, starts): the LLK the ranking broke ties with
+
+    @classmethod
+    def of(cls, records: list, kept: tuple = ()) -> "GuidedStarts":
+        """From per-pattern (ranked_fts, differences) and, if kept, (objects, supports, ranking)."""
+        return cls([fts for fts, _ in records], [differences for _, differences in records], *kept)
+
+    def subset(self, rows: np.ndarray) -> "GuidedStarts":
+        """The record of the patterns ``rows`` only."""
+        kept = [None if a is None else a[rows] for a in (self.objects, self.supports, self.ranking)]
+        return GuidedStarts([self.ranked_fts[i] for i in rows], [self.differences[i] for i in rows], *kept)
 
 
 @dataclass
@@ -308,29 +321,63 @@ def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
     begins a new generation from the pulled ones."""
     if state.n_starts < 2:
         return
-    state.update_llk()
-    objects, supports = state.objects(), state.supports()
-    ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
+    objects, supports, ranking = _starts_of(state)
 
-    def guided(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # The lead is the bic rule's: the consensus rule would pay n^2/2 alignments per pattern here
-        fts, order, aligned, _ = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
-                                                state.constrained_host[i], state.free_host[i], 0.15, "bic",
-                                                1 if state.reality else 2)
-        lead = objects[i][order[0]]
-        ranked = [int(k) for k in order[1:] if int(k) in aligned]  # finite starts, nearest to the lead first
-        out = np.repeat(lead[None], state.n_starts, axis=0)
-        for k in ranked:
-            out[k] += (1 - mix) * (aligned_real_space(aligned[k]) - lead)
-        recorded = ranked[:None if state.guided_ranked is None else state.guided_ranked - 1]  # phase(): its n_keep
-        ranked_fts = np.stack([fts[order[0]]] + [aligned[k].aligned_ft for k in recorded]).astype(np.complex64)
-        return out, ranked_fts, np.array([0.0] + [aligned[k].error for k in recorded])
+    def guided(i: int) -> tuple[np.ndarray, tuple]:
+        lead = _lead_of(state, objects, supports, ranking, i)
+        return _pulled_to(lead, lead.aligned, state.n_starts, mix), lead.record(state.guided_ranked)
 
     pulled = _map_patterns(guided, state.n_patterns)
-    kept = (objects, supports, ranking) if state.keep_guided_starts else ()
-    state.guided.append(GuidedStarts([ranked_fts for _, ranked_fts, _ in pulled],
-                                     [differences for _, _, differences in pulled], *kept))
-    state.restart_from(np.stack([out for out, _, _ in pulled]))
+    state.guided.append(GuidedStarts.of([record for _, record in pulled],
+                                        (objects, supports, ranking) if state.keep_guided_starts else ()))
+    state.restart_from(np.stack([out for out, _ in pulled]))
+
+
+@dataclass
+class _Lead:
+    """One pattern's starts in one state as a GUIDE ranks them: the lead is ``order[0]``."""
+
+    objects: np.ndarray
+    fts: np.ndarray
+    order: np.ndarray
+    aligned: dict  # start -> its Alignment onto the lead (finite starts but the lead)
+    fits: StartFits
+
+    @property
+    def bic(self) -> float:
+        return float(self.fits.bic[self.order[0]])
+
+    def record(self, n_ranked: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The lead's and its ``n_ranked`` - 1 nearest finite starts' transforms aligned on it, and their
+        differences to it (what a PRTF of independent starts reads, :class:`GuidedStarts`)."""
+        ranked = [int(k) for k in self.order[1:] if int(k) in self.aligned]  # nearest to the lead first
+        ranked = ranked[:None if n_ranked is None else n_ranked - 1]
+        fts = np.stack([self.fts[self.order[0]]] + [self.aligned[k].aligned_ft for k in ranked]).astype(np.complex64)
+        return fts, np.array([0.0] + [self.aligned[k].error for k in ranked])
+
+
+def _starts_of(state: PhasingState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every start's object and support, and the LLK a GUIDE ranks by (free where measured)."""
+    state.update_llk()
+    return state.objects(), state.supports(), np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
+
+
+def _lead_of(state: PhasingState, objects, supports, ranking, i: int) -> _Lead:
+    """Pattern ``i``'s starts ranked by the bic rule (the consensus rule would pay n^2/2 alignments here)."""
+    fts, order, aligned, fits = _ranked_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
+                                               state.constrained_host[i], state.free_host[i], 0.15, "bic",
+                                               1 if state.reality else 2)
+    return _Lead(objects[i], fts, order, aligned, fits)
+
+
+def _pulled_to(lead: _Lead, aligned: dict, n_starts: int, mix: float) -> np.ndarray:
+    """``n_starts`` starts: each start of ``aligned`` (start -> its Alignment onto the lead) as
+    ``mix`` x the lead + (1 - mix) x itself aligned; the others (the lead, diverged starts) the lead."""
+    centre = lead.objects[lead.order[0]]
+    out = np.repeat(centre[None], n_starts, axis=0)
+    for k, alignment in aligned.items():
+        out[k] += (1 - mix) * (aligned_real_space(alignment) - centre)
+    return out
 
 
 def _prtf_of(aligned_fts: np.ndarray, iobs: np.ndarray, valid: np.ndarray) -> ResolutionCurve:
@@ -362,7 +409,7 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     is the last generation's. ``keep_starts``: the result also holds every start's object and support, the free
     pixels and, per GUIDE of the recipe, the starts it guided (``guided``, :class:`GuidedStarts`).
     ``positivity``: a real, non-negative density inside the support; ``"auto"``: the data decide per
-    pattern (:data:`AUTO_POSITIVITY_STARTS`, :func:`_choose_family`).
+    pattern (:data:`AUTO_POSITIVITY_STARTS`, :func:`_phase_auto`).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, reality, calc_llk, support_threshold, support_sigma,
     support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
@@ -377,10 +424,7 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
                keep_starts=keep_starts)
     if positivity != "auto":
         return _phase_family(patterns, valid, n_starts=n_starts, positivity=bool(positivity), **run, **state_options)
-    n_complex, n_positive = auto_family_sizes(n_starts)
-    families = [_phase_family(patterns, valid, n_starts=n, positivity=pos, **run, **state_options)
-                for n, pos in ((n_complex, False), (n_positive, True))]
-    return _choose_family(*families)
+    return _phase_auto(patterns, valid, n_starts=n_starts, **run, **state_options)
 
 
 def check_positivity(positivity, n_starts: int, reality: bool) -> None:
@@ -411,12 +455,21 @@ def _criterion(bic: float) -> float:
 def _phase_family(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
                   selection: str, keep_starts: bool, **state_options) -> PhasingResult:
     """:func:`phase` with one object constraint for every start."""
+    state = _new_state(patterns, valid, n_starts, n_keep, keep_starts, **state_options)
+    schedule.apply(state)
+    return _results_of(state, repr(schedule), n_keep, max_difference, selection, keep_starts)
+
+
+def _new_state(patterns, valid, n_starts: int, n_keep: int, keep_starts: bool, **state_options) -> PhasingState:
     state = PhasingState(patterns, valid, n_starts=n_starts, **state_options)
     state.keep_guided_starts, state.guided_ranked = keep_starts, n_keep
-    schedule.apply(state)
-    state.update_llk()
-    objects, supports = state.objects(), state.supports()
-    ranking = np.where(np.isfinite(state.llk_free), state.llk_free, state.llk)
+    return state
+
+
+def _results_of(state: PhasingState, recipe: str, n_keep: int, max_difference: float, selection: str,
+                keep_starts: bool) -> PhasingResult:
+    """Select, align and average every pattern's starts of a state the schedule has run on."""
+    objects, supports, ranking = _starts_of(state)
     results = _map_patterns(lambda i: combine_starts(objects[i], supports[i], ranking[i], state.iobs_host[i],
                                                      state.constrained_host[i], state.free_host[i], n_keep,
                                                      max_difference, selection, 1 if state.reality else 2),
@@ -430,10 +483,117 @@ def _phase_family(patterns, valid, *, schedule: Operator, n_starts: int, n_keep:
             result.agreeing = int((first.differences[i] <= max_difference).sum())
     for result in results:
         result.positivity = state.positivity
-    return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, repr(schedule),
+    return PhasingResult(results, state.llk.copy(), state.llk_free.copy(), state.iteration, recipe,
                          state.backend.name, objects if keep_starts else None,
                          supports if keep_starts else None, state.free_host if keep_starts else None,
                          state.guided if keep_starts else None)
+
+
+def split_at_first_guide(schedule: Operator) -> tuple[Operator | None, Operator | None, Operator | None]:
+    """``(before, GUIDE, after)`` where the schedule is a sequence with a GUIDE among its own steps
+    (not inside a repeat); ``(None, None, None)`` otherwise."""
+    ops = schedule.ops if isinstance(schedule, Sequence) else [schedule]
+    for k, op in enumerate(ops):
+        if isinstance(op, GUIDE):
+            return Sequence(ops[:k]), op, Sequence(ops[k + 1:])
+    return None, None, None
+
+
+def _phase_auto(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
+                selection: str, keep_starts: bool, **state_options) -> PhasingResult:
+    """``positivity="auto"``: the first generation runs as a complex and a positive run; at the
+    recipe's first GUIDE (:func:`split_at_first_guide`) the run whose lead has the lower BIC is chosen
+    per pattern, the starts of both are pulled halfway to that lead, and the second generation runs all
+    ``n_starts`` of them in the chosen kind (docs/benchmarks.md, "The data choose positivity"). Without
+    such a GUIDE both runs go to the end and :func:`_choose_family` chooses."""
+    first_generation, guide, second_generation = split_at_first_guide(schedule)
+    if guide is None:
+        run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
+                   keep_starts=keep_starts)
+        return _choose_family(*(_phase_family(patterns, valid, n_starts=n, positivity=pos, **run, **state_options)
+                                for n, pos in zip(auto_family_sizes(n_starts), (False, True))))
+    runs = [_new_state(patterns, valid, n, n_keep, keep_starts, positivity=pos, **state_options)
+            for n, pos in zip(auto_family_sizes(n_starts), (False, True))]
+    for state in runs:
+        first_generation.apply(state)
+    positive, pulled, first_record = _guide_families(*runs, guide.mix, n_keep, keep_starts)
+    iobs, measured, iterations = runs[0].iobs_host, runs[0].valid_host, runs[0].iteration
+    del runs  # their iterates: the second generation's states take their place
+    keys = state_options.pop("pattern_keys", None)
+    keys = [(i,) for i in range(len(iobs))] if keys is None else list(keys)
+    modelled = state_options.pop("modelled", None)
+    modelled_per_pattern = np.shape(modelled) == iobs.shape
+    for name in ("initial_object", "initial_support"):
+        state_options.pop(name, None)  # the first generation's: the second starts from the pulled starts
+    parts = []
+    for kind in (False, True):
+        rows = np.flatnonzero(positive == kind)
+        if not len(rows):
+            continue
+        # The same seed and keys: the same free pixels as the first generation's
+        state = _new_state(iobs[rows], measured[rows], n_starts, n_keep, keep_starts, positivity=kind,
+                           pattern_keys=[keys[i] for i in rows],
+                           modelled=np.asarray(modelled)[rows] if modelled_per_pattern else modelled,
+                           initial_object=pulled[rows], initial_support=np.ones(iobs[rows].shape, bool),
+                           **state_options)
+        state.iteration = state.generation_start = iterations  # a new generation, as restart_from begins one
+        state.guided.append(first_record.subset(rows))  # what the PRTF reads (_results_of)
+        second_generation.apply(state)
+        parts.append((rows, _results_of(state, repr(schedule), n_keep, max_difference, selection, keep_starts)))
+    result = _merge_patterns(parts)
+    result.families = auto_family_sizes(n_starts)
+    return result
+
+
+def _guide_families(complex_run: PhasingState, positive_run: PhasingState, mix: float, n_keep: int,
+                    keep_starts: bool) -> tuple[np.ndarray, np.ndarray, GuidedStarts]:
+    """The GUIDE of ``positivity="auto"``: per pattern, whether the positive run's lead has the
+    lower BIC (the run chosen), and every start of both runs (complex first) as ``mix`` x that lead
+    + (1 - mix) x itself aligned on it; the record (:class:`GuidedStarts`) holds the chosen run's
+    lead and nearest starts, and, if kept, the starts of both."""
+    seen = [_starts_of(run) for run in (complex_run, positive_run)]
+
+    def guided(i: int) -> tuple[bool, np.ndarray, tuple]:
+        leads = [_lead_of(run, *starts, i) for run, starts in zip((complex_run, positive_run), seen)]
+        positive = _criterion(leads[1].bic) < _criterion(leads[0].bic)  # ties: the complex run
+        chosen = leads[positive]
+        lead_ft = chosen.fts[chosen.order[0]]
+        pulled = []
+        for run, (_, _, ranking), lead in zip((complex_run, positive_run), seen, leads):
+            aligned = lead.aligned if lead is chosen else {
+                int(k): align_fourier(lead_ft, lead.fts[k]) for k in np.flatnonzero(np.isfinite(ranking[i]))}
+            pulled.append(_pulled_to(chosen, aligned, run.n_starts, mix))
+        return positive, np.concatenate(pulled), chosen.record(n_keep)
+
+    per_pattern = _map_patterns(guided, complex_run.n_patterns)
+    kept = tuple(np.concatenate(arrays, axis=1) for arrays in zip(*seen)) if keep_starts else ()
+    return (np.array([positive for positive, _, _ in per_pattern]), np.stack([p for _, p, _ in per_pattern]),
+            GuidedStarts.of([record for _, _, record in per_pattern], kept))
+
+
+def _merge_patterns(parts: list[tuple[np.ndarray, PhasingResult]]) -> PhasingResult:
+    """One result from results over disjoint sets of patterns (``rows`` of each), in pattern order."""
+    order = np.argsort(np.concatenate([rows for rows, _ in parts]))
+    results = [part for _, part in parts]
+
+    def stacked(arrays: list):  # the parts' arrays one after the other, or None where not kept
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    def joined(name: str):
+        array = stacked([getattr(r, name) for r in results])
+        return None if array is None else array[order]
+
+    guided = None
+    if results[0].guided is not None:  # per GUIDE, its records of the parts joined
+        guided = [GuidedStarts([f for r in records for f in r.ranked_fts], [d for r in records for d in r.differences],
+                               *(stacked([getattr(r, name) for r in records]) for name in ("objects", "supports", "ranking"))
+                               ).subset(order)
+                  for records in zip(*(r.guided for r in results))]
+    patterns = [p for r in results for p in r.patterns]
+    first = results[0]
+    return PhasingResult([patterns[k] for k in order], joined("start_llk"), joined("start_llk_free"), first.iterations,
+                         first.recipe, first.device, joined("start_objects"), joined("start_supports"),
+                         joined("free_pixels"), guided)
 
 
 def _choose_family(complex_run: PhasingResult, positive_run: PhasingResult) -> PhasingResult:
