@@ -3,6 +3,8 @@
   # PyNX's best start per test set first (selection_trials.py pynx-best, once per size and object offset), then
   PYTHONPATH=$PWD python benchmarks/auto_positivity.py --plan 128:0:602,256:1000:602 --pynx DIR --out DIR/602.json
   # --starts 20: 10 complex + 10 positive starts for "auto" (the complex run keeps --complex-starts, 10)
+  # --runs auto,auto_at_guide: the choice at the end (the default) against the choice at the GUIDE
+  #   (positivity_choice="guide")
 
 Objects, sizes and photon levels as in selection_trials.py (polygon, blobs, cell: real and non-negative;
 complex_blobs: complex). Prints per set the count at or below PyNX's best, the mean error, how many
@@ -23,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_phasing as bp  # noqa: E402
 import selection_trials as st  # noqa: E402
 
-RUNS = ("complex", "auto")
+#: The runs to compare: every start complex; positivity = "auto" chosen at the end (the default) or at the GUIDE.
+RUNS = {"complex": dict(positivity=False), "auto": dict(positivity="auto"),
+        "auto_at_guide": dict(positivity="auto", positivity_choice="guide")}
 
 
 def kind_of(size: int, index: int) -> str:
@@ -33,34 +37,34 @@ def kind_of(size: int, index: int) -> str:
 def phase_set(size: int, offset: int, seed: int, starts: dict) -> dict:
     iobs, valid, truths = st.patterns(size, offset)
     out = {}
-    for run in RUNS:
+    for run, n_starts in starts.items():
         t0 = time.perf_counter()
-        r = phase(iobs, valid, n_starts=starts[run], n_keep=st.N_KEEP, seed=seed, device="cpu",
-                  positivity="auto" if run == "auto" else False)
+        r = phase(iobs, valid, n_starts=n_starts, n_keep=st.N_KEEP, seed=seed, device="cpu", **RUNS[run])
         out[run] = dict(err=[float(metrics.ambiguity_error(t, rec)) for t, rec in zip(truths, r.reconstruction)],
                         positive=r.positivity.tolist(), seconds=time.perf_counter() - t0)
     return out
 
 
-def report(sets: dict, pynx: Path) -> None:
+def report(sets: dict, pynx: Path, compared: list) -> None:
     totals = {}
     for name, runs in sets.items():
         size, offset, _ = name.split("_")
+        present = [run for run in compared if run in runs]
         best = np.load(pynx / f"pynx_best_{size}_{offset}.npy")
-        err = {run: np.array(runs[run]["err"]) for run in RUNS}
-        ok = {run: err[run] <= best + 1e-9 for run in RUNS}
-        print(f"{name}: at or below PyNX's best " + ", ".join(f"{run} {ok[run].sum()}" for run in RUNS)
-              + f" of {len(best)}; mean error " + " -> ".join(f"{err[run].mean():.3f}" for run in RUNS)
-              + f"; phased as positive {sum(runs['auto']['positive'])}; "
-              + " / ".join(f"{runs[run]['seconds']:.0f}" for run in RUNS) + " s")
-        for i in np.flatnonzero(~ok["complex"] | ~ok["auto"]):
-            print(f"    {kind_of(int(size), i):14s} PyNX {best[i]:.3f}  " + "  ".join(f"{run} {err[run][i]:.3f}" for run in RUNS))
-        t = totals.setdefault(int(size), {run: [0, []] for run in RUNS})
-        for run in RUNS:
-            t[run][0] += int(ok[run].sum())
-            t[run][1] += list(err[run])
+        err = {run: np.array(runs[run]["err"]) for run in present}
+        ok = {run: err[run] <= best + 1e-9 for run in present}
+        print(f"{name}: at or below PyNX's best " + ", ".join(f"{run} {ok[run].sum()}" for run in present)
+              + f" of {len(best)}; mean error " + " -> ".join(f"{err[run].mean():.3f}" for run in present)
+              + "; phased as positive " + ", ".join(f"{run} {sum(runs[run]['positive'])}" for run in present) + "; "
+              + " / ".join(f"{runs[run]['seconds']:.0f}" for run in present) + " s")
+        for i in np.flatnonzero(~np.logical_and.reduce([ok[run] for run in present])):
+            print(f"    {kind_of(int(size), i):14s} PyNX {best[i]:.3f}  " + "  ".join(f"{run} {err[run][i]:.3f}" for run in present))
+        for run in present:
+            total = totals.setdefault(int(size), {}).setdefault(run, [0, []])
+            total[0] += int(ok[run].sum())
+            total[1] += list(err[run])
     for size, t in totals.items():
-        print(f"{size}^2: " + ", ".join(f"{run} {t[run][0]} of {len(t[run][1])} (mean {np.mean(t[run][1]):.3f})" for run in RUNS))
+        print(f"{size}^2: " + ", ".join(f"{run} {n} of {len(e)} (mean {np.mean(e):.3f})" for run, (n, e) in t.items()))
 
 
 def main(argv=None) -> None:
@@ -68,18 +72,24 @@ def main(argv=None) -> None:
     ap.add_argument("--plan", required=True, help="SIZE:OBJECT_OFFSET:SEED,...")
     ap.add_argument("--starts", type=int, default=10, help="starts of the auto run (half complex, half positive)")
     ap.add_argument("--complex-starts", type=int, default=10, help="starts of the complex run")
+    ap.add_argument("--runs", default="complex,auto", help=f"runs to compare, of {', '.join(RUNS)}")
     ap.add_argument("--pynx", type=Path, required=True, help="folder of selection_trials.py pynx-best's files")
     ap.add_argument("--out", type=Path, required=True, help="JSON of every run's errors (reported again if it exists)")
     args = ap.parse_args(argv)
+    compared = args.runs.split(",")
+    if unknown := set(compared) - set(RUNS):
+        ap.error(f"unknown runs {sorted(unknown)}: choose among {', '.join(RUNS)}")
     sets = json.loads(args.out.read_text()) if args.out.exists() else {}
     for item in args.plan.split(","):
         size, offset, seed = (int(v) for v in item.split(":"))
         name = f"{size}_o{offset}_s{seed}"
-        if name not in sets:
-            sets[name] = phase_set(size, offset, seed, {"complex": args.complex_starts, "auto": args.starts})
+        missing = [run for run in compared if run not in sets.get(name, {})]
+        if missing:
+            starts = {run: args.complex_starts if run == "complex" else args.starts for run in missing}
+            sets.setdefault(name, {}).update(phase_set(size, offset, seed, starts))
             args.out.write_text(json.dumps(sets))
             print(f"phased {name}", flush=True)
-    report(sets, args.pynx)
+    report(sets, args.pynx, compared)
 
 
 if __name__ == "__main__":

@@ -300,16 +300,18 @@ def test_auto_positivity_lets_the_data_choose_per_pattern():
         phase(iobs, valid, recipe=recipe, n_starts=4, positivity="auto", reality=True)
     with pytest.raises(InputDataError, match="positivity must be"):
         phase(iobs, valid, recipe=recipe, n_starts=4, positivity="maybe")
+    with pytest.raises(InputDataError, match="positivity_choice"):
+        phase(iobs, valid, recipe=recipe, n_starts=4, positivity="auto", positivity_choice="start")
 
 
-def test_auto_positivity_chooses_at_the_guide_and_runs_the_second_generation_in_that_kind():
-    """With a GUIDE, positivity="auto" chooses per pattern at the GUIDE (the lead with the lower BIC),
+def test_auto_positivity_chosen_at_the_guide_runs_the_second_generation_in_that_kind():
+    """positivity="auto", positivity_choice="guide" chooses per pattern at the GUIDE (the lead with the lower BIC),
     and every start of the second generation, complex and positive ones pulled to that lead, runs in the
     chosen kind. A pattern's result depends on the seed and its key only, not on the batch it ran in."""
     cases, iobs, valid = _real_and_complex_polygon()
     recipe = "(SW*HIO**40)**3 * ER**30 * GUIDE * (SW*HIO**40)**2 * ER**30"
     auto = phase(iobs, valid, recipe=recipe, n_starts=6, n_keep=3, seed=1, device="cpu", positivity="auto",
-                 keep_starts=True)
+                 positivity_choice="guide", keep_starts=True)
     assert auto.positivity.tolist() == [True, False] and auto.families == (3, 3) and auto.iterations == 260
     assert auto.start_objects.shape == (2, 6, 48, 48) and auto.guided[0].objects.shape == (2, 6, 48, 48)
     second = auto.start_objects
@@ -320,7 +322,7 @@ def test_auto_positivity_chooses_at_the_guide_and_runs_the_second_generation_in_
         assert len(auto.guided[0].ranked_fts[i]) == 3  # the chosen run's lead and nearest: the PRTF's starts
     assert np.isfinite(auto.resolution_px).all()
     alone = phase(iobs[1:], valid[1:], recipe=recipe, n_starts=6, n_keep=3, seed=1, device="cpu", positivity="auto",
-                  pattern_keys=[(1,)])
+                  positivity_choice="guide", pattern_keys=[(1,)])
     np.testing.assert_array_equal(alone.reconstruction[0], auto.reconstruction[1])
     np.testing.assert_array_equal(alone.start_llk[0], auto.start_llk[1])
 

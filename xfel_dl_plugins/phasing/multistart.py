@@ -7,8 +7,8 @@ information criterion among those that fit the held-out pixels), align the other
     result.reconstruction[i], result.llk[i], result.resolution_px[i], result.prtf[i]
 
 With ``positivity="auto"`` half the starts phase a real, non-negative density and half a complex
-object; per pattern, at the recipe's GUIDE, the run whose lead has the lower BIC is chosen, and the
-second generation runs every start in that kind.
+object, and per pattern the run whose selected start has the lower BIC gives the result
+(``positivity_choice="guide"``: the run is chosen at the recipe's GUIDE instead).
 """
 
 from __future__ import annotations
@@ -40,10 +40,13 @@ FREE_LLK_SIGNIFICANCE = 3.0
 #: (:meth:`StartFits.lowest_bic`).
 FREE_DEVIANCE_SCREEN = 1.5
 
-#: With ``positivity="auto"`` this fraction of the starts' first generation is phased as a real,
-#: non-negative density, the rest as a complex object; per pattern the run whose lead has the lower
-#: BIC at the GUIDE is chosen (docs/benchmarks.md, "The data choose positivity").
+#: With ``positivity="auto"`` this fraction of the starts is phased as a real, non-negative density,
+#: the rest as a complex object, and per pattern the run whose selected start has the lower BIC
+#: gives the reconstruction (docs/benchmarks.md, "The data choose positivity").
 AUTO_POSITIVITY_STARTS = 0.5
+
+#: When ``positivity="auto"`` chooses between the runs: at the end, or at the recipe's first GUIDE.
+POSITIVITY_CHOICES = ("end", "guide")
 
 
 @dataclass
@@ -80,9 +83,8 @@ class PhasingResult:
     start_supports: np.ndarray | None = field(default=None, repr=False)  # the same shape, bool, if kept
     free_pixels: np.ndarray | None = field(default=None, repr=False)  # (patterns, *spatial) held-out pixels, if kept
     guided: list | None = field(default=None, repr=False)  # per GUIDE of the recipe, its GuidedStarts, if kept
-    families: tuple | None = None  # positivity="auto": (complex starts, positive starts) of the first generation, in
-    # that order on the starts axis of guided[0] (with a GUIDE; the second generation's starts are all of the chosen
-    # kind, positivity) or of the final starts (without one)
+    families: tuple | None = None  # positivity="auto": (complex starts, positive starts), in that order on the final
+    # starts axis; with positivity_choice="guide" on guided[0]'s (the second generation's are all of the chosen kind)
 
     def __getattr__(self, name):
         if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "agreeing",
@@ -395,7 +397,7 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
           n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, selection: str = "bic",
           device: str = "auto", keep_starts: bool = False, positivity: bool | str = False,
-          **state_options) -> PhasingResult:
+          positivity_choice: str = "end", **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 
     ``patterns`` (n, ny, nx) or (n, nz, ny, nx); ``valid`` True where measured (masked pixels,
@@ -409,7 +411,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     is the last generation's. ``keep_starts``: the result also holds every start's object and support, the free
     pixels and, per GUIDE of the recipe, the starts it guided (``guided``, :class:`GuidedStarts`).
     ``positivity``: a real, non-negative density inside the support; ``"auto"``: the data decide per
-    pattern (:data:`AUTO_POSITIVITY_STARTS`, :func:`_phase_auto`).
+    pattern (:data:`AUTO_POSITIVITY_STARTS`), at the end (``positivity_choice="end"``,
+    :func:`_choose_family`) or at the recipe's first GUIDE (``"guide"``, :func:`_phase_auto`).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, reality, calc_llk, support_threshold, support_sigma,
     support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
@@ -419,12 +422,15 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
         raise InputDataError(f"n_keep must be >= 1, got {n_keep}")
     _check_selection(selection)
     check_positivity(positivity, n_starts, bool(state_options.get("reality")))
+    if positivity_choice not in POSITIVITY_CHOICES:
+        raise InputDataError(f"positivity_choice must be one of {POSITIVITY_CHOICES}, got {positivity_choice!r}")
     state_options.setdefault("backend", device)
     run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
                keep_starts=keep_starts)
     if positivity != "auto":
         return _phase_family(patterns, valid, n_starts=n_starts, positivity=bool(positivity), **run, **state_options)
-    return _phase_auto(patterns, valid, n_starts=n_starts, **run, **state_options)
+    return _phase_auto(patterns, valid, n_starts=n_starts, at_guide=positivity_choice == "guide", **run,
+                       **state_options)
 
 
 def check_positivity(positivity, n_starts: int, reality: bool) -> None:
@@ -500,14 +506,15 @@ def split_at_first_guide(schedule: Operator) -> tuple[Operator | None, Operator 
 
 
 def _phase_auto(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
-                selection: str, keep_starts: bool, **state_options) -> PhasingResult:
-    """``positivity="auto"``: the first generation runs as a complex and a positive run; at the
-    recipe's first GUIDE (:func:`split_at_first_guide`) the run whose lead has the lower BIC is chosen
-    per pattern, the starts of both are pulled halfway to that lead, and the second generation runs all
-    ``n_starts`` of them in the chosen kind (docs/benchmarks.md, "The data choose positivity"). Without
-    such a GUIDE both runs go to the end and :func:`_choose_family` chooses."""
+                selection: str, keep_starts: bool, at_guide: bool, **state_options) -> PhasingResult:
+    """``positivity="auto"``: a complex and a positive run of the recipe; by default both go to the end
+    and :func:`_choose_family` chooses. ``at_guide``: at the recipe's first GUIDE
+    (:func:`split_at_first_guide`; without one, at the end) the run whose lead has the lower BIC is
+    chosen per pattern, the starts of both are pulled halfway to that lead, and the second generation
+    runs all ``n_starts`` of them in the chosen kind. Better on the test objects, worse on pictures
+    (docs/benchmarks.md, "The data choose positivity"): not the default."""
     first_generation, guide, second_generation = split_at_first_guide(schedule)
-    if guide is None:
+    if guide is None or not at_guide:
         run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
                    keep_starts=keep_starts)
         return _choose_family(*(_phase_family(patterns, valid, n_starts=n, positivity=pos, **run, **state_options)
