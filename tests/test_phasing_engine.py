@@ -316,6 +316,7 @@ def test_auto_positivity_chosen_at_the_guide_runs_the_second_generation_in_that_
     assert auto.start_objects.shape == (2, 6, 48, 48) and auto.guided[0].objects.shape == (2, 6, 48, 48)
     second = auto.start_objects
     assert (second[0].imag == 0).all() and (second[0].real >= 0).all()  # all six starts positive
+    assert (auto.reconstruction[0].imag == 0).all() and (auto.reconstruction[0].real >= 0).all()  # and their average
     assert np.abs(second[1].imag).max() > 0.1 * np.abs(second[1]).max()  # all six complex
     for i, case in enumerate(cases):
         assert metrics.ambiguity_error(case[2], auto.reconstruction[i]) < 0.1
