@@ -328,6 +328,21 @@ def test_auto_positivity_chosen_at_the_guide_runs_the_second_generation_in_that_
     np.testing.assert_array_equal(alone.start_llk[0], auto.start_llk[1])
 
 
+def test_auto_positivity_undecided_at_the_guide_goes_on_as_two_runs_to_the_end(monkeypatch):
+    """Where neither run's lead is decisively better at the GUIDE, both runs go on, each pulled to its
+    own lead, and the end decides: with no pattern decided the result is the choice at the end's."""
+    from xfel_dl_plugins.phasing import multistart
+
+    _, iobs, valid = _real_and_complex_polygon()
+    run = dict(recipe="(SW*HIO**40)**3 * ER**30 * GUIDE * (SW*HIO**40)**2 * ER**30", n_starts=6, n_keep=3, seed=1,
+               device="cpu", positivity="auto", keep_starts=True)
+    monkeypatch.setattr(multistart, "AUTO_DECISIVE_BIC_RATIO", np.inf)
+    undecided, at_end = phase(iobs, valid, positivity_choice="guide", **run), phase(iobs, valid, **run)
+    for name in ("reconstruction", "positivity", "bic", "prtf", "start_llk", "start_objects"):
+        np.testing.assert_array_equal(getattr(undecided, name), getattr(at_end, name))
+    np.testing.assert_array_equal(undecided.guided[0].objects, at_end.guided[0].objects)
+
+
 def test_the_first_guide_of_a_recipe_splits_it_into_two_generations():
     from xfel_dl_plugins.phasing.multistart import split_at_first_guide
 

@@ -48,6 +48,11 @@ AUTO_POSITIVITY_STARTS = 0.5
 #: When ``positivity="auto"`` chooses between the runs: at the end, or at the recipe's first GUIDE.
 POSITIVITY_CHOICES = ("end", "guide")
 
+#: With ``positivity_choice="guide"`` a pattern is decided at the GUIDE only where one run's lead has
+#: a BIC this many times lower than the other's: a first generation's smaller margins do not tell
+#: which run the second generation favours (docs/benchmarks.md, "The data choose positivity").
+AUTO_DECISIVE_BIC_RATIO = 2.0
+
 
 @dataclass
 class PatternResult:
@@ -517,73 +522,90 @@ def _phase_auto(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: i
                 selection: str, keep_starts: bool, at_guide: bool, **state_options) -> PhasingResult:
     """``positivity="auto"``: a complex and a positive run of the recipe; by default both go to the end
     and :func:`_choose_family` chooses. ``at_guide``: at the recipe's first GUIDE
-    (:func:`split_at_first_guide`; without one, at the end) the run whose lead has the lower BIC is
-    chosen per pattern, the starts of both are pulled halfway to that lead, and the second generation
-    runs all ``n_starts`` of them in the chosen kind. Better on the test objects, worse on pictures
-    (docs/benchmarks.md, "The data choose positivity"): not the default."""
+    (:func:`split_at_first_guide`; without one, at the end) a pattern whose runs' leads differ in BIC
+    by :data:`AUTO_DECISIVE_BIC_RATIO` or more is decided: the starts of both runs are pulled halfway
+    to the better lead and the second generation runs all ``n_starts`` of them in its kind. The other
+    patterns go on as two runs to the end (docs/benchmarks.md, "The data choose positivity")."""
     first_generation, guide, second_generation = split_at_first_guide(schedule)
+    run = dict(n_keep=n_keep, max_difference=max_difference, selection=selection, keep_starts=keep_starts)
     if guide is None or not at_guide:
-        run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
-                   keep_starts=keep_starts)
-        return _choose_family(*(_phase_family(patterns, valid, n_starts=n, positivity=pos, **run, **state_options)
+        return _choose_family(*(_phase_family(patterns, valid, schedule=schedule, n_starts=n, positivity=pos, **run,
+                                              **state_options)
                                 for n, pos in zip(auto_family_sizes(n_starts), (False, True))))
-    runs = [_new_state(patterns, valid, n, n_keep, keep_starts, positivity=pos, **state_options)
-            for n, pos in zip(auto_family_sizes(n_starts), (False, True))]
-    for state in runs:
+    first = [_new_state(patterns, valid, n, n_keep, keep_starts, positivity=pos, **state_options)
+             for n, pos in zip(auto_family_sizes(n_starts), (False, True))]
+    for state in first:
         first_generation.apply(state)
-    positive, pulled, first_record = _guide_families(*runs, guide.mix, n_keep, keep_starts)
-    iobs, measured, iterations = runs[0].iobs_host, runs[0].valid_host, runs[0].iteration
-    del runs  # their iterates: the second generation's states take their place
+    decision, pulled, records, kept = _guide_families(*first, guide.mix, n_keep, keep_starts)
+    iobs, measured, iterations = first[0].iobs_host, first[0].valid_host, first[0].iteration
+    del first  # their iterates: the second generation's states take their place
     keys = state_options.pop("pattern_keys", None)
     keys = [(i,) for i in range(len(iobs))] if keys is None else list(keys)
     modelled = state_options.pop("modelled", None)
-    modelled_per_pattern = np.shape(modelled) == iobs.shape
     for name in ("initial_object", "initial_support"):
         state_options.pop(name, None)  # the first generation's: the second starts from the pulled starts
-    parts = []
-    for kind in (False, True):
-        rows = np.flatnonzero(positive == kind)
-        if not len(rows):
-            continue
+
+    def second(rows: np.ndarray, positive: bool, starts: slice) -> PhasingResult:
+        """The second generation of patterns ``rows`` from their pulled ``starts``, phased ``positive``."""
         # The same seed and keys: the same free pixels as the first generation's
-        state = _new_state(iobs[rows], measured[rows], n_starts, n_keep, keep_starts, positivity=kind,
-                           pattern_keys=[keys[i] for i in rows],
-                           modelled=np.asarray(modelled)[rows] if modelled_per_pattern else modelled,
-                           initial_object=pulled[rows], initial_support=np.ones(iobs[rows].shape, bool),
+        state = _new_state(iobs[rows], measured[rows], len(range(n_starts)[starts]), n_keep, keep_starts,
+                           positivity=positive, pattern_keys=[keys[i] for i in rows],
+                           modelled=np.asarray(modelled)[rows] if np.shape(modelled) == iobs.shape else modelled,
+                           initial_object=pulled[rows, starts], initial_support=np.ones(iobs[rows].shape, bool),
                            **state_options)
         state.iteration = state.generation_start = iterations  # a new generation, as restart_from begins one
-        state.guided.append(first_record.subset(rows))  # what the PRTF reads (_results_of)
+        state.guided.append(records[positive].subset(rows))  # what the PRTF reads (_results_of)
         second_generation.apply(state)
-        parts.append((rows, _results_of(state, repr(schedule), n_keep, max_difference, selection, keep_starts)))
+        return _results_of(state, repr(schedule), n_keep, max_difference, selection, keep_starts)
+
+    n_complex = auto_family_sizes(n_starts)[0]
+    parts = [(rows, second(rows, kind, slice(None)))
+             for kind, rows in ((k, np.flatnonzero(decision == k)) for k in (COMPLEX, POSITIVE)) if len(rows)]
+    undecided = np.flatnonzero(decision == UNDECIDED)
+    if len(undecided):
+        parts.append((undecided, _choose_family(second(undecided, False, slice(0, n_complex)),
+                                                second(undecided, True, slice(n_complex, None)))))
     result = _merge_patterns(parts)
     result.families = auto_family_sizes(n_starts)
+    if keep_starts:  # the first GUIDE's record: the result's run's lead and nearest starts, and every start
+        result.guided[0] = GuidedStarts.of([(records[r.positivity].ranked_fts[i], records[r.positivity].differences[i])
+                                            for i, r in enumerate(result.patterns)], kept)
     return result
 
 
-def _guide_families(complex_run: PhasingState, positive_run: PhasingState, mix: float, n_keep: int,
-                    keep_starts: bool) -> tuple[np.ndarray, np.ndarray, GuidedStarts]:
-    """The GUIDE of ``positivity="auto"``: per pattern, whether the positive run's lead has the
-    lower BIC (the run chosen), and every start of both runs (complex first) as ``mix`` x that lead
-    + (1 - mix) x itself aligned on it; the record (:class:`GuidedStarts`) holds the chosen run's
-    lead and nearest starts, and, if kept, the starts of both."""
-    seen = [_starts_of(run) for run in (complex_run, positive_run)]
+#: Decisions of :func:`_guide_families` per pattern.
+COMPLEX, POSITIVE, UNDECIDED = 0, 1, -1
 
-    def guided(i: int) -> tuple[bool, np.ndarray, tuple]:
-        leads = [_lead_of(run, *starts, i) for run, starts in zip((complex_run, positive_run), seen)]
-        positive = _criterion(leads[1].bic) < _criterion(leads[0].bic)  # ties: the complex run
-        chosen = leads[positive]
-        lead_ft = chosen.fts[chosen.order[0]]
+
+def _guide_families(complex_run: PhasingState, positive_run: PhasingState, mix: float, n_keep: int,
+                    keep_starts: bool) -> tuple[np.ndarray, np.ndarray, tuple, tuple]:
+    """The GUIDE of ``positivity="auto"``, ``positivity_choice="guide"``. Per pattern the decision
+    (:data:`COMPLEX`, :data:`POSITIVE`; :data:`UNDECIDED` where neither run's lead has a BIC
+    :data:`AUTO_DECISIVE_BIC_RATIO` times lower than the other's) and the starts of both runs
+    (complex first), each ``mix`` x a lead + (1 - mix) x itself aligned on it: the chosen run's lead,
+    or, undecided, its own run's. Also each run's record (:class:`GuidedStarts`: its lead and nearest
+    starts) and, if kept, the starts of both runs as they were (objects, supports, ranking)."""
+    runs = (complex_run, positive_run)
+    seen = [_starts_of(run) for run in runs]
+
+    def guided(i: int) -> tuple[int, np.ndarray, list]:
+        leads = [_lead_of(run, *starts, i) for run, starts in zip(runs, seen)]
+        bic = [_criterion(lead.bic) for lead in leads]
+        better = int(bic[1] < bic[0])  # ties: the complex run
+        decided = bic[1 - better] >= AUTO_DECISIVE_BIC_RATIO * bic[better]
         pulled = []
-        for run, (_, _, ranking), lead in zip((complex_run, positive_run), seen, leads):
-            aligned = lead.aligned if lead is chosen else {
-                int(k): align_fourier(lead_ft, lead.fts[k]) for k in np.flatnonzero(np.isfinite(ranking[i]))}
-            pulled.append(_pulled_to(chosen, aligned, run.n_starts, mix))
-        return positive, np.concatenate(pulled), chosen.record(n_keep)
+        for run, (_, _, ranking), lead in zip(runs, seen, leads):
+            target = leads[better] if decided else lead
+            aligned = lead.aligned if lead is target else {
+                int(k): align_fourier(target.fts[target.order[0]], lead.fts[k]) for k in np.flatnonzero(np.isfinite(ranking[i]))}
+            pulled.append(_pulled_to(target, aligned, run.n_starts, mix))
+        return better if decided else UNDECIDED, np.concatenate(pulled), [lead.record(n_keep) for lead in leads]
 
     per_pattern = _map_patterns(guided, complex_run.n_patterns)
+    records = tuple(GuidedStarts.of([both[k] for _, _, both in per_pattern]) for k in (COMPLEX, POSITIVE))
     kept = tuple(np.concatenate(arrays, axis=1) for arrays in zip(*seen)) if keep_starts else ()
-    return (np.array([positive for positive, _, _ in per_pattern]), np.stack([p for _, p, _ in per_pattern]),
-            GuidedStarts.of([record for _, _, record in per_pattern], kept))
+    return (np.array([decision for decision, _, _ in per_pattern]), np.stack([p for _, p, _ in per_pattern]),
+            records, kept)
 
 
 def _merge_patterns(parts: list[tuple[np.ndarray, PhasingResult]]) -> PhasingResult:
