@@ -277,9 +277,9 @@ def _real_and_complex_polygon():
 
 
 def test_auto_positivity_lets_the_data_choose_per_pattern():
-    """positivity="auto" with a recipe without a GUIDE: half the starts phase a real, non-negative density,
-    half a complex object, both to the end; a pattern takes the run whose selected start has the lower BIC. A uniform polygon takes the
-    positive one, the same shape with a saddle-shaped phase the complex one; kept starts index both runs."""
+    """positivity="auto": half the starts phase a real, non-negative density, half a complex object, both
+    to the end; a pattern takes the run whose selected start has the lower BIC. A uniform polygon takes
+    the positive one, the same shape with a saddle-shaped phase the complex one; kept starts index both runs."""
     cases, iobs, valid = _real_and_complex_polygon()
     recipe = "(SW*HIO**40)**5 * ER**50"
     auto = phase(iobs, valid, recipe=recipe, n_starts=6, n_keep=2, seed=1, device="cpu", positivity="auto",
@@ -305,9 +305,10 @@ def test_auto_positivity_lets_the_data_choose_per_pattern():
 
 
 def test_auto_positivity_chosen_at_the_guide_runs_the_second_generation_in_that_kind():
-    """positivity="auto", positivity_choice="guide" chooses per pattern at the GUIDE (the lead with the lower BIC),
-    and every start of the second generation, complex and positive ones pulled to that lead, runs in the
-    chosen kind. A pattern's result depends on the seed and its key only, not on the batch it ran in."""
+    """positivity="auto", positivity_choice="guide": where one run's lead has a BIC at least
+    AUTO_DECISIVE_BIC_RATIO times lower at the GUIDE (both patterns here), every start of the second
+    generation, complex and positive ones pulled to that lead, runs in its kind. A pattern's result
+    depends on the seed and its key only, not on the batch it ran in."""
     cases, iobs, valid = _real_and_complex_polygon()
     recipe = "(SW*HIO**40)**3 * ER**30 * GUIDE * (SW*HIO**40)**2 * ER**30"
     auto = phase(iobs, valid, recipe=recipe, n_starts=6, n_keep=3, seed=1, device="cpu", positivity="auto",

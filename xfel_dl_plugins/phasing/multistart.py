@@ -88,8 +88,8 @@ class PhasingResult:
     start_supports: np.ndarray | None = field(default=None, repr=False)  # the same shape, bool, if kept
     free_pixels: np.ndarray | None = field(default=None, repr=False)  # (patterns, *spatial) held-out pixels, if kept
     guided: list | None = field(default=None, repr=False)  # per GUIDE of the recipe, its GuidedStarts, if kept
-    families: tuple | None = None  # positivity="auto": (complex starts, positive starts), in that order on the final
-    # starts axis; with positivity_choice="guide" on guided[0]'s (the second generation's are all of the chosen kind)
+    families: tuple | None = None  # positivity="auto": (complex starts, positive starts), in that order on the starts
+    # axis (of guided[0] too); a pattern decided at the GUIDE (positivity_choice="guide") ends with starts of one kind
 
     def __getattr__(self, name):
         if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "agreeing",
@@ -547,12 +547,12 @@ def _phase_auto(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: i
 
     def second(rows: np.ndarray, positive: bool, starts: slice) -> PhasingResult:
         """The second generation of patterns ``rows`` from their pulled ``starts``, phased ``positive``."""
+        initial = pulled[rows, starts]
         # The same seed and keys: the same free pixels as the first generation's
-        state = _new_state(iobs[rows], measured[rows], len(range(n_starts)[starts]), n_keep, keep_starts,
-                           positivity=positive, pattern_keys=[keys[i] for i in rows],
+        state = _new_state(iobs[rows], measured[rows], initial.shape[1], n_keep, keep_starts, positivity=positive,
+                           pattern_keys=[keys[i] for i in rows],
                            modelled=np.asarray(modelled)[rows] if np.shape(modelled) == iobs.shape else modelled,
-                           initial_object=pulled[rows, starts], initial_support=np.ones(iobs[rows].shape, bool),
-                           **state_options)
+                           initial_object=initial, initial_support=np.ones(iobs[rows].shape, bool), **state_options)
         state.iteration = state.generation_start = iterations  # a new generation, as restart_from begins one
         state.guided.append(records[positive].subset(rows))  # what the PRTF reads (_results_of)
         second_generation.apply(state)
