@@ -239,7 +239,8 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         # (with positivity = "auto", those of the family the pattern's result came from)
         free, family = ours.free_pixels[c], _family_starts(ours, c)
         unguided = combine_starts(first_objects[c][family], first_supports[c][family], first_ranking[c][family], iobs[c],
-                                  measured & ~free, free, 4, params_per_pixel=1 if ours.positivity[c] else 2)
+                                  measured & ~free, free, 4, params_per_pixel=1 if ours.positivity[c] else 2,
+                                  positivity=bool(ours.positivity[c]))
         row["ours_unguided_err"] = metrics.ambiguity_error(truth, unguided.reconstruction)
         row["ours_resolution_px"] = float(ours.resolution_px[c])
         row["ours_positive"] = bool(ours.positivity[c])

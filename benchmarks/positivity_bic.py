@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from xfel_dl_plugins.phasing import metrics, phase
-from xfel_dl_plugins.phasing.multistart import StartFits
+from xfel_dl_plugins.phasing.multistart import StartFits, rank_starts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_phasing as bp  # noqa: E402
@@ -25,12 +25,12 @@ from picture_objects import PICTURES, skimage_data_dir  # noqa: E402
 
 
 def lead_bic_at_guide(result, c: int, iobs: np.ndarray, valid: np.ndarray, positive: bool) -> float:
-    """The lowest BIC among the starts the first GUIDE saw (its lead, when the free-pixel screen admits it)."""
+    """The BIC of the start the first GUIDE led with (the selection's bic rule, as the GUIDE ranks)."""
     first = result.guided[0]
     free = result.free_pixels[c]
     fts = np.stack([np.fft.fftn(o.astype(np.complex128)) for o in first.objects[c]])
     fits = StartFits.measure(fts, first.supports[c], iobs, valid & ~free, free, 1 if positive else 2)
-    return float(fits.bic[fits.lowest_bic(np.flatnonzero(np.isfinite(first.ranking[c])))])
+    return float(fits.bic[rank_starts(fts, first.ranking[c], 0.15, "bic", fits)[0]])
 
 
 def main(argv=None) -> None:

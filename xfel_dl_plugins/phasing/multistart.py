@@ -424,7 +424,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     pixels and, per GUIDE of the recipe, the starts it guided (``guided``, :class:`GuidedStarts`).
     ``positivity``: a real, non-negative density inside the support; ``"auto"``: the data decide per
     pattern (:data:`AUTO_POSITIVITY_STARTS`), at the end (``positivity_choice="end"``,
-    :func:`_choose_family`) or at the recipe's first GUIDE (``"guide"``, :func:`_phase_auto`).
+    :func:`_choose_family`) or at the recipe's first GUIDE (``"guide"``, :func:`_phase_auto_at_guide`;
+    a recipe without one chooses at the end).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, reality, calc_llk, support_threshold, support_sigma,
     support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
@@ -441,8 +442,11 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
                keep_starts=keep_starts)
     if positivity != "auto":
         return _phase_family(patterns, valid, n_starts=n_starts, positivity=bool(positivity), **run, **state_options)
-    return _phase_auto(patterns, valid, n_starts=n_starts, at_guide=positivity_choice == "guide", **run,
-                       **state_options)
+    if positivity_choice == "guide" and split_at_first_guide(schedule)[1] is not None:
+        return _phase_auto_at_guide(patterns, valid, n_starts=n_starts, **run, **state_options)
+    # A complex and a positive run to the end: per pattern the lower BIC of their selected starts
+    return _choose_family(*(_phase_family(patterns, valid, n_starts=n, positivity=pos, **run, **state_options)
+                            for n, pos in zip(auto_family_sizes(n_starts), (False, True))))
 
 
 def check_positivity(positivity, n_starts: int, reality: bool) -> None:
@@ -518,20 +522,15 @@ def split_at_first_guide(schedule: Operator) -> tuple[Operator | None, Operator 
     return None, None, None
 
 
-def _phase_auto(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
-                selection: str, keep_starts: bool, at_guide: bool, **state_options) -> PhasingResult:
-    """``positivity="auto"``: a complex and a positive run of the recipe; by default both go to the end
-    and :func:`_choose_family` chooses. ``at_guide``: at the recipe's first GUIDE
-    (:func:`split_at_first_guide`; without one, at the end) a pattern whose runs' leads differ in BIC
-    by :data:`AUTO_DECISIVE_BIC_RATIO` or more is decided: the starts of both runs are pulled halfway
-    to the better lead and the second generation runs all ``n_starts`` of them in its kind. The other
-    patterns go on as two runs to the end (docs/benchmarks.md, "The data choose positivity")."""
+def _phase_auto_at_guide(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
+                         selection: str, keep_starts: bool, **state_options) -> PhasingResult:
+    """``positivity="auto"``, ``positivity_choice="guide"``: a complex and a positive run of the
+    recipe's first generation; at its first GUIDE (:func:`split_at_first_guide`) a pattern whose runs'
+    leads differ in BIC by :data:`AUTO_DECISIVE_BIC_RATIO` or more is decided: the starts of both runs
+    are pulled halfway to the better lead and the second generation runs all ``n_starts`` of them in
+    its kind. The other patterns go on as two runs to the end (docs/benchmarks.md, "The data choose
+    positivity")."""
     first_generation, guide, second_generation = split_at_first_guide(schedule)
-    run = dict(n_keep=n_keep, max_difference=max_difference, selection=selection, keep_starts=keep_starts)
-    if guide is None or not at_guide:
-        return _choose_family(*(_phase_family(patterns, valid, schedule=schedule, n_starts=n, positivity=pos, **run,
-                                              **state_options)
-                                for n, pos in zip(auto_family_sizes(n_starts), (False, True))))
     first = [_new_state(patterns, valid, n, n_keep, keep_starts, positivity=pos, **state_options)
              for n, pos in zip(auto_family_sizes(n_starts), (False, True))]
     for state in first:
