@@ -344,6 +344,37 @@ def test_auto_positivity_undecided_at_the_guide_goes_on_as_two_runs_to_the_end(m
     np.testing.assert_array_equal(undecided.guided[0].objects, at_end.guided[0].objects)
 
 
+def test_auto_positivity_at_the_guide_merges_decided_and_undecided_patterns(monkeypatch):
+    """A batch where the GUIDE decides one pattern and not the other: each pattern's result is the
+    one it gets alone, decided (the second generation in one kind) or undecided (the choice at the end)."""
+    from xfel_dl_plugins.phasing import multistart
+
+    _, iobs, valid = _real_and_complex_polygon()
+    run = dict(recipe="(SW*HIO**40)**3 * ER**30 * GUIDE * (SW*HIO**40)**2 * ER**30", n_starts=6, n_keep=3, seed=1,
+               device="cpu", positivity="auto")
+    leads, lead_of = {}, multistart._lead_of
+
+    def spy(run, *starts_and_pattern):  # each pattern's leads, complex first (patterns may run in threads)
+        lead = lead_of(run, *starts_and_pattern)
+        leads.setdefault(starts_and_pattern[-1], []).append(lead.bic)
+        return lead
+
+    monkeypatch.setattr(multistart, "_lead_of", spy)
+    decided = phase(iobs, valid, positivity_choice="guide", **run)  # both decided (ratios >= 2)
+    monkeypatch.setattr(multistart, "_lead_of", lead_of)
+    ratios = [max(leads[i]) / min(leads[i]) for i in range(2)]
+    assert min(ratios) >= multistart.AUTO_DECISIVE_BIC_RATIO and max(ratios) > 1.01 * min(ratios)
+    monkeypatch.setattr(multistart, "AUTO_DECISIVE_BIC_RATIO", np.sqrt(ratios[0] * ratios[1]))
+    mixed = phase(iobs, valid, positivity_choice="guide", **run)
+    kept = int(np.argmax(ratios))  # still decided; the other pattern now goes on as two runs
+    other = 1 - kept
+    at_end = phase(iobs[other:other + 1], valid[other:other + 1], pattern_keys=[(other,)], **run)
+    np.testing.assert_array_equal(mixed.reconstruction[kept], decided.reconstruction[kept])
+    np.testing.assert_array_equal(mixed.reconstruction[other], at_end.reconstruction[0])
+    assert mixed.bic[other] == at_end.bic[0] and mixed.positivity[other] == at_end.positivity[0]
+    np.testing.assert_array_equal(mixed.start_llk[other], at_end.start_llk[0])
+
+
 def test_the_first_guide_of_a_recipe_splits_it_into_two_generations():
     from xfel_dl_plugins.phasing.multistart import split_at_first_guide
 
