@@ -37,7 +37,7 @@ from xfel_dl_plugins.phasing.backend import NumpyBackend
 from xfel_dl_plugins.phasing.multistart import auto_family_sizes, combine_starts
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 
-from picture_objects import PICTURES, picture_object, skimage_data_dir  # beside this script
+from picture_objects import picture_object, quality_objects  # beside this script
 
 RECIPE = DEFAULT_RECIPE
 #: The schedule pynx_worker.py's quality task runs (its operators are PyNX's, written out there)
@@ -165,7 +165,16 @@ def _llk(obj, iobs, valid):
 
 
 QUALITY_KINDS = ("polygon", "blobs", "complex_blobs", "cell")
+
 QUALITY_PHOTONS = (1e6, 1e7, 1e8, 1e9)
+
+#: The quality sets (``--objects``) as the report describes them.
+OBJECTS_DESCRIPTION = {
+    "test": "test objects of `xfel_dl_plugins.phasing.testobjects`, oversampling 2.5",
+    "pictures": "pictures bundled with scikit-image, `benchmarks/picture_objects.py`, oversampling 2.67",
+    "pictures2": "the second held-out set of pictures bundled with scikit-image, `benchmarks/picture_objects.py`, "
+                 "oversampling 2.2-3.5, some off the centre",
+}
 
 
 def quality_cases(kinds, photon_levels, n: int, stop: float, picture_dir: Path | None = None, object_offset: int = 0):
@@ -188,8 +197,10 @@ def _shrink_wraps(op: Operator) -> tuple[SW, SW]:
 
 
 def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop: float, seeds=(1,),
-                  picture_dir: Path | None = None, positivity: bool | str = False, our_starts: int | None = None) -> dict:
-    """``positivity`` and ``our_starts`` (default ``n_starts``, PyNX's) are our runs' (phase())."""
+                  picture_dir: Path | None = None, positivity: bool | str = False, our_starts: int | None = None,
+                  objects: str = "test") -> dict:
+    """``positivity`` and ``our_starts`` (default ``n_starts``, PyNX's) are our runs' (phase()); ``objects``
+    names the set for the report (a key of :data:`OBJECTS_DESCRIPTION`)."""
     recipe_generations()  # before the runs: the comparison needs our first generation to be PyNX's schedule
     cases, iobs, valid, truths = quality_cases(kinds, photon_levels, n, stop, picture_dir)
     ours_run = dict(recipe=RECIPE, n_starts=our_starts or n_starts, n_keep=4, device="cpu", positivity=positivity)
@@ -247,7 +258,7 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         rows.append(row)
         print("quality: " + json.dumps(row), flush=True)
     return dict(rows=rows, seeds=list(seeds), positivity=positivity, our_starts=ours_run["n_starts"], our_sw=our_sw, ours_s=ours_s, pynx_default_s=runs["pynx_default_s"], pynx_oursw_s=runs["pynx_oursw_s"],
-                size=n, n_starts=n_starts, stop=stop, pictures=picture_dir is not None, ours=ours, truths=truths, iobs=iobs, valid=valid,
+                size=n, n_starts=n_starts, stop=stop, objects=objects, ours=ours, truths=truths, iobs=iobs, valid=valid,
                 pynx_objects=runs["pynx_default"], cases=cases)
 
 
@@ -347,8 +358,7 @@ def markdown(args, timing, batch, quality, figs) -> str:
     first_generation, second_generation = recipe_generations()
     lines += ["### Quality from random starts", "",
               f"{len(rows)} patterns of {quality['size']}^2 ("
-              + ("pictures bundled with scikit-image, `benchmarks/picture_objects.py`, oversampling 2.67"
-                 if quality.get("pictures") else "test objects of `xfel_dl_plugins.phasing.testobjects`, oversampling 2.5")
+              + OBJECTS_DESCRIPTION[quality["objects"]]
               + f" per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
               f"{quality['n_starts']} random starts per pattern"
               + (f" (ours {quality['our_starts']})" if quality.get("our_starts", quality["n_starts"]) != quality["n_starts"] else "")
@@ -420,9 +430,9 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=128, help="pattern size of the quality test (objects scale with it)")
     ap.add_argument("--stop", type=float, default=None, help="beam-stop radius in pixels (default: size / 64)")
     ap.add_argument("--photons", type=float, nargs="+", default=None, help="photon levels (default 1e6 1e7 1e8 1e9)")
-    ap.add_argument("--objects", choices=["test", "pictures"], default="test",
-                    help="quality objects: the package's test objects, or held-out pictures bundled with scikit-image "
-                         "(found in the PyNX venv; benchmarks/picture_objects.py)")
+    ap.add_argument("--objects", choices=list(OBJECTS_DESCRIPTION), default="test",
+                    help="quality objects: the package's test objects, or a held-out set of pictures bundled with "
+                         "scikit-image (found in the PyNX venv; benchmarks/picture_objects.py)")
     ap.add_argument("--positivity", choices=["false", "true", "auto"], default="auto",
                     help="our runs' positivity (auto, the phase_retriever's default: half the starts positive, the "
                          "data choose per pattern; false: every start complex, as before 2026-11-27 14:27 UTC)")
@@ -441,14 +451,14 @@ def main(argv=None):
     if sidecar:
         sidecar.write_text(json.dumps({"timing": timing, "batch": batch}, indent=1))
     if "quality" not in args.skip:
-        picture_dir = skimage_data_dir(args.pynx_dir) if args.objects == "pictures" else None
-        kinds = tuple(PICTURES) if picture_dir else QUALITY_KINDS
+        pictures, picture_dir = quality_objects(args.objects, args.pynx_dir)
+        kinds = pictures or QUALITY_KINDS
         kinds = kinds[:2] if args.quick else kinds
         photons = args.photons or ((1e6, 1e8) if args.quick else QUALITY_PHOTONS)
         stop = args.stop if args.stop is not None else args.size / 64
         positivity = {"false": False, "true": True, "auto": "auto"}[args.positivity]
         quality = bench_quality(pynx, kinds, tuple(photons), args.size, 10, stop, tuple(args.seeds), picture_dir,
-                                positivity, args.our_starts)
+                                positivity, args.our_starts, args.objects)
     else:
         quality = None
     figs = figures(quality, args.figures) if (args.figures and quality) else []

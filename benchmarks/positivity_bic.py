@@ -21,7 +21,7 @@ from xfel_dl_plugins.phasing.multistart import StartFits, rank_starts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_phasing as bp  # noqa: E402
-from picture_objects import PICTURES, skimage_data_dir  # noqa: E402
+from picture_objects import quality_objects  # noqa: E402
 
 
 def lead_bic_at_guide(result, c: int, iobs: np.ndarray, valid: np.ndarray, positive: bool) -> float:
@@ -35,15 +35,15 @@ def lead_bic_at_guide(result, c: int, iobs: np.ndarray, valid: np.ndarray, posit
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--objects", choices=["test", "pictures"], default="test")
+    ap.add_argument("--objects", choices=list(bp.OBJECTS_DESCRIPTION), default="test")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--photons", type=float, nargs="+", default=list(bp.QUALITY_PHOTONS))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pynx-dir", type=Path, default=Path("/work/bench"), help="where setup_pynx.sh put scikit-image's data")
     args = ap.parse_args(argv)
-    pictures = skimage_data_dir(args.pynx_dir) if args.objects == "pictures" else None
-    kinds = tuple(PICTURES) if pictures else bp.QUALITY_KINDS
-    cases, iobs, valid, truths = bp.quality_cases(kinds, tuple(args.photons), args.size, args.size / 64, pictures)
+    kinds, pictures = quality_objects(args.objects, args.pynx_dir)
+    cases, iobs, valid, truths = bp.quality_cases(kinds or bp.QUALITY_KINDS, tuple(args.photons), args.size, args.size / 64,
+                                                  pictures)
     runs = {positive: phase(iobs, valid, n_starts=5, seed=args.seed, device="cpu", positivity=positive, keep_starts=True)
             for positive in (False, True)}
     name = {False: "complex", True: "positive"}
