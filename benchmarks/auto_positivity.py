@@ -3,8 +3,8 @@
   # PyNX's best start per test set first (selection_trials.py pynx-best, once per size and object offset), then
   PYTHONPATH=$PWD python benchmarks/auto_positivity.py --plan 128:0:602,256:1000:602 --pynx DIR --out DIR/602.json
   # --starts 20: 10 complex + 10 positive starts for "auto" (the complex run keeps --complex-starts, 10)
-  # --runs auto,auto_at_guide: the choice at the end (the default) against the choice at the GUIDE
-  #   (positivity_choice="guide")
+  # --runs auto_at_end,auto: each run with its own starts to the end against the shipped default
+  #   (positivity_choice="guide": a run that leads decisively at the GUIDE takes every start)
 
 Objects, sizes and photon levels as in selection_trials.py (polygon, blobs, cell: real and non-negative;
 complex_blobs: complex). Prints per set the count at or below PyNX's best, the mean error, how many
@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_phasing as bp  # noqa: E402
 import selection_trials as st  # noqa: E402
 
-#: The runs to compare: every start complex; positivity = "auto" chosen at the end (the default) or at the GUIDE.
+#: The runs to compare: every start complex; positivity = "auto" as shipped (since 2026-11-27 20:10 UTC the
+#: GUIDE gives a decisive run's kind every start, "auto_at_guide"; before, each run kept its own, "auto_at_end").
 RUNS = {"complex": dict(positivity=False), "auto": dict(positivity="auto"),
-        "auto_at_guide": dict(positivity="auto", positivity_choice="guide")}
+        "auto_at_guide": dict(positivity="auto", positivity_choice="guide"),
+        "auto_at_end": dict(positivity="auto", positivity_choice="end")}
 
 
 def kind_of(size: int, index: int) -> str:

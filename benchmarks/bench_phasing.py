@@ -248,7 +248,7 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
         row["ours_selected_err_seeds"] = [row["ours_selected_err"]] + [metrics.ambiguity_error(truth, r[c]) for r in other_draws]
         # The defaults before GUIDE: the first generation's starts selected and averaged as phase() does
         # (with positivity = "auto", those of the family the pattern's result came from)
-        free, family = ours.free_pixels[c], _family_starts(ours, c)
+        free, family = ours.free_pixels[c], _first_generation_family(ours, c, len(first_objects[c]))
         unguided = combine_starts(first_objects[c][family], first_supports[c][family], first_ranking[c][family], iobs[c],
                                   measured & ~free, free, 4, params_per_pixel=1 if ours.positivity[c] else 2,
                                   positivity=bool(ours.positivity[c]))
@@ -262,12 +262,13 @@ def bench_quality(pynx: PyNX, kinds, photon_levels, n: int, n_starts: int, stop:
                 pynx_objects=runs["pynx_default"], cases=cases)
 
 
-def _family_starts(result, c: int) -> slice:
-    """The starts (first generation or last) of the run pattern ``c``'s result came from: all of them,
-    or, where positivity = "auto" ran a complex and a positive run (complex starts first), that run's."""
+def _first_generation_family(result, c: int, n_starts: int) -> slice:
+    """The first generation's starts (``n_starts``) of the run pattern ``c``'s result came from: all of
+    them, or, where positivity = "auto" ran a complex and a positive run (complex starts first, as
+    auto_family_sizes splits them), that run's."""
     if result.families is None:
         return slice(None)
-    n_complex = result.families[0]
+    n_complex = auto_family_sizes(n_starts)[0]
     return slice(n_complex, None) if result.positivity[c] else slice(0, n_complex)
 
 
@@ -369,8 +370,9 @@ def markdown(args, timing, batch, quality, figs) -> str:
               "The per-start columns (converged, floor) are our first generation's: independent starts, PyNX's schedule"
               + ({"auto": f"; with `positivity = \"auto\"` (ours: {auto_family_sizes(quality['our_starts'])[1]} of the "
                           f"{quality['our_starts']} starts phase a real, non-negative density, the others a complex "
-                          "object; per pattern the run whose selected start has the lower BIC gives the result) they "
-                          "count both kinds of start. ",
+                          "object; where one run leads decisively at the GUIDE its kind takes every start for the "
+                          "second generation, the other run's going on too; per pattern the run whose selected start has "
+                          "the lower BIC gives the result) they count both kinds of start. ",
                   True: "; ours with positivity. "}.get(quality.get("positivity"), ". ")) +
               "PyNX with its runner's shrink-wrap defaults (rms 0.25, sigma 2->0.5 px) and with ours (max "
               f"{quality['our_sw'][0]:g}, sigma {quality['our_sw'][2][0]:g}->{quality['our_sw'][2][1]:g} px, i.e. "

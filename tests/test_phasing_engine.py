@@ -306,19 +306,28 @@ def test_auto_positivity_lets_the_data_choose_per_pattern():
 
 def test_auto_positivity_chosen_at_the_guide_runs_the_second_generation_in_that_kind():
     """positivity="auto", positivity_choice="guide": where one run's lead has a BIC at least
-    AUTO_DECISIVE_BIC_RATIO times lower at the GUIDE (both patterns here), every start of the second
-    generation, complex and positive ones pulled to that lead, runs in its kind. A pattern's result
+    AUTO_DECISIVE_BIC_RATIO times lower at the GUIDE (both patterns here), every start of both runs,
+    pulled to that lead, runs the second generation in its kind, and the other run's starts go on
+    in theirs; the end chooses. Starts a pattern did not run are padded (NaN LLK). A pattern's result
     depends on the seed and its key only, not on the batch it ran in."""
     cases, iobs, valid = _real_and_complex_polygon()
     recipe = "(SW*HIO**40)**3 * ER**30 * GUIDE * (SW*HIO**40)**2 * ER**30"
     auto = phase(iobs, valid, recipe=recipe, n_starts=6, n_keep=3, seed=1, device="cpu", positivity="auto",
                  positivity_choice="guide", keep_starts=True)
-    assert auto.positivity.tolist() == [True, False] and auto.families == (3, 3) and auto.iterations == 260
-    assert auto.start_objects.shape == (2, 6, 48, 48) and auto.guided[0].objects.shape == (2, 6, 48, 48)
-    second = auto.start_objects
-    assert (second[0].imag == 0).all() and (second[0].real >= 0).all()  # all six starts positive
-    assert (auto.reconstruction[0].imag == 0).all() and (auto.reconstruction[0].real >= 0).all()  # and their average
-    assert np.abs(second[1].imag).max() > 0.1 * np.abs(second[1]).max()  # all six complex
+    assert auto.positivity.tolist() == [True, False] and auto.families == (6, 6) and auto.iterations == 260
+    assert auto.start_objects.shape == (2, 12, 48, 48) and auto.guided[0].objects.shape == (2, 6, 48, 48)
+    second, ran = auto.start_objects, np.isfinite(auto.start_llk)
+    # The polygon, decided positive: six positive starts, the complex run's three went on
+    assert ran[0].tolist() == [True] * 3 + [False] * 3 + [True] * 6
+    assert (second[0, 6:].imag == 0).all() and (second[0, 6:].real >= 0).all()
+    assert (second[0, :3].imag != 0).any()  # phased complex (a real object's: nearly real)
+    # The saddle, decided complex: six complex starts, the positive run's three
+    assert ran[1].tolist() == [True] * 9 + [False] * 3
+    assert np.abs(second[1, :6].imag).max() > 0.1 * np.abs(second[1, :6]).max()
+    assert (second[1, 6:9].imag == 0).all() and (second[1, 6:9].real >= 0).all()
+    assert (auto.kept[0] >= 6).all() and (auto.kept[1] < 6).all()
+    assert (auto.reconstruction[0].imag == 0).all() and (auto.reconstruction[0].real >= 0).all()
+    assert np.isfinite(auto.guided[0].ranking).all()  # the first generation's 3 + 3 starts
     for i, case in enumerate(cases):
         assert metrics.ambiguity_error(case[2], auto.reconstruction[i]) < 0.1
         assert len(auto.guided[0].ranked_fts[i]) == 3  # the chosen run's lead and nearest: the PRTF's starts
@@ -326,7 +335,7 @@ def test_auto_positivity_chosen_at_the_guide_runs_the_second_generation_in_that_
     alone = phase(iobs[1:], valid[1:], recipe=recipe, n_starts=6, n_keep=3, seed=1, device="cpu", positivity="auto",
                   positivity_choice="guide", pattern_keys=[(1,)])
     np.testing.assert_array_equal(alone.reconstruction[0], auto.reconstruction[1])
-    np.testing.assert_array_equal(alone.start_llk[0], auto.start_llk[1])
+    np.testing.assert_array_equal(alone.start_llk[0, :9], auto.start_llk[1, :9])
 
 
 def test_auto_positivity_undecided_at_the_guide_goes_on_as_two_runs_to_the_end(monkeypatch):
@@ -338,7 +347,8 @@ def test_auto_positivity_undecided_at_the_guide_goes_on_as_two_runs_to_the_end(m
     run = dict(recipe="(SW*HIO**40)**3 * ER**30 * GUIDE * (SW*HIO**40)**2 * ER**30", n_starts=6, n_keep=3, seed=1,
                device="cpu", positivity="auto", keep_starts=True)
     monkeypatch.setattr(multistart, "AUTO_DECISIVE_BIC_RATIO", np.inf)
-    undecided, at_end = phase(iobs, valid, positivity_choice="guide", **run), phase(iobs, valid, **run)
+    undecided = phase(iobs, valid, positivity_choice="guide", **run)
+    at_end = phase(iobs, valid, positivity_choice="end", **run)
     for name in ("reconstruction", "positivity", "bic", "prtf", "start_llk", "start_objects"):
         np.testing.assert_array_equal(getattr(undecided, name), getattr(at_end, name))
     np.testing.assert_array_equal(undecided.guided[0].objects, at_end.guided[0].objects)
@@ -368,11 +378,14 @@ def test_auto_positivity_at_the_guide_merges_decided_and_undecided_patterns(monk
     mixed = phase(iobs, valid, positivity_choice="guide", **run)
     kept = int(np.argmax(ratios))  # still decided; the other pattern now goes on as two runs
     other = 1 - kept
-    at_end = phase(iobs[other:other + 1], valid[other:other + 1], pattern_keys=[(other,)], **run)
+    at_end = phase(iobs[other:other + 1], valid[other:other + 1], pattern_keys=[(other,)], positivity_choice="end",
+                   **run)
     np.testing.assert_array_equal(mixed.reconstruction[kept], decided.reconstruction[kept])
     np.testing.assert_array_equal(mixed.reconstruction[other], at_end.reconstruction[0])
     assert mixed.bic[other] == at_end.bic[0] and mixed.positivity[other] == at_end.positivity[0]
-    np.testing.assert_array_equal(mixed.start_llk[other], at_end.start_llk[0])
+    ran = np.isfinite(mixed.start_llk[other])  # padded to the decided pattern's starts
+    assert ran.sum() == 6 and mixed.families in ((6, 3), (3, 6))
+    np.testing.assert_array_equal(mixed.start_llk[other][ran], at_end.start_llk[0])
 
 
 def test_the_first_guide_of_a_recipe_splits_it_into_two_generations():

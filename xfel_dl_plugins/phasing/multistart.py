@@ -7,8 +7,9 @@ information criterion among those that fit the held-out pixels), align the other
     result.reconstruction[i], result.llk[i], result.resolution_px[i], result.prtf[i]
 
 With ``positivity="auto"`` half the starts phase a real, non-negative density and half a complex
-object, and per pattern the run whose selected start has the lower BIC gives the result
-(``positivity_choice="guide"``: the run is chosen at the recipe's GUIDE instead).
+object, and per pattern the run whose selected start has the lower BIC gives the result; at the
+recipe's first GUIDE a run that leads decisively takes the other run's starts too for its second
+generation (``positivity_choice="guide"``, the default; ``"end"``: each run keeps its own starts).
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ FREE_DEVIANCE_SCREEN = 1.5
 #: gives the reconstruction (docs/benchmarks.md, "The data choose positivity").
 AUTO_POSITIVITY_STARTS = 0.5
 
-#: When ``positivity="auto"`` chooses between the runs: at the end, or at the recipe's first GUIDE.
+#: How ``positivity="auto"`` runs the second generation: both runs with their own starts to the end
+#: ("end"), or, where a run leads decisively at the recipe's first GUIDE, that run's kind with every
+#: start while the other run's go on too ("guide"); either way the end chooses.
 POSITIVITY_CHOICES = ("end", "guide")
 
-#: With ``positivity_choice="guide"`` a pattern is decided at the GUIDE only where one run's lead has
-#: a BIC this many times lower than the other's: a first generation's smaller margins do not tell
-#: which run the second generation favours (docs/benchmarks.md, "The data choose positivity").
+#: With ``positivity_choice="guide"`` a run leads decisively at the GUIDE where its lead's BIC is this
+#: many times lower than the other's: a first generation's smaller margins do not tell which run the
+#: second generation favours (docs/benchmarks.md, "The data choose positivity").
 AUTO_DECISIVE_BIC_RATIO = 2.0
 
 
@@ -89,7 +92,9 @@ class PhasingResult:
     free_pixels: np.ndarray | None = field(default=None, repr=False)  # (patterns, *spatial) held-out pixels, if kept
     guided: list | None = field(default=None, repr=False)  # per GUIDE of the recipe, its GuidedStarts, if kept
     families: tuple | None = None  # positivity="auto": (complex starts, positive starts), in that order on the starts
-    # axis (of guided[0] too); a pattern decided at the GUIDE (positivity_choice="guide") ends with starts of one kind
+    # axis (and on the GUIDE records'); with positivity_choice="guide" the most of each kind any pattern's second
+    # generation ran (a decided pattern's chosen kind runs every start), the others padded (NaN LLK), while the first
+    # GUIDE's record (guided[0]) keeps the first generation's auto_family_sizes(n_starts)
 
     def __getattr__(self, name):
         if name in ("reconstruction", "support", "llk", "llk_free", "r_factor", "resolution_px", "agreeing",
@@ -409,7 +414,7 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
           n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, selection: str = "bic",
           device: str = "auto", keep_starts: bool = False, positivity: bool | str = False,
-          positivity_choice: str = "end", **state_options) -> PhasingResult:
+          positivity_choice: str = "guide", **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 
     ``patterns`` (n, ny, nx) or (n, nz, ny, nx); ``valid`` True where measured (masked pixels,
@@ -423,9 +428,10 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     is the last generation's. ``keep_starts``: the result also holds every start's object and support, the free
     pixels and, per GUIDE of the recipe, the starts it guided (``guided``, :class:`GuidedStarts`).
     ``positivity``: a real, non-negative density inside the support; ``"auto"``: the data decide per
-    pattern (:data:`AUTO_POSITIVITY_STARTS`), at the end (``positivity_choice="end"``,
-    :func:`_choose_family`) or at the recipe's first GUIDE (``"guide"``, :func:`_phase_auto_at_guide`;
-    a recipe without one chooses at the end).
+    pattern (:data:`AUTO_POSITIVITY_STARTS`) by the runs' BIC at the end (:func:`_choose_family`);
+    ``positivity_choice="guide"`` (the default; :func:`_phase_auto_at_guide`) gives a run that leads
+    decisively at the recipe's first GUIDE the other run's starts too for the second generation,
+    ``"end"`` keeps each run's own (as does a recipe without a GUIDE).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, reality, calc_llk, support_threshold, support_sigma,
     support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
@@ -528,14 +534,16 @@ def _phase_auto_at_guide(patterns, valid, *, schedule: Operator, n_starts: int, 
     recipe's first generation; at its first GUIDE (:func:`split_at_first_guide`) a pattern whose runs'
     leads differ in BIC by :data:`AUTO_DECISIVE_BIC_RATIO` or more is decided: the starts of both runs
     are pulled halfway to the better lead and the second generation runs all ``n_starts`` of them in
-    its kind. The other patterns go on as two runs to the end (docs/benchmarks.md, "The data choose
-    positivity")."""
+    its kind, while the other run's starts go on in theirs, pulled to their own lead. Undecided
+    patterns go on as two runs. At the end the lower selected BIC chooses, as without the option
+    (docs/benchmarks.md, "The data choose positivity")."""
     first_generation, guide, second_generation = split_at_first_guide(schedule)
+    sizes = auto_family_sizes(n_starts)
     first = [_new_state(patterns, valid, n, n_keep, keep_starts, positivity=pos, **state_options)
-             for n, pos in zip(auto_family_sizes(n_starts), (False, True))]
+             for n, pos in zip(sizes, (False, True))]
     for state in first:
         first_generation.apply(state)
-    decision, pulled, records, kept = _guide_families(*first, guide.mix, n_keep, keep_starts)
+    decision, own, to_chosen, records, kept = _guide_families(*first, guide.mix, n_keep, keep_starts)
     iobs, measured, iterations = first[0].iobs_host, first[0].valid_host, first[0].iteration
     del first  # their iterates: the second generation's states take their place
     keys = state_options.pop("pattern_keys", None)
@@ -544,9 +552,8 @@ def _phase_auto_at_guide(patterns, valid, *, schedule: Operator, n_starts: int, 
     for name in ("initial_object", "initial_support"):
         state_options.pop(name, None)  # the first generation's: the second starts from the pulled starts
 
-    def second(rows: np.ndarray, positive: bool, starts: slice) -> PhasingResult:
-        """The second generation of patterns ``rows`` from their pulled ``starts``, phased ``positive``."""
-        initial = pulled[rows, starts]
+    def second(rows: np.ndarray, positive: bool, initial: np.ndarray) -> PhasingResult:
+        """The second generation of patterns ``rows`` from the pulled starts ``initial``, phased ``positive``."""
         # The same seed and keys: the same free pixels as the first generation's
         state = _new_state(iobs[rows], measured[rows], initial.shape[1], n_keep, keep_starts, positivity=positive,
                            pattern_keys=[keys[i] for i in rows],
@@ -557,15 +564,14 @@ def _phase_auto_at_guide(patterns, valid, *, schedule: Operator, n_starts: int, 
         second_generation.apply(state)
         return _results_of(state, repr(schedule), n_keep, max_difference, selection, keep_starts)
 
-    n_complex = auto_family_sizes(n_starts)[0]
-    parts = [(rows, second(rows, kind, slice(None)))
-             for kind, rows in ((k, np.flatnonzero(decision == k)) for k in (COMPLEX, POSITIVE)) if len(rows)]
-    undecided = np.flatnonzero(decision == UNDECIDED)
-    if len(undecided):
-        parts.append((undecided, _choose_family(second(undecided, False, slice(0, n_complex)),
-                                                second(undecided, True, slice(n_complex, None)))))
+    parts = []
+    for kind in (COMPLEX, POSITIVE, UNDECIDED):
+        rows = np.flatnonzero(decision == kind)
+        if len(rows):
+            complex_starts = to_chosen[rows] if kind == COMPLEX else own[rows, :sizes[0]]
+            positive_starts = to_chosen[rows] if kind == POSITIVE else own[rows, sizes[0]:]
+            parts.append((rows, _choose_family(second(rows, False, complex_starts), second(rows, True, positive_starts))))
     result = _merge_patterns(parts)
-    result.families = auto_family_sizes(n_starts)
     if keep_starts:  # the first GUIDE's record: the result's run's lead and nearest starts, and every start
         result.guided[0] = GuidedStarts.of([(records[r.positivity].ranked_fts[i], records[r.positivity].differences[i])
                                             for i, r in enumerate(result.patterns)], kept)
@@ -577,40 +583,52 @@ COMPLEX, POSITIVE, UNDECIDED = 0, 1, -1
 
 
 def _guide_families(complex_run: PhasingState, positive_run: PhasingState, mix: float, n_keep: int,
-                    keep_starts: bool) -> tuple[np.ndarray, np.ndarray, tuple, tuple]:
+                    keep_starts: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple, tuple]:
     """The GUIDE of ``positivity="auto"``, ``positivity_choice="guide"``. Per pattern the decision
     (:data:`COMPLEX`, :data:`POSITIVE`; :data:`UNDECIDED` where neither run's lead has a BIC
     :data:`AUTO_DECISIVE_BIC_RATIO` times lower than the other's) and the starts of both runs
-    (complex first), each ``mix`` x a lead + (1 - mix) x itself aligned on it: the chosen run's lead,
-    or, undecided, its own run's. Also each run's record (:class:`GuidedStarts`: its lead and nearest
-    starts) and, if kept, the starts of both runs as they were (objects, supports, ranking)."""
+    (complex first) pulled twice, each ``mix`` x a lead + (1 - mix) x itself aligned on it: to its own
+    run's lead, and to the chosen run's (undecided: its own run's again). Also each run's record
+    (:class:`GuidedStarts`: its lead and nearest starts) and, if kept, the starts of both runs as they
+    were (objects, supports, ranking)."""
     runs = (complex_run, positive_run)
     seen = [_starts_of(run) for run in runs]
 
-    def guided(i: int) -> tuple[int, np.ndarray, list]:
+    def guided(i: int) -> tuple[int, np.ndarray, np.ndarray, list]:
         leads = [_lead_of(run, *starts, i) for run, starts in zip(runs, seen)]
         bic = [_criterion(lead.bic) for lead in leads]
         better = int(bic[1] < bic[0])  # ties: the complex run
         decided = bic[1 - better] >= AUTO_DECISIVE_BIC_RATIO * bic[better]
-        pulled = []
+        own, to_chosen = [], []
         for run, (_, _, ranking), lead in zip(runs, seen, leads):
-            target = leads[better] if decided else lead
-            aligned = lead.aligned if lead is target else {
-                int(k): align_fourier(target.fts[target.order[0]], lead.fts[k]) for k in np.flatnonzero(np.isfinite(ranking[i]))}
-            pulled.append(_pulled_to(target, aligned, run.n_starts, mix))
-        return better if decided else UNDECIDED, np.concatenate(pulled), [lead.record(n_keep) for lead in leads]
+            own.append(_pulled_to(lead, lead.aligned, run.n_starts, mix))
+            target = leads[better]
+            if not decided or lead is target:
+                to_chosen.append(own[-1])
+                continue
+            aligned = {int(k): align_fourier(target.fts[target.order[0]], lead.fts[k])
+                       for k in np.flatnonzero(np.isfinite(ranking[i]))}
+            to_chosen.append(_pulled_to(target, aligned, run.n_starts, mix))
+        decision = better if decided else UNDECIDED
+        return decision, np.concatenate(own), np.concatenate(to_chosen), [lead.record(n_keep) for lead in leads]
 
     per_pattern = _map_patterns(guided, complex_run.n_patterns)
-    records = tuple(GuidedStarts.of([both[k] for _, _, both in per_pattern]) for k in (COMPLEX, POSITIVE))
+    records = tuple(GuidedStarts.of([both[k] for *_, both in per_pattern]) for k in (COMPLEX, POSITIVE))
     kept = tuple(np.concatenate(arrays, axis=1) for arrays in zip(*seen)) if keep_starts else ()
-    return (np.array([decision for decision, _, _ in per_pattern]), np.stack([p for _, p, _ in per_pattern]),
-            records, kept)
+    decisions, own, to_chosen = (np.array([p[k] for p in per_pattern]) for k in range(3))
+    return decisions, own, to_chosen, records, kept
 
 
 def _merge_patterns(parts: list[tuple[np.ndarray, PhasingResult]]) -> PhasingResult:
-    """One result from results over disjoint sets of patterns (``rows`` of each), in pattern order."""
+    """One result from results over disjoint sets of patterns (``rows`` of each), in pattern order.
+    Results of ``positivity="auto"`` whose runs had other numbers of starts are padded to the most of
+    each kind (:func:`_padded`)."""
     order = np.argsort(np.concatenate([rows for rows, _ in parts]))
     results = [part for _, part in parts]
+    widths = None
+    if results[0].families is not None:
+        widths = tuple(max(r.families[k] for r in results) for k in (0, 1))
+        results = [_padded(r, widths) for r in results]
 
     def stacked(arrays: list):  # the parts' arrays one after the other, or None where not kept
         return None if arrays[0] is None else np.concatenate(arrays)
@@ -629,7 +647,38 @@ def _merge_patterns(parts: list[tuple[np.ndarray, PhasingResult]]) -> PhasingRes
     first = results[0]
     return PhasingResult([patterns[k] for k in order], joined("start_llk"), joined("start_llk_free"), first.iterations,
                          first.recipe, first.device, joined("start_objects"), joined("start_supports"),
-                         joined("free_pixels"), guided)
+                         joined("free_pixels"), guided, widths)
+
+
+def _padded(result: PhasingResult, widths: tuple[int, int]) -> PhasingResult:
+    """``result`` of ``positivity="auto"`` with ``widths`` (complex, positive) starts: the missing ones
+    appended to each kind's as starts that did not run (NaN LLK, zero object, empty support); the
+    kept starts' indices follow."""
+    have = result.families
+    if tuple(have) == tuple(widths):
+        return result
+    for p in result.patterns:
+        if p.positivity:
+            p.kept = p.kept + (widths[0] - have[0])
+
+    def pad(array, fill):
+        return _pad_starts(array, have, widths, fill)
+
+    guided = None if result.guided is None else [
+        GuidedStarts(g.ranked_fts, g.differences, pad(g.objects, 0), pad(g.supports, False), pad(g.ranking, np.nan))
+        for g in result.guided]
+    return PhasingResult(result.patterns, pad(result.start_llk, np.nan), pad(result.start_llk_free, np.nan),
+                         result.iterations, result.recipe, result.device, pad(result.start_objects, 0),
+                         pad(result.start_supports, False), result.free_pixels, guided, tuple(widths))
+
+
+def _pad_starts(array: np.ndarray | None, have: tuple, widths: tuple, fill) -> np.ndarray | None:
+    """(patterns, starts, ...) with ``have`` (complex, positive) starts -> ``widths``, each kind padded with ``fill``."""
+    if array is None:
+        return None
+    blocks = np.split(array, [have[0]], axis=1)
+    return np.concatenate([np.concatenate([b, np.full((b.shape[0], w - b.shape[1]) + b.shape[2:], fill, b.dtype)], axis=1)
+                           for b, w in zip(blocks, widths)], axis=1)
 
 
 def _choose_family(complex_run: PhasingResult, positive_run: PhasingResult) -> PhasingResult:
