@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 @dataclass(frozen=True)
 class Picture:
     """A picture made into an object: the grey levels of ``file`` (cropped to ``box``, left, top,
@@ -31,7 +32,7 @@ class Picture:
     shift: tuple = (0.0, 0.0)
 
 
-#: The first held-out set (since 2026-11-27 07:00 UTC): centred, oversampling 2.67.
+#: The first held-out set (since 2026-11-27 00:35 UTC): centred, oversampling 2.67.
 PICTURES = {
     "horse": Picture("horse.png", invert=True),
     "phantom": Picture("phantom.png"),
