@@ -530,13 +530,13 @@ def split_at_first_guide(schedule: Operator) -> tuple[Operator | None, Operator 
 
 def _phase_auto_at_guide(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
                          selection: str, keep_starts: bool, **state_options) -> PhasingResult:
-    """``positivity="auto"``, ``positivity_choice="guide"``: a complex and a positive run of the
+    """``positivity="auto"``, ``positivity_choice="guide"`` (the default): a complex and a positive run of the
     recipe's first generation; at its first GUIDE (:func:`split_at_first_guide`) a pattern whose runs'
     leads differ in BIC by :data:`AUTO_DECISIVE_BIC_RATIO` or more is decided: the starts of both runs
     are pulled halfway to the better lead and the second generation runs all ``n_starts`` of them in
     its kind, while the other run's starts go on in theirs, pulled to their own lead. Undecided
-    patterns go on as two runs. At the end the lower selected BIC chooses, as without the option
-    (docs/benchmarks.md, "The data choose positivity")."""
+    patterns go on as two runs. At the end the lower selected BIC chooses, as with
+    ``positivity_choice="end"`` (docs/benchmarks.md, "The data choose positivity")."""
     first_generation, guide, second_generation = split_at_first_guide(schedule)
     sizes = auto_family_sizes(n_starts)
     first = [_new_state(patterns, valid, n, n_keep, keep_starts, positivity=pos, **state_options)
