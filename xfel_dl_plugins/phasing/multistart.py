@@ -570,7 +570,8 @@ def _phase_auto_at_guide(patterns, valid, *, schedule: Operator, n_starts: int, 
         if len(rows):
             complex_starts = to_chosen[rows] if kind == COMPLEX else own[rows, :sizes[0]]
             positive_starts = to_chosen[rows] if kind == POSITIVE else own[rows, sizes[0]:]
-            parts.append((rows, _choose_family(second(rows, False, complex_starts), second(rows, True, positive_starts))))
+            runs = second(rows, False, complex_starts), second(rows, True, positive_starts)
+            parts.append((rows, _choose_family(*runs)))
     result = _merge_patterns(parts)
     if keep_starts:  # the first GUIDE's record: the result's run's lead and nearest starts, and every start
         result.guided[0] = GuidedStarts.of([(records[r.positivity].ranked_fts[i], records[r.positivity].differences[i])
@@ -673,12 +674,13 @@ def _padded(result: PhasingResult, widths: tuple[int, int]) -> PhasingResult:
 
 
 def _pad_starts(array: np.ndarray | None, have: tuple, widths: tuple, fill) -> np.ndarray | None:
-    """(patterns, starts, ...) with ``have`` (complex, positive) starts -> ``widths``, each kind padded with ``fill``."""
+    """(patterns, starts, ...) with ``have`` (complex, positive) starts -> ``widths``, each kind padded
+    with ``fill``."""
     if array is None:
         return None
     blocks = np.split(array, [have[0]], axis=1)
-    return np.concatenate([np.concatenate([b, np.full((b.shape[0], w - b.shape[1]) + b.shape[2:], fill, b.dtype)], axis=1)
-                           for b, w in zip(blocks, widths)], axis=1)
+    padding = [np.full((b.shape[0], w - b.shape[1]) + b.shape[2:], fill, b.dtype) for b, w in zip(blocks, widths)]
+    return np.concatenate([part for pair in zip(blocks, padding) for part in pair], axis=1)
 
 
 def _choose_family(complex_run: PhasingResult, positive_run: PhasingResult) -> PhasingResult:
