@@ -165,7 +165,6 @@ def _llk(obj, iobs, valid):
 
 
 QUALITY_KINDS = ("polygon", "blobs", "complex_blobs", "cell")
-
 QUALITY_PHOTONS = (1e6, 1e7, 1e8, 1e9)
 
 #: The quality sets (``--objects``) as the report describes them.

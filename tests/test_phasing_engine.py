@@ -338,6 +338,40 @@ def test_auto_positivity_chosen_at_the_guide_runs_the_second_generation_in_that_
     np.testing.assert_array_equal(alone.start_llk[0, :9], auto.start_llk[1, :9])
 
 
+def test_auto_positivity_the_run_the_guide_did_not_choose_goes_on_to_the_end(monkeypatch):
+    """The run the GUIDE did not choose goes on as it would have without the choice, and the end
+    still chooses: with the positive run's leads made to look a million times worse at the GUIDE both
+    patterns are decided complex, yet the positive run ends with the same selected BICs as when each
+    run keeps its own starts, and each pattern takes the run with the lower one."""
+    from xfel_dl_plugins.phasing import multistart
+
+    class Misjudged(multistart._Lead):
+        @property
+        def bic(self) -> float:
+            return 1e6 * super().bic
+
+    final_bics, choose_family, lead_of = [], multistart._choose_family, multistart._lead_of
+
+    def recording(complex_run, positive_run):
+        final_bics.append((complex_run.bic, positive_run.bic))
+        return choose_family(complex_run, positive_run)
+
+    monkeypatch.setattr(multistart, "_choose_family", recording)
+    cases, iobs, valid = _real_and_complex_polygon()
+    run = dict(recipe="(SW*HIO**40)**3 * ER**30 * GUIDE * (SW*HIO**40)**2 * ER**30", n_starts=6, n_keep=3, seed=1,
+               device="cpu", positivity="auto")
+    phase(iobs, valid, positivity_choice="end", **run)
+    monkeypatch.setattr(multistart, "_lead_of", lambda state, *rest: (Misjudged(**vars(lead_of(state, *rest)))
+                                                                       if state.positivity else lead_of(state, *rest)))
+    misjudged = phase(iobs, valid, positivity_choice="guide", **run)
+    (_, positive_alone), (complex_bic, positive_bic) = final_bics
+    assert misjudged.families == (6, 3) and np.isfinite(misjudged.start_llk).all()  # both decided complex
+    np.testing.assert_array_equal(positive_bic, positive_alone)
+    assert misjudged.positivity.tolist() == (positive_bic < complex_bic).tolist()
+    for case, reconstruction in zip(cases, misjudged.reconstruction):
+        assert metrics.ambiguity_error(case[2], reconstruction) < 0.1
+
+
 def test_auto_positivity_undecided_at_the_guide_goes_on_as_two_runs_to_the_end(monkeypatch):
     """Where neither run's lead is decisively better at the GUIDE, both runs go on, each pulled to its
     own lead, and the end decides: with no pattern decided the result is the choice at the end's."""

@@ -543,7 +543,7 @@ def _phase_auto_at_guide(patterns, valid, *, schedule: Operator, n_starts: int, 
              for n, pos in zip(sizes, (False, True))]
     for state in first:
         first_generation.apply(state)
-    decision, own, to_chosen, records, kept = _guide_families(*first, guide.mix, n_keep, keep_starts)
+    decision, own, across, records, kept = _guide_families(*first, guide.mix, n_keep, keep_starts)
     iobs, measured, iterations = first[0].iobs_host, first[0].valid_host, first[0].iteration
     del first  # their iterates: the second generation's states take their place
     keys = state_options.pop("pattern_keys", None)
@@ -567,11 +567,13 @@ def _phase_auto_at_guide(patterns, valid, *, schedule: Operator, n_starts: int, 
     parts = []
     for kind in (COMPLEX, POSITIVE, UNDECIDED):
         rows = np.flatnonzero(decision == kind)
-        if len(rows):
-            complex_starts = to_chosen[rows] if kind == COMPLEX else own[rows, :sizes[0]]
-            positive_starts = to_chosen[rows] if kind == POSITIVE else own[rows, sizes[0]:]
-            runs = second(rows, False, complex_starts), second(rows, True, positive_starts)
-            parts.append((rows, _choose_family(*runs)))
+        if not len(rows):
+            continue
+        starts = [own[rows, :sizes[0]], own[rows, sizes[0]:]]  # complex, positive: each pulled to its own lead
+        if kind != UNDECIDED:  # the chosen kind also takes the other run's starts, pulled to its lead (complex first)
+            other = np.stack([across[i] for i in rows])
+            starts[kind] = np.concatenate([starts[kind], other] if kind == COMPLEX else [other, starts[kind]], axis=1)
+        parts.append((rows, _choose_family(second(rows, False, starts[0]), second(rows, True, starts[1]))))
     result = _merge_patterns(parts)
     if keep_starts:  # the first GUIDE's record: the result's run's lead and nearest starts, and every start
         result.guided[0] = GuidedStarts.of([(records[r.positivity].ranked_fts[i], records[r.positivity].differences[i])
@@ -584,40 +586,37 @@ COMPLEX, POSITIVE, UNDECIDED = 0, 1, -1
 
 
 def _guide_families(complex_run: PhasingState, positive_run: PhasingState, mix: float, n_keep: int,
-                    keep_starts: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple, tuple]:
+                    keep_starts: bool) -> tuple[np.ndarray, np.ndarray, dict, tuple, tuple]:
     """The GUIDE of ``positivity="auto"``, ``positivity_choice="guide"``. Per pattern the decision
     (:data:`COMPLEX`, :data:`POSITIVE`; :data:`UNDECIDED` where neither run's lead has a BIC
     :data:`AUTO_DECISIVE_BIC_RATIO` times lower than the other's) and the starts of both runs
-    (complex first) pulled twice, each ``mix`` x a lead + (1 - mix) x itself aligned on it: to its own
-    run's lead, and to the chosen run's (undecided: its own run's again). Also each run's record
-    (:class:`GuidedStarts`: its lead and nearest starts) and, if kept, the starts of both runs as they
-    were (objects, supports, ranking)."""
+    (complex first), each ``mix`` x its own run's lead + (1 - mix) x itself aligned on it; for a
+    decided pattern i, ``across[i]`` holds the other run's starts pulled to the chosen lead instead.
+    Also each run's record (:class:`GuidedStarts`: its lead and nearest starts) and, if kept, the
+    starts of both runs as they were (objects, supports, ranking)."""
     runs = (complex_run, positive_run)
     seen = [_starts_of(run) for run in runs]
 
-    def guided(i: int) -> tuple[int, np.ndarray, np.ndarray, list]:
+    def guided(i: int) -> tuple[int, np.ndarray, np.ndarray | None, list]:
         leads = [_lead_of(run, *starts, i) for run, starts in zip(runs, seen)]
         bic = [_criterion(lead.bic) for lead in leads]
         better = int(bic[1] < bic[0])  # ties: the complex run
-        decided = bic[1 - better] >= AUTO_DECISIVE_BIC_RATIO * bic[better]
-        own, to_chosen = [], []
-        for run, (_, _, ranking), lead in zip(runs, seen, leads):
-            own.append(_pulled_to(lead, lead.aligned, run.n_starts, mix))
-            target = leads[better]
-            if not decided or lead is target:
-                to_chosen.append(own[-1])
-                continue
-            aligned = {int(k): align_fourier(target.fts[target.order[0]], lead.fts[k])
-                       for k in np.flatnonzero(np.isfinite(ranking[i]))}
-            to_chosen.append(_pulled_to(target, aligned, run.n_starts, mix))
-        decision = better if decided else UNDECIDED
-        return decision, np.concatenate(own), np.concatenate(to_chosen), [lead.record(n_keep) for lead in leads]
+        own = np.concatenate([_pulled_to(lead, lead.aligned, run.n_starts, mix) for run, lead in zip(runs, leads)])
+        records = [lead.record(n_keep) for lead in leads]
+        if bic[1 - better] < AUTO_DECISIVE_BIC_RATIO * bic[better]:
+            return UNDECIDED, own, None, records
+        target, other = leads[better], leads[1 - better]
+        ranking = seen[1 - better][2]
+        aligned = {int(k): align_fourier(target.fts[target.order[0]], other.fts[k])
+                   for k in np.flatnonzero(np.isfinite(ranking[i]))}
+        return better, own, _pulled_to(target, aligned, runs[1 - better].n_starts, mix), records
 
     per_pattern = _map_patterns(guided, complex_run.n_patterns)
     records = tuple(GuidedStarts.of([both[k] for *_, both in per_pattern]) for k in (COMPLEX, POSITIVE))
     kept = tuple(np.concatenate(arrays, axis=1) for arrays in zip(*seen)) if keep_starts else ()
-    decisions, own, to_chosen = (np.array([p[k] for p in per_pattern]) for k in range(3))
-    return decisions, own, to_chosen, records, kept
+    across = {i: pulled for i, (_, _, pulled, _) in enumerate(per_pattern) if pulled is not None}
+    return (np.array([decision for decision, *_ in per_pattern]), np.stack([own for _, own, *_ in per_pattern]),
+            across, records, kept)
 
 
 def _merge_patterns(parts: list[tuple[np.ndarray, PhasingResult]]) -> PhasingResult:
