@@ -93,12 +93,17 @@ def cmd_starts(args) -> None:
     print(f"wrote {args.out}")
 
 
+def pynx_best_errors(pynx: "bp.PyNX", iobs, valid, truths) -> np.ndarray:
+    """PyNX's default run (10 starts) on the patterns: per pattern its lowest error (failed starts: 1)."""
+    objects = pynx.run("quality", iobs=iobs, valid=valid, n_starts=10, seed=1, sw_threshold=0.25,
+                       sw_method="rms", sw_sigma=np.array((2.0, 0.5)))["objects"]
+    return np.array([min(metrics.ambiguity_error(t, o) if np.abs(o).max() > 0 else 1.0 for o in starts)
+                     for starts, t in zip(objects, truths)])
+
+
 def cmd_pynx_best(args) -> None:
     iobs, valid, truths = patterns(args.size, args.offset)
-    objects = bp.PyNX(args.pynx_dir).run("quality", iobs=iobs, valid=valid, n_starts=10, seed=1, sw_threshold=0.25,
-                                         sw_method="rms", sw_sigma=np.array((2.0, 0.5)))["objects"]
-    best = np.array([min(metrics.ambiguity_error(t, o) if np.abs(o).max() > 0 else 1.0 for o in starts)
-                     for starts, t in zip(objects, truths)])
+    best = pynx_best_errors(bp.PyNX(args.pynx_dir), iobs, valid, truths)
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / f"pynx_best_{args.size}_o{args.offset}.npy", best)
     print(args.size, args.offset, " ".join(f"{b:.3f}" for b in best))

@@ -1,0 +1,103 @@
+"""Phase retrieval with a detector gap through the beam, against PyNX's best start (issue 4).
+
+AGIPD-1M's quadrants leave unmeasured lines through the direct beam: the Fourier components along
+them are free, like the beam stop's. This runs the quality test objects (selection_trials.py's
+sets: polygon, blobs, complex_blobs, cell; 128^2 at 1e6-1e9 photons, 256^2 at 1e7-1e8) with a gap
+of ``--width`` rows through the centre (``--layout gap``), rows and columns (``cross``), or rows
+away from the beam (``offset``: 10 px from the centre, where a module edge would be), beside the
+beam stop of size / 64 px; PyNX's default run (10 starts) and ours (the shipped defaults,
+``positivity="auto"``) on the same patterns:
+
+  benchmarks/setup_pynx.sh /work/bench          # once
+  PYTHONPATH=$PWD python benchmarks/gap_quality.py --plan 128:0,128:1000,256:0 --seeds 1 2 --layout gap \
+      --pynx-dir /work/bench --out DIR           # DIR keeps PyNX's best errors per set (reused)
+
+Prints per set and seed how many of our selected results are at or below PyNX's best start (its
+lowest-error start: an oracle choice), both mean errors, and the patterns we miss.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from xfel_dl_plugins.phasing import metrics, phase
+from xfel_dl_plugins.phasing.testobjects import beam_stop_mask
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_phasing as bp  # noqa: E402
+import selection_trials as st  # noqa: E402
+
+LAYOUTS = ("gap", "cross", "offset")
+OFFSET_GAP_DISTANCE = 10  # px from the centre to the first row of the ``offset`` layout's gap
+
+
+def gap_mask(size: int, layout: str, width: int) -> np.ndarray:
+    """Valid pixels (FFT-centred) of a size^2 pattern: the beam stop and the gap of ``layout``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    stop = size / 64
+    if layout == "offset":
+        rows = np.fft.fftfreq(size) * size
+        gap = (rows >= OFFSET_GAP_DISTANCE) & (rows < OFFSET_GAP_DISTANCE + width)
+        return beam_stop_mask((size, size), stop) & ~gap[:, None]
+    valid = beam_stop_mask((size, size), stop, gap_width=width)
+    return valid & valid.T if layout == "cross" else valid
+
+
+def gapped_patterns(size: int, offset: int, layout: str, width: int):
+    """selection_trials' test set (object seeds + ``offset``) with the gap's pixels unmeasured."""
+    iobs, valid, truths = st.patterns(size, offset)
+    valid = valid & gap_mask(size, layout, width)
+    return np.where(valid, iobs, 0).astype(np.float32), valid, truths
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plan", default="128:0,128:1000,128:2000", help="SIZE:OBJECT_OFFSET,...")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="our random starts' seeds")
+    ap.add_argument("--layout", choices=LAYOUTS, default="gap")
+    ap.add_argument("--width", type=int, default=3, help="gap width in pixels (rows, and columns for cross)")
+    ap.add_argument("--pynx-dir", type=Path, default=Path("/work/bench"))
+    ap.add_argument("--out", type=Path, required=True, help="folder for PyNX's best errors and our results")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pynx = bp.PyNX(args.pynx_dir)
+    totals = {}
+    for item in args.plan.split(","):
+        size, offset = (int(v) for v in item.split(":"))
+        iobs, valid, truths = gapped_patterns(size, offset, args.layout, args.width)
+        name = f"{size}_o{offset}_{args.layout}{args.width}"
+        cached = args.out / f"pynx_best_{name}.npy"
+        if not cached.exists():
+            t0 = time.perf_counter()
+            np.save(cached, st.pynx_best_errors(pynx, iobs, valid, truths))
+            print(f"{name}: PyNX {time.perf_counter() - t0:.0f} s", flush=True)
+        best = np.load(cached)
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            result = phase(iobs, valid, n_starts=10, n_keep=st.N_KEEP, seed=seed, device="cpu", positivity="auto")
+            err = np.array([metrics.ambiguity_error(t, rec) for t, rec in zip(truths, result.reconstruction)])
+            ok = err <= best + 1e-9
+            print(f"{name} seed {seed}: at or below PyNX's best {ok.sum()} of {len(ok)}; mean error ours "
+                  f"{err.mean():.3f}, PyNX's best {best.mean():.3f}; {time.perf_counter() - t0:.0f} s", flush=True)
+            for i in np.flatnonzero(~ok):
+                kind = bp.QUALITY_KINDS[i // len(st.photon_levels(size))]
+                print(f"    {i:2d} {kind:14s} {st.photon_levels(size)[i % len(st.photon_levels(size))]:.0e}  "
+                      f"PyNX {best[i]:.3f}  ours {err[i]:.3f}")
+            (args.out / f"ours_{name}_s{seed}.json").write_text(json.dumps(err.tolist()))
+            total = totals.setdefault(size, [0, 0, [], []])
+            total[0] += int(ok.sum())
+            total[1] += len(ok)
+            total[2] += list(err)
+            total[3] += list(best)
+    for size, (n_ok, n, err, best) in totals.items():
+        print(f"{size}^2, {args.layout} {args.width} px: {n_ok} of {n} at or below PyNX's best start; "
+              f"mean error ours {np.mean(err):.3f}, PyNX's best {np.mean(best):.3f}")
+
+
+if __name__ == "__main__":
+    main()
