@@ -162,3 +162,22 @@ def test_a_larger_beam_stop_hides_more_of_the_object():
     support = np.abs(make_object((128, 128), "cell", rng=np.random.default_rng(1))) > 0.01
     small, large = (metrics.missing_mode_fractions(support, beam_stop_mask((128, 128), r)) for r in (1.5, 4.0))
     assert large[0] > 0.95 > small[0] and metrics.unconstrained_modes(support, beam_stop_mask((128, 128), 4.0)) >= 3
+
+
+def test_unmeasured_excess_flags_stripes_in_a_gap():
+    """The true object continues the data across a gap (excess about 1); one with stripes along the gap
+    (power put into its free Fourier components) is many times brighter there; a beam stop alone has no
+    pixels to judge (its central speckle is bright by nature)."""
+    from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction
+
+    rng = np.random.default_rng(5)
+    truth_obj = make_object((128, 128), "blobs", rng=rng)
+    gap = beam_stop_mask((128, 128), 2.0, gap_width=3)
+    iobs, valid, truth = diffraction(truth_obj, 1e8, gap, rng)
+    stripes = np.zeros(truth.shape, np.complex128)
+    stripes[0, :] = np.abs(sfft.fftn(truth)).mean() * 30 * np.exp(2j * np.pi * rng.random(128))  # ky = 0 only
+    models = np.abs(np.stack([sfft.fftn(truth), sfft.fftn(truth) + stripes])) ** 2
+    excess = metrics.unmeasured_excess(models, iobs, valid)
+    assert 0.5 < excess[0] < 2.0
+    assert excess[1] > 5 * excess[0]
+    assert metrics.unmeasured_excess(models, iobs, beam_stop_mask((128, 128), 2.0)) is None

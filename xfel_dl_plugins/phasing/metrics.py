@@ -12,6 +12,8 @@ object ``rho`` models the intensity ``I_c = |fftn(rho)|**2`` (unnormalised forwa
 - :func:`prtf`, :func:`frc`, :func:`half_bit_threshold`: resolution estimates.
 - :func:`missing_mode_fractions`, :func:`unconstrained_modes`: how much of an object the data leave
   undetermined (the modes a support lets live mostly in the unmeasured pixels).
+- :func:`unmeasured_excess`: how much brighter a model is in unmeasured pixels (detector gaps) than
+  the measured pixels around them.
 """
 
 from __future__ import annotations
@@ -305,3 +307,33 @@ def missing_mode_fractions(support: np.ndarray, valid: np.ndarray) -> np.ndarray
 def unconstrained_modes(support: np.ndarray, valid: np.ndarray, fraction: float = UNCONSTRAINED_FRACTION) -> int:
     """Number of modes with more than ``fraction`` of their power unmeasured (:func:`missing_mode_fractions`)."""
     return int((missing_mode_fractions(support, valid) > fraction).sum())
+
+
+#: :func:`unmeasured_excess` compares each unmeasured pixel with the measured pixels of a window this
+#: many pixels wide around it (a gap of a few rows leaves measured pixels on either side).
+EXCESS_WINDOW = 7
+
+
+def unmeasured_excess(icalc: np.ndarray, iobs: np.ndarray, valid: np.ndarray) -> np.ndarray | None:
+    """How much brighter the model intensities ``icalc`` (a stack of one pattern's starts, at the data's
+    scale) are in the unmeasured pixels than the measured intensities near them: per start the geometric
+    mean of (I_model + 1) / (I_local + 1) over the unmeasured pixels that have measured pixels in an
+    :data:`EXCESS_WINDOW` window (I_local: their mean) and lie beyond twice the innermost measured
+    radius (the beam stop's central speckle is brighter than its rim by nature). About 1 for a model
+    that continues the data across a gap; a model that puts stripes into a gap's free Fourier components
+    (a wrong solution that fits the measured pixels by doing so) is many times brighter there. None
+    where no unmeasured pixel qualifies."""
+    from scipy import ndimage
+
+    iobs, valid = np.asarray(iobs, np.float64), np.asarray(valid, bool)
+    if not valid.any():
+        return None
+    radius = np.sqrt(sum(g * g for g in np.meshgrid(*[np.fft.fftfreq(n) * n for n in valid.shape], indexing="ij")))
+    measured_share = ndimage.uniform_filter(valid.astype(np.float64), EXCESS_WINDOW, mode="wrap")
+    measured_sum = ndimage.uniform_filter(np.where(valid, iobs, 0.0), EXCESS_WINDOW, mode="wrap")
+    pixels = ~valid & (radius > 2 * radius[valid].min()) & (measured_share > 0.5 / EXCESS_WINDOW ** valid.ndim)
+    if not pixels.any():
+        return None
+    local = measured_sum[pixels] / measured_share[pixels]
+    icalc = np.asarray(icalc, np.float64).reshape((-1,) + valid.shape)
+    return np.exp(np.mean(np.log((icalc[:, pixels] + 1.0) / (local + 1.0)), axis=1))

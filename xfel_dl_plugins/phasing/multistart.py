@@ -26,7 +26,7 @@ from ..errors import InputDataError
 from .defaults import DEFAULT_RECIPE, SELECTIONS
 from .engine import PhasingState
 from .metrics import (ResolutionCurve, align_fourier, aligned_real_space, best_intensity_scale, poisson_deviance,
-                      poisson_llk, prtf, r_factor, radial_shells)
+                      poisson_llk, prtf, r_factor, radial_shells, unmeasured_excess)
 from .operators import GUIDE, Operator, Sequence
 from .recipe import parse_recipe
 
@@ -40,6 +40,12 @@ FREE_LLK_SIGNIFICANCE = 3.0
 #: Complex objects' starts with fewer support pixels than the screened lead stay in
 #: (:meth:`StartFits.lowest_bic`).
 FREE_DEVIANCE_SCREEN = 1.5
+
+#: Before that, starts many times brighter in the unmeasured pixels away from the beam (detector gaps)
+#: than the lowest of them are screened out (:func:`~.metrics.unmeasured_excess`): a gap through the
+#: beam leaves Fourier components free, and a wrong solution can fit the measured pixels better by
+#: putting stripes into them (docs/benchmarks.md, "Quality with a detector gap"). None: no screen.
+UNMEASURED_EXCESS_SCREEN = 3.0
 
 #: With ``positivity="auto"`` this fraction of the starts is phased as a real, non-negative density,
 #: the rest as a complex object, and per pattern the run whose selected start has the lower BIC
@@ -142,6 +148,7 @@ class StartFits:
     support_size: np.ndarray  # (starts,) pixels
     n_constrained: int
     params_per_pixel: int = 2  # real parameters per support pixel: 2 for a complex object, 1 for a real one
+    unmeasured_excess: np.ndarray | None = None  # (starts,) metrics.unmeasured_excess; None: no such pixels
 
     @classmethod
     def measure(cls, fts: np.ndarray, supports: np.ndarray, iobs: np.ndarray, constrained: np.ndarray,
@@ -152,8 +159,9 @@ class StartFits:
         scale = np.array([best_intensity_scale(iobs, i, constrained) for i in icalc])[:, None]
         constrained_dev = poisson_deviance(iobs[constrained], scale * icalc[:, constrained]).sum(axis=1)
         free_dev = poisson_deviance(iobs[free], scale * icalc[:, free]) if free.any() else None
+        excess = unmeasured_excess(scale.reshape((-1,) + (1,) * iobs.ndim) * icalc, iobs, constrained | free)
         return cls(constrained_dev, free_dev, supports.reshape(len(supports), -1).sum(axis=1),
-                   int(constrained.sum()), params_per_pixel)
+                   int(constrained.sum()), params_per_pixel, excess)
 
     @property
     def bic(self) -> np.ndarray:
@@ -165,7 +173,12 @@ class StartFits:
         free-pixel deviance is within :data:`FREE_DEVIANCE_SCREEN` x the lowest, or, for a complex
         object, its support has fewer pixels than the lowest-BIC start that is within it (over-fitting
         takes more parameters, not fewer; measured on complex test objects, while on sphere hits
-        phased with positivity it only lost, docs/benchmarks.md). Without free pixels, the lowest BIC."""
+        phased with positivity it only lost, docs/benchmarks.md). Without free pixels, the lowest BIC.
+        First, where the pattern has unmeasured pixels away from the beam, candidates more than
+        :data:`UNMEASURED_EXCESS_SCREEN` x brighter there than the lowest are left out."""
+        if self.unmeasured_excess is not None and UNMEASURED_EXCESS_SCREEN is not None and len(candidates) > 1:
+            excess = self.unmeasured_excess[candidates]
+            candidates = candidates[excess <= UNMEASURED_EXCESS_SCREEN * excess.min()]
         bic = self.bic[candidates]
         if self.free_deviance is None:
             return int(candidates[np.argmin(bic)])
