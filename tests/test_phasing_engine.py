@@ -544,6 +544,28 @@ def test_bic_screen_keeps_starts_with_smaller_supports():
     assert fits.lowest_bic(np.arange(3)) == 0
 
 
+def test_bic_selection_leaves_out_starts_bright_in_a_detector_gap():
+    """A start far brighter than the others in the unmeasured pixels away from the beam (stripes along a
+    gap) does not lead even with the lowest BIC; within 3x of the lowest it competes; without such
+    pixels (unmeasured_excess None) the BIC alone decides."""
+    from xfel_dl_plugins.phasing import multistart
+
+    free = np.ones((3, 500))
+    fits = StartFits(np.array([40_000.0, 100_000.0, 110_000.0]), free, np.array([2_400, 1_000, 950]), 10_000,
+                     2, np.array([12.0, 1.5, 1.3]))
+    assert fits.lowest_bic(np.arange(3)) == 1
+    fits.unmeasured_excess = np.array([3.5, 1.5, 1.3])  # within 3 x 1.3
+    assert fits.lowest_bic(np.arange(3)) == 0
+    fits.unmeasured_excess = None
+    assert fits.lowest_bic(np.arange(3)) == 0
+    fits.unmeasured_excess = np.array([12.0, 1.5, 1.3])
+    saved, multistart.UNMEASURED_EXCESS_SCREEN = multistart.UNMEASURED_EXCESS_SCREEN, None
+    try:
+        assert fits.lowest_bic(np.arange(3)) == 0  # the screen switched off
+    finally:
+        multistart.UNMEASURED_EXCESS_SCREEN = saved
+
+
 def test_guided_restart_pulls_every_start_halfway_to_the_lead():
     """GUIDE: the lead (lowest BIC) stays, every other start moves halfway to it after alignment, and a
     new generation begins (whole-array support, the shrink-wrap clock reset, LLKs to be measured)."""
