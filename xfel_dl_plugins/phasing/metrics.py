@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
+from scipy import ndimage
 
 from ..errors import InputDataError
 
@@ -323,12 +324,11 @@ def unmeasured_excess(icalc: np.ndarray, iobs: np.ndarray, valid: np.ndarray) ->
     that continues the data across a gap; a model that puts stripes into a gap's free Fourier components
     (a wrong solution that fits the measured pixels by doing so) is many times brighter there. None
     where no unmeasured pixel qualifies."""
-    from scipy import ndimage
-
     iobs, valid = np.asarray(iobs, np.float64), np.asarray(valid, bool)
     if not valid.any():
         return None
-    radius = np.sqrt(sum(g * g for g in np.meshgrid(*[np.fft.fftfreq(n) * n for n in valid.shape], indexing="ij")))
+    grids = np.meshgrid(*[np.fft.fftfreq(n) * n for n in valid.shape], indexing="ij")
+    radius = np.sqrt(sum(g * g for g in grids))
     measured_share = ndimage.uniform_filter(valid.astype(np.float64), EXCESS_WINDOW, mode="wrap")
     measured_sum = ndimage.uniform_filter(np.where(valid, iobs, 0.0), EXCESS_WINDOW, mode="wrap")
     pixels = ~valid & (radius > 2 * radius[valid].min()) & (measured_share > 0.5 / EXCESS_WINDOW ** valid.ndim)

@@ -178,7 +178,8 @@ class StartFits:
         :data:`UNMEASURED_EXCESS_SCREEN` x brighter there than the lowest are left out."""
         if self.unmeasured_excess is not None and UNMEASURED_EXCESS_SCREEN is not None and len(candidates) > 1:
             excess = self.unmeasured_excess[candidates]
-            candidates = candidates[excess <= UNMEASURED_EXCESS_SCREEN * excess.min()]
+            if np.isfinite(excess).any():  # a start without a finite figure is not screened by it
+                candidates = candidates[~(excess > UNMEASURED_EXCESS_SCREEN * np.nanmin(excess))]
         bic = self.bic[candidates]
         if self.free_deviance is None:
             return int(candidates[np.argmin(bic)])
