@@ -13,7 +13,8 @@ beam stop of size / 64 px; PyNX's default run (10 starts) and ours (the shipped 
       --pynx-dir /work/bench --out DIR           # DIR keeps PyNX's best errors per set (reused)
 
 Prints per set and seed how many of our selected results are at or below PyNX's best start (its
-lowest-error start: an oracle choice), both mean errors, and the patterns we miss.
+lowest-error start: an oracle choice), both mean errors, and the patterns we miss. ``--figure PNG``:
+the first set's patterns at 1e8 photons (first seed): the measured intensities, the truth and ours.
 """
 
 import argparse
@@ -55,6 +56,33 @@ def gapped_patterns(size: int, offset: int, layout: str, width: int):
     return np.where(valid, iobs, 0).astype(np.float32), valid, truths
 
 
+def figure(path: Path, iobs, valid, truths, reconstructions, size: int, title: str) -> None:
+    """Per object kind at 1e8 photons: log10 of the measured intensities (gap and stop in white), the
+    truth's |density| and ours aligned onto it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = st.photon_levels(size)
+    fig, axes = plt.subplots(3, len(bp.QUALITY_KINDS), figsize=(3 * len(bp.QUALITY_KINDS), 9), squeeze=False)
+    for j, kind in enumerate(bp.QUALITY_KINDS):
+        c = j * len(levels) + levels.index(1e8)
+        ours = metrics.aligned_real_space(metrics.align_to_reference(truths[c], reconstructions[c]))
+        shown = np.where(valid[c], np.log10(iobs[c] + 1), np.nan)
+        for i, (img, label, cmap) in enumerate([
+                (np.fft.fftshift(shown), f"{kind}: log10(counts + 1)", "magma"),
+                (np.abs(truths[c]), "truth", "gray"),
+                (np.abs(ours), f"ours, error {metrics.ambiguity_error(truths[c], reconstructions[c]):.3f}", "gray")]):
+            axes[i, j].imshow(img, cmap=cmap)
+            axes[i, j].set_title(label, fontsize=8)
+            axes[i, j].axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plan", default="128:0,128:1000,128:2000", help="SIZE:OBJECT_OFFSET,...")
@@ -63,10 +91,11 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=3, help="gap width in pixels (rows, and columns for cross)")
     ap.add_argument("--pynx-dir", type=Path, default=Path("/work/bench"))
     ap.add_argument("--out", type=Path, required=True, help="folder for PyNX's best errors and our results")
+    ap.add_argument("--figure", type=Path, help="PNG of the first set's patterns at 1e8 photons, first seed")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pynx = bp.PyNX(args.pynx_dir)
-    totals = {}
+    totals, figure_drawn = {}, False
     for item in args.plan.split(","):
         size, offset = (int(v) for v in item.split(":"))
         iobs, valid, truths = gapped_patterns(size, offset, args.layout, args.width)
@@ -89,6 +118,10 @@ def main(argv=None) -> None:
                 print(f"    {i:2d} {kind:14s} {st.photon_levels(size)[i % len(st.photon_levels(size))]:.0e}  "
                       f"PyNX {best[i]:.3f}  ours {err[i]:.3f}")
             (args.out / f"ours_{name}_s{seed}.json").write_text(json.dumps(err.tolist()))
+            if args.figure and not figure_drawn:
+                figure(args.figure, iobs, valid, truths, result.reconstruction, size,
+                       f"{name}, our seed {seed}: {args.layout} of {args.width} px, beam stop r = {size / 64:g} px")
+                figure_drawn = True
             total = totals.setdefault(size, [0, 0, [], []])
             total[0] += int(ok.sum())
             total[1] += len(ok)
