@@ -558,6 +558,8 @@ def test_bic_selection_leaves_out_starts_bright_in_a_detector_gap():
     assert fits.lowest_bic(np.arange(3)) == 0
     fits.unmeasured_excess = None
     assert fits.lowest_bic(np.arange(3)) == 0
+    fits.unmeasured_excess = np.array([np.nan, 1.5, 1.3])  # no figure: not screened by it
+    assert fits.lowest_bic(np.arange(3)) == 0
     fits.unmeasured_excess = np.array([12.0, 1.5, 1.3])
     saved, multistart.UNMEASURED_EXCESS_SCREEN = multistart.UNMEASURED_EXCESS_SCREEN, None
     try:
