@@ -44,7 +44,8 @@ FREE_DEVIANCE_SCREEN = 1.5
 #: Before that, starts many times brighter in the unmeasured pixels away from the beam (detector gaps)
 #: than the lowest of them are screened out (:func:`~.metrics.unmeasured_excess`): a gap through the
 #: beam leaves Fourier components free, and a wrong solution can fit the measured pixels better by
-#: putting stripes into them (docs/benchmarks.md, "Quality with a detector gap"). None: no screen.
+#: putting stripes into them (docs/benchmarks.md, "Quality with a detector gap"). Part of the BIC selection
+#: (``selection="bic"``, the default); None: no screen.
 UNMEASURED_EXCESS_SCREEN = 3.0
 
 #: With ``positivity="auto"`` this fraction of the starts is phased as a real, non-negative density,
