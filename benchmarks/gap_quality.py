@@ -1,12 +1,17 @@
-"""Phase retrieval with a detector gap through the beam, against PyNX's best start (issue 4).
+"""Phase retrieval with a detector gap through the beam or readout noise, against PyNX's best start (issue 4).
 
 AGIPD-1M's quadrants leave unmeasured lines through the direct beam: the Fourier components along
 them are free, like the beam stop's. This runs the quality test objects (selection_trials.py's
 sets: polygon, blobs, complex_blobs, cell; 128^2 at 1e6-1e9 photons, 256^2 at 1e7-1e8) with a gap
 of ``--width`` rows through the centre (``--layout gap``), rows and columns (``cross``), or rows
-away from the beam (``offset``: 10 px from the centre, where a module edge would be), beside the
-beam stop of size / 64 px; PyNX's default run (10 starts) and ours (the shipped defaults,
-``positivity="auto"``) on the same patterns:
+away from the beam (``offset``: 10 px from the centre, where a module edge would be), or none
+(``none``: the beam stop alone), beside the beam stop of size / 64 px; PyNX's default run (10
+starts) and ours (the shipped defaults, ``positivity="auto"``) on the same patterns.
+
+``--readout-noise SIGMA`` adds Gaussian noise of SIGMA photons per pixel to the counts, as a
+calibrated detector's data carry (the simulator's default: 0.15 photons per native pixel, 0.6 for a
+grid pixel of 4 x 4): weak pixels then read below zero. Ours gets the readings as they are; PyNX
+gets them with negatives set to zero, as its CDI runner does by default.
 
   benchmarks/setup_pynx.sh /work/bench          # once
   PYTHONPATH=$PWD python benchmarks/gap_quality.py --plan 128:0,128:1000,256:0 --seeds 1 2 --layout gap \
@@ -32,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_phasing as bp  # noqa: E402
 import selection_trials as st  # noqa: E402
 
-LAYOUTS = ("gap", "cross", "offset")
+LAYOUTS = ("gap", "cross", "offset", "none")
 OFFSET_GAP_DISTANCE = 10  # px from the centre to the first row of the ``offset`` layout's gap
 
 
@@ -41,6 +46,8 @@ def gap_mask(size: int, layout: str, width: int) -> np.ndarray:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     stop = size / 64
+    if layout == "none":
+        return beam_stop_mask((size, size), stop)
     if layout == "offset":
         rows = np.fft.fftfreq(size) * size
         gap = (rows >= OFFSET_GAP_DISTANCE) & (rows < OFFSET_GAP_DISTANCE + width)
@@ -49,10 +56,14 @@ def gap_mask(size: int, layout: str, width: int) -> np.ndarray:
     return valid & valid.T if layout == "cross" else valid
 
 
-def gapped_patterns(size: int, offset: int, layout: str, width: int):
-    """selection_trials' test set (object seeds + ``offset``) with the gap's pixels unmeasured."""
+def gapped_patterns(size: int, offset: int, layout: str, width: int, readout_noise: float = 0.0):
+    """selection_trials' test set (object seeds + ``offset``) with the gap's pixels unmeasured and
+    Gaussian readout noise of ``readout_noise`` photons per pixel (its own stream per set)."""
     iobs, valid, truths = st.patterns(size, offset)
     valid = valid & gap_mask(size, layout, width)
+    if readout_noise > 0:
+        rng = np.random.default_rng([size, offset, 7919])
+        iobs = iobs + readout_noise * rng.standard_normal(iobs.shape)
     return np.where(valid, iobs, 0).astype(np.float32), valid, truths
 
 
@@ -68,7 +79,7 @@ def figure(path: Path, iobs, valid, truths, reconstructions, size: int, title: s
     for j, kind in enumerate(bp.QUALITY_KINDS):
         c = j * len(levels) + levels.index(1e8)
         ours = metrics.aligned_real_space(metrics.align_to_reference(truths[c], reconstructions[c]))
-        shown = np.where(valid[c], np.log10(iobs[c] + 1), np.nan)
+        shown = np.where(valid[c], np.log10(np.maximum(iobs[c], 0) + 1), np.nan)
         for i, (img, label, cmap) in enumerate([
                 (np.fft.fftshift(shown), f"{kind}: log10(counts + 1)", "magma"),
                 (np.abs(truths[c]), "truth", "gray"),
@@ -89,6 +100,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="our random starts' seeds")
     ap.add_argument("--layout", choices=LAYOUTS, default="gap")
     ap.add_argument("--width", type=int, default=3, help="gap width in pixels (rows, and columns for cross)")
+    ap.add_argument("--readout-noise", type=float, default=0.0, help="Gaussian noise, photons rms per pixel")
     ap.add_argument("--pynx-dir", type=Path, default=Path("/work/bench"))
     ap.add_argument("--out", type=Path, required=True, help="folder for PyNX's best errors and our results")
     ap.add_argument("--figure", type=Path, help="PNG of the first set's patterns at 1e8 photons, first seed")
@@ -98,12 +110,13 @@ def main(argv=None) -> None:
     totals, figure_drawn = {}, False
     for item in args.plan.split(","):
         size, offset = (int(v) for v in item.split(":"))
-        iobs, valid, truths = gapped_patterns(size, offset, args.layout, args.width)
-        name = f"{size}_o{offset}_{args.layout}{args.width}"
+        iobs, valid, truths = gapped_patterns(size, offset, args.layout, args.width, args.readout_noise)
+        name = f"{size}_o{offset}_{args.layout}{args.width if args.layout != 'none' else ''}" + \
+            (f"_noise{args.readout_noise:g}" if args.readout_noise else "")
         cached = args.out / f"pynx_best_{name}.npy"
         if not cached.exists():
             t0 = time.perf_counter()
-            np.save(cached, st.pynx_best_errors(pynx, iobs, valid, truths))
+            np.save(cached, st.pynx_best_errors(pynx, np.maximum(iobs, 0), valid, truths))
             print(f"{name}: PyNX {time.perf_counter() - t0:.0f} s", flush=True)
         best = np.load(cached)
         for seed in args.seeds:
@@ -128,7 +141,9 @@ def main(argv=None) -> None:
             total[2] += list(err)
             total[3] += list(best)
     for size, (n_ok, n, err, best) in totals.items():
-        print(f"{size}^2, {args.layout} {args.width} px: {n_ok} of {n} at or below PyNX's best start; "
+        layout = args.layout if args.layout == "none" else f"{args.layout} {args.width} px"
+        noise = f", readout noise {args.readout_noise:g}" if args.readout_noise else ""
+        print(f"{size}^2, {layout}{noise}: {n_ok} of {n} at or below PyNX's best start; "
               f"mean error ours {np.mean(err):.3f}, PyNX's best {np.mean(best):.3f}")
 
 
