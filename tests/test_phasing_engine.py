@@ -94,6 +94,20 @@ def test_modelled_pixels_are_constrained_but_never_held_out():
         PhasingState(iobs, valid, n_starts=1, modelled=modelled[:32])
 
 
+def test_negative_readings_are_measured_zeros_and_non_finite_pixels_unmeasured():
+    obj = make_object((64, 64), "polygon", rng=np.random.default_rng(4))
+    iobs, valid, _ = diffraction(obj, 1e6, beam_stop_mask((64, 64), 1.0), np.random.default_rng(5))
+    noisy = iobs + 0.6 * np.random.default_rng(6).standard_normal(iobs.shape)  # calibrated detector noise
+    noisy[0, 5] = np.nan
+    state = PhasingState(noisy, valid, n_starts=1, seed=0)
+    negative = valid & (noisy < 0)
+    assert negative.sum() > 0.2 * valid.sum()  # a weak pattern: many readings below zero
+    measured, counts, held_out = state.valid_host[0], state.iobs_host[0], state.free_host[0]
+    assert measured[negative].all() and (counts[negative] == 0).all()
+    assert not measured[0, 5] and counts.min() == 0
+    assert held_out[negative].any()  # held out like any measured pixel
+
+
 def test_cpu_kernels_refuse_arrays_they_cannot_update_in_place():
     backend = NumpyBackend(ndim=2)
     x = np.zeros((4, 8, 8), np.complex64)
