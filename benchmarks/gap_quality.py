@@ -67,6 +67,12 @@ def gapped_patterns(size: int, offset: int, layout: str, width: int, readout_noi
     return np.where(valid, iobs, 0).astype(np.float32), valid, truths
 
 
+def describe(args) -> str:
+    """The detector effects of a run in words, e.g. "gap of 3 px, readout noise 0.6 photons"."""
+    layout = "beam stop only" if args.layout == "none" else f"{args.layout} of {args.width} px"
+    return layout + (f", readout noise {args.readout_noise:g} photons" if args.readout_noise else "")
+
+
 def figure(path: Path, iobs, valid, truths, reconstructions, size: int, title: str) -> None:
     """Per object kind at 1e8 photons: log10 of the measured intensities (gap and stop in white), the
     truth's |density| and ours aligned onto it."""
@@ -133,7 +139,7 @@ def main(argv=None) -> None:
             (args.out / f"ours_{name}_s{seed}.json").write_text(json.dumps(err.tolist()))
             if args.figure and not figure_drawn:
                 figure(args.figure, iobs, valid, truths, result.reconstruction, size,
-                       f"{name}, our seed {seed}: {args.layout} of {args.width} px, beam stop r = {size / 64:g} px")
+                       f"{name}, our seed {seed}: {describe(args)}, beam stop r = {size / 64:g} px")
                 figure_drawn = True
             total = totals.setdefault(size, [0, 0, [], []])
             total[0] += int(ok.sum())
@@ -141,9 +147,7 @@ def main(argv=None) -> None:
             total[2] += list(err)
             total[3] += list(best)
     for size, (n_ok, n, err, best) in totals.items():
-        layout = args.layout if args.layout == "none" else f"{args.layout} {args.width} px"
-        noise = f", readout noise {args.readout_noise:g}" if args.readout_noise else ""
-        print(f"{size}^2, {layout}{noise}: {n_ok} of {n} at or below PyNX's best start; "
+        print(f"{size}^2, {describe(args)}: {n_ok} of {n} at or below PyNX's best start; "
               f"mean error ours {np.mean(err):.3f}, PyNX's best {np.mean(best):.3f}")
 
 
