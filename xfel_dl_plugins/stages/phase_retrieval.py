@@ -9,6 +9,7 @@ start with the lowest Bayesian information criterion among those that fit the he
 another rule: ``selection``), averages it
 with up to ``n_keep - 1`` starts nearest to it after removing translation, twin and global phase,
 and writes the reconstruction (amplitude and phase), its support and figures of merit per frame.
+Valid pixels that read below zero (a calibrated detector's readout noise) count as zero photons.
 
 With ``fill_centre``, unmeasured pixels near the beam (a detector's central hole) first take the
 intensity of a sphere fitted to the frame's measured rings (the ``sphere_sizer`` model): without
