@@ -25,6 +25,7 @@ import scipy.fft as sfft
 from scipy import ndimage
 
 from ..errors import InputDataError
+from .support import frequency_squared
 
 #: PRTF level that defines the resolution (Chapman et al. 2006).
 PRTF_THRESHOLD = 1.0 / np.e
@@ -168,8 +169,7 @@ def aligned_real_space(alignment: Alignment) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 def radial_shells(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Shell index of every FFT-centred pixel (width 1/max(shape) cycles/px) and shell frequencies."""
-    grids = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
-    freq = np.sqrt(sum(g * g for g in grids))
+    freq = np.sqrt(frequency_squared(shape, dtype=np.float64))
     step = 1.0 / max(shape)
     index = np.rint(freq / step).astype(np.int64)
     return index, np.arange(index.max() + 1) * step
@@ -327,8 +327,7 @@ def unmeasured_excess(icalc: np.ndarray, iobs: np.ndarray, valid: np.ndarray) ->
     iobs, valid = np.asarray(iobs, np.float64), np.asarray(valid, bool)
     if not valid.any():
         return None
-    grids = np.meshgrid(*[np.fft.fftfreq(n) * n for n in valid.shape], indexing="ij")
-    radius = np.sqrt(sum(g * g for g in grids))
+    radius = np.sqrt(frequency_squared(valid.shape, dtype=np.float64))
     measured_share = ndimage.uniform_filter(valid.astype(np.float64), EXCESS_WINDOW, mode="wrap")
     measured_sum = ndimage.uniform_filter(np.where(valid, iobs, 0.0), EXCESS_WINDOW, mode="wrap")
     pixels = ~valid & (radius > 2 * radius[valid].min()) & (measured_share > 0.5 / EXCESS_WINDOW ** valid.ndim)

@@ -85,8 +85,7 @@ def free_pixel_mask(valid: np.ndarray, fraction: float = 0.05, island_radius: in
     free = np.zeros(shape, bool)
     if fraction <= 0:
         return free
-    grids = np.meshgrid(*[np.fft.fftfreq(n) for n in shape], indexing="ij")
-    radius = np.sqrt(sum(g * g for g in grids))
+    radius = np.sqrt(frequency_squared(shape, dtype=np.float64))
     candidates = np.flatnonzero(valid & (radius > exclude_centre))
     target = fraction * valid.sum()
     if len(candidates) == 0 or target < 1:

@@ -202,10 +202,10 @@ class PhaseRetriever(Stage):
         (``valid`` FFT-centred; one measurement per batch: supports of one sample are alike, the cost
         is not small)."""
         from ..phasing.metrics import missing_mode_fractions
+        from ..phasing.support import frequency_squared
 
         i = int(np.argsort(supports.sum(axis=(1, 2)), kind="stable")[len(supports) // 2])
-        size = valid.shape[-1]
-        near_beam = np.hypot(*np.meshgrid(*(np.fft.fftfreq(size),) * 2, indexing="ij")) <= HIDDEN_MODES_RADIUS
+        near_beam = np.sqrt(frequency_squared(valid.shape[1:], dtype=np.float64)) <= HIDDEN_MODES_RADIUS
         considered = valid[i] | ~near_beam  # unmeasured pixels further out: not counted here
         if (~considered).sum() > HIDDEN_MODES_MAX_PIXELS:
             return
