@@ -11,7 +11,8 @@ starts) and ours (the shipped defaults, ``positivity="auto"``) on the same patte
 ``--readout-noise SIGMA`` adds Gaussian noise of SIGMA photons per pixel to the counts, as a
 calibrated detector's data carry (the simulator's default: 0.15 photons per native pixel, 0.6 for a
 grid pixel of 4 x 4): weak pixels then read below zero. Ours gets the readings as they are; PyNX
-gets them with negatives set to zero, as its CDI runner does by default.
+gets them with negatives set to zero, as its CDI runner does by default. ``--beam-stop R``: a beam stop
+of radius R px instead of the sets' size / 64 (a larger one hides more of the object's low frequencies).
 
   benchmarks/setup_pynx.sh /work/bench          # once
   PYTHONPATH=$PWD python benchmarks/gap_quality.py --plan 128:0,128:1000,256:0 --seeds 1 2 --layout gap \
@@ -41,11 +42,12 @@ LAYOUTS = ("gap", "cross", "offset", "none")
 OFFSET_GAP_DISTANCE = 10  # px from the centre to the first row of the ``offset`` layout's gap
 
 
-def gap_mask(size: int, layout: str, width: int) -> np.ndarray:
-    """Valid pixels (FFT-centred) of a size^2 pattern: the beam stop and the gap of ``layout``."""
+def gap_mask(size: int, layout: str, width: int, stop: float | None = None) -> np.ndarray:
+    """Valid pixels (FFT-centred) of a size^2 pattern: the beam stop (radius ``stop`` px, default
+    size / 64 as the test sets') and the gap of ``layout``."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    stop = size / 64
+    stop = size / 64 if stop is None else stop
     if layout == "none":
         return beam_stop_mask((size, size), stop)
     if layout == "offset":
@@ -56,11 +58,13 @@ def gap_mask(size: int, layout: str, width: int) -> np.ndarray:
     return valid & valid.T if layout == "cross" else valid
 
 
-def gapped_patterns(size: int, offset: int, layout: str, width: int, readout_noise: float = 0.0):
-    """selection_trials' test set (object seeds + ``offset``) with the gap's pixels unmeasured and
-    Gaussian readout noise of ``readout_noise`` photons per pixel (its own stream per set)."""
+def gapped_patterns(size: int, offset: int, layout: str, width: int, readout_noise: float = 0.0,
+                    stop: float | None = None):
+    """selection_trials' test set (object seeds + ``offset``) with the gap's pixels unmeasured, a beam
+    stop of radius ``stop`` px (default the set's, size / 64) and Gaussian readout noise of
+    ``readout_noise`` photons per pixel (its own stream per set)."""
     iobs, valid, truths = st.patterns(size, offset)
-    valid = valid & gap_mask(size, layout, width)
+    valid = valid & gap_mask(size, layout, width, stop)
     if readout_noise > 0:
         rng = np.random.default_rng([size, offset, 7919])
         iobs = iobs + readout_noise * rng.standard_normal(iobs.shape)
@@ -70,7 +74,8 @@ def gapped_patterns(size: int, offset: int, layout: str, width: int, readout_noi
 def describe(args) -> str:
     """The detector effects of a run in words, e.g. "gap of 3 px, readout noise 0.6 photons"."""
     layout = "beam stop only" if args.layout == "none" else f"{args.layout} of {args.width} px"
-    return layout + (f", readout noise {args.readout_noise:g} photons" if args.readout_noise else "")
+    stop = f", beam stop r = {args.beam_stop:g} px" if args.beam_stop is not None else ""
+    return layout + stop + (f", readout noise {args.readout_noise:g} photons" if args.readout_noise else "")
 
 
 def figure(path: Path, iobs, valid, truths, reconstructions, size: int, title: str) -> None:
@@ -107,6 +112,7 @@ def main(argv=None) -> None:
     ap.add_argument("--layout", choices=LAYOUTS, default="gap")
     ap.add_argument("--width", type=int, default=3, help="gap width in pixels (rows, and columns for cross)")
     ap.add_argument("--readout-noise", type=float, default=0.0, help="Gaussian noise, photons rms per pixel")
+    ap.add_argument("--beam-stop", type=float, help="beam stop radius in px (default size / 64, the sets')")
     ap.add_argument("--pynx-dir", type=Path, default=Path("/work/bench"))
     ap.add_argument("--out", type=Path, required=True, help="folder for PyNX's best errors and our results")
     ap.add_argument("--figure", type=Path, help="PNG of the first set's patterns at 1e8 photons, first seed")
@@ -116,8 +122,10 @@ def main(argv=None) -> None:
     totals, figure_drawn = {}, False
     for item in args.plan.split(","):
         size, offset = (int(v) for v in item.split(":"))
-        iobs, valid, truths = gapped_patterns(size, offset, args.layout, args.width, args.readout_noise)
+        iobs, valid, truths = gapped_patterns(size, offset, args.layout, args.width, args.readout_noise,
+                                              args.beam_stop)
         name = f"{size}_o{offset}_{args.layout}{args.width if args.layout != 'none' else ''}" + \
+            (f"_stop{args.beam_stop:g}" if args.beam_stop is not None else "") + \
             (f"_noise{args.readout_noise:g}" if args.readout_noise else "")
         cached = args.out / f"pynx_best_{name}.npy"
         if not cached.exists():
@@ -139,7 +147,8 @@ def main(argv=None) -> None:
             (args.out / f"ours_{name}_s{seed}.json").write_text(json.dumps(err.tolist()))
             if args.figure and not figure_drawn:
                 figure(args.figure, iobs, valid, truths, result.reconstruction, size,
-                       f"{name}, our seed {seed}: {describe(args)}, beam stop r = {size / 64:g} px")
+                       f"{name}, our seed {seed}: {describe(args)}" +
+                       ("" if args.beam_stop is not None else f", beam stop r = {size / 64:g} px"))
                 figure_drawn = True
             total = totals.setdefault(size, [0, 0, [], []])
             total[0] += int(ok.sum())

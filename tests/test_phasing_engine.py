@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xfel_dl_plugins.errors import InputDataError, StageError
-from xfel_dl_plugins.phasing import (DM, ER, GUIDE, HIO, RAAR, SW, PhasingState, combine_starts, get_backend, kernels,
+from xfel_dl_plugins.phasing import (DM, ER, GUIDE, HIO, OSS, RAAR, SW, PhasingState, combine_starts, get_backend, kernels,
                                      metrics, parse_recipe, phase)
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
 from xfel_dl_plugins.phasing.multistart import StartFits, guide_starts, rank_starts
@@ -106,6 +106,25 @@ def test_negative_readings_are_measured_zeros_and_non_finite_pixels_unmeasured()
     assert measured[negative].all() and (counts[negative] == 0).all()
     assert not measured[0, 5] and counts.min() == 0
     assert held_out[negative].any()  # held out like any measured pixel
+
+
+def test_oss_smooths_the_iterate_outside_the_support_only():
+    rng = np.random.default_rng(3)
+    shape = (2, 40, 48)
+    support = np.zeros(shape, bool)
+    support[:, 10:25, 12:30] = True
+    state = PhasingState(rng.poisson(5.0, shape).astype(np.float32), n_starts=3, seed=1, initial_support=support)
+    state.x[...] = _random_complex(rng, state.batch_shape)  # something to smooth outside the support too
+    before = state.objects().copy()
+    OSS(alpha=5.0, decay=10).apply(state)
+    after = state.objects()
+    inside = np.broadcast_to(support[:, None], state.batch_shape)
+    np.testing.assert_array_equal(after[inside], before[inside])
+    k2 = sum(np.fft.fftfreq(n)[tuple(slice(None) if a == i else None for a in range(2))] ** 2
+             for i, n in enumerate(shape[1:])) * 48 ** 2  # in frequency pixels of the largest side
+    low_pass = np.fft.ifft2(np.fft.fft2(before) * np.exp(-0.5 * k2 / 5.0 ** 2))
+    np.testing.assert_allclose(after[~inside], low_pass[~inside], atol=2e-6)
+    assert np.abs(after[~inside]).std() < 0.5 * np.abs(before[~inside]).std()  # noise outside is damped
 
 
 def test_cpu_kernels_refuse_arrays_they_cannot_update_in_place():
@@ -707,7 +726,7 @@ def test_gpu_matches_cpu():
             schedule.apply(state)
         return states["cpu"], states["cuda"]
 
-    for schedule in (ER(), HIO(), RAAR(), DM()):
+    for schedule in (ER(), HIO(), RAAR(), DM(), HIO() * OSS(alpha=20)):
         for positivity in (False, True):
             cpu, gpu = both(schedule, positivity)
             assert np.linalg.norm(cpu.objects() - gpu.objects()) / np.linalg.norm(cpu.objects()) < 1e-5, (schedule, positivity)
@@ -773,7 +792,8 @@ def test_gpu_backend_logic_matches_cpu_with_numpy_standin(numpy_as_cupy):
 
     obj = make_object((32, 32), "polygon", rng=np.random.default_rng(9))
     iobs, valid, _ = diffraction(obj, 1e8, beam_stop_mask((32, 32), 1.0), np.random.default_rng(5))
-    schedule = SW() * HIO() ** 7 * RAAR(beta=0.5) ** 3 * GUIDE() * SW() * DM() ** 2 * SW(method="rms") * ER() ** 5
+    schedule = (SW() * (HIO() * OSS(decay=7)) ** 7 * RAAR(beta=0.5) ** 3 * GUIDE() * SW() * DM() ** 2 * SW(method="rms")
+                * ER() ** 5)
     for positivity in (False, True):
         states = [PhasingState(np.stack([iobs, iobs]), np.stack([valid, valid]), n_starts=3, backend=backend, seed=2,
                                calc_llk=4, positivity=positivity) for backend in (NumpyBackend(2), CupyBackend(2))]

@@ -3,7 +3,9 @@
 import pytest
 
 from xfel_dl_plugins.errors import StageError
-from xfel_dl_plugins.phasing import ER, GUIDE, HIO, RAAR, SW, RecipeError, parse_recipe
+import math
+
+from xfel_dl_plugins.phasing import ER, GUIDE, HIO, OSS, RAAR, SW, RecipeError, parse_recipe
 
 
 class RecordingState:
@@ -23,6 +25,9 @@ class RecordingState:
 
     def shrink_wrap(self, threshold, threshold_rms, sigma, method, force_shrink):
         self.calls.append(("sw", threshold if method == "max" else threshold_rms, round(sigma, 6), method))
+
+    def smooth_outside(self, sigma):
+        self.calls.append(("oss", round(sigma, 6)))
 
 
 def test_issue_example_parses_and_runs_left_to_right():
@@ -71,6 +76,22 @@ def test_sw_widths_scale_with_the_array_unless_given():
     assert parse_recipe(repr(auto) + " * ER").ops[0].widths((256, 256)) == (4.0, 2.0)  # repr parses back
     with pytest.raises(StageError, match="sigma"):
         SW(sigma=-1)
+
+
+def test_oss_alpha_decays_from_the_array_side_and_is_applied_as_a_real_space_width():
+    op = parse_recipe("(HIO*OSS(alpha_end=2, decay=4))**5")
+    oss = op.op.ops[1]
+    assert (oss.alpha, oss.alpha_end, oss.decay) == (None, 2.0, 4)
+    assert oss.current_alpha(0, (128, 128)) == pytest.approx(128.0)
+    assert oss.current_alpha(2, (128, 128)) == pytest.approx(16.0)  # geometric: sqrt(128 x 2)
+    assert oss.current_alpha(100, (64, 128)) == pytest.approx(2.0)
+    state = RecordingState()
+    op.apply(state)
+    alphas = [128 * (2 / 128) ** min(i / 4, 1) for i in range(1, 6)]  # OSS runs after each HIO iteration
+    assert state.calls[1::2] == [("oss", round(128 / (2 * math.pi * a), 6)) for a in alphas]
+    assert op.n_iterations == 5  # OSS is no iteration of its own
+    assert repr(parse_recipe(repr(oss) + " * ER").ops[0]) == repr(oss)
+    assert OSS(alpha="auto").alpha is None and OSS(alpha=40).current_alpha(0, (128, 128)) == 40
 
 
 def test_sw_scale_loosens_both_thresholds_and_survives_repr():
@@ -131,6 +152,8 @@ def test_python_operator_algebra_matches_recipe():
     ("HIO**5 * GUIDE", "GUIDE must be followed by SW"),
     ("(HIO**5 * GUIDE)**2 * SW * ER", "GUIDE must be followed by SW"),
     ("HIO**5 * GUIDE(mix=1) * SW * ER", "mix (the lead's weight) must be in (0, 1)"),
+    ("(HIO*OSS(alpha=0))**5", "OSS: alpha must be > 0"),
+    ("(HIO*OSS(decay=0))**5", "OSS: decay must be >= 1"),
     ("", "recipe is empty"),
 ])
 def test_bad_recipes_give_one_line_errors(recipe, fragment):

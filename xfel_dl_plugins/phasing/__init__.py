@@ -18,7 +18,8 @@ _EXPORTS = {
     "cuda_available": "backend", "get_backend": "backend", "PhasingState": "engine",
     "PatternResult": "multistart", "PhasingResult": "multistart", "combine_starts": "multistart",
     "phase": "multistart", "DEFAULT_RECIPE": "defaults", "DM": "operators", "ER": "operators",
-    "HIO": "operators", "RAAR": "operators", "SW": "operators", "GUIDE": "operators", "Operator": "operators",
+    "HIO": "operators", "RAAR": "operators", "SW": "operators", "OSS": "operators", "GUIDE": "operators",
+    "Operator": "operators",
     "RecipeError": "recipe", "parse_recipe": "recipe",
 }
 

@@ -291,6 +291,21 @@ class PhasingState:
         empty = ~new.any(axis=self.axes, keepdims=True)  # keep the old support rather than none
         self.set_support(xp.where(empty, self.support_mask, new))
 
+    def smooth_outside(self, sigma: float) -> None:
+        """Outside the support, x becomes its Gaussian smoothing of ``sigma`` px (:class:`~.operators.OSS`)."""
+        transfer = gaussian_transfer(self.spatial, sigma, self.xp)
+        x_f = self._flat(self.x)
+
+        def chunk_smoothing(k: int) -> None:
+            c = self.chunks[k]
+            x = x_f[c]
+            y = self.backend.fft_(self.backend.projection_input(self._scratch(c), x))
+            y *= transfer
+            y = self.backend.ifft_(y)
+            self.xp.copyto(x, y, where=~self.chunk_supports[k].mask)
+
+        self.backend.map_chunks(chunk_smoothing, len(self.chunks))
+
     def _cap_support(self, new, smooth) -> None:
         """Trim, in place, every support of ``new`` larger than its pattern's cap to the cap's
         brightest pixels of ``smooth`` (the arrays over the cap are few: a loop over them is cheap)."""

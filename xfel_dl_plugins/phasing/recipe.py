@@ -6,7 +6,8 @@ Grammar (names case-insensitive, whitespace ignored)::
     step     := atom ('**' INTEGER)?              repetition
     atom     := NAME ('(' [key '=' value (',' key '=' value)*] ')')? | '(' schedule ')'
 
-Names: ER, HIO, RAAR, DM, SW (alias SUP), GUIDE (a guided restart, followed by SW). Example::
+Names: ER, HIO, RAAR, DM, SW (alias SUP), OSS (oversampling smoothness, after HIO), GUIDE (a guided
+restart, followed by SW). Example::
 
     (SW*HIO**50)**10 * RAAR(beta=0.8)**500 * ER**100
 
@@ -18,10 +19,10 @@ from __future__ import annotations
 import re
 
 from ..errors import StageError
-from .operators import DM, ER, GUIDE, HIO, RAAR, SW, Operator, Repeat, Sequence
+from .operators import DM, ER, GUIDE, HIO, OSS, RAAR, SW, Operator, Repeat, Sequence
 
 OPERATORS: dict[str, type[Operator]] = {"ER": ER, "HIO": HIO, "RAAR": RAAR, "DM": DM, "SW": SW, "SUP": SW,
-                                        "GUIDE": GUIDE}
+                                        "OSS": OSS, "GUIDE": GUIDE}
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_]\w*)|"
                     r"(?P<op>\*\*|[*(),=]))")
