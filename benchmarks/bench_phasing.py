@@ -47,14 +47,19 @@ HERE = Path(__file__).resolve().parent
 
 
 def recipe_generations() -> tuple[str, str]:
-    """Our default recipe's first generation (PyNX's schedule) and the second, after its GUIDE; the
-    quality comparison stops here if the recipe no longer begins with what PyNX's worker runs."""
+    """Our default recipe's first generation (PyNX's schedule, ours with OSS after each HIO iteration)
+    and the second, after its GUIDE; the quality comparison stops here if the recipe no longer begins
+    with what PyNX's worker runs."""
     first, second = (re.split(r"\s*\*\s*GUIDE(?:\([^)]*\))?\s*\*\s*", RECIPE, maxsplit=1) + [""])[:2]
-    if first != PYNX_SCHEDULE or not second:
+    if without_oss(first) != PYNX_SCHEDULE or not second:
         raise SystemExit(f"bench_phasing: the default recipe {RECIPE!r} no longer starts with PyNX's schedule "
                          f"{PYNX_SCHEDULE!r} and a GUIDE: update pynx_worker.py's quality task and PYNX_SCHEDULE")
     return first, second
 
+
+def without_oss(recipe: str) -> str:
+    """The recipe with its OSS steps taken out (PyNX has no OSS): ``(HIO*OSS)`` -> ``HIO``."""
+    return re.sub(r"\(HIO\*OSS(?:\([^)]*\))?\)", "HIO", recipe)
 
 
 class PyNX:
@@ -362,11 +367,13 @@ def markdown(args, timing, batch, quality, figs) -> str:
               + f" per dimension), Poisson noise, central beam-stop hole of radius {quality['stop']} px; "
               f"{quality['n_starts']} random starts per pattern"
               + (f" (ours {quality['our_starts']})" if quality.get("our_starts", quality["n_starts"]) != quality["n_starts"] else "")
-              + f", schedule `{first_generation}` in both codes (PyNX: "
+              + f", schedule `{without_oss(first_generation)}` in both codes (ours `{first_generation}`, with OSS "
+              "smoothing the iterate outside the support after each HIO iteration; PyNX: "
               "`ER**100 * (sup*RAAR**50)**8 * (sup*HIO**50)**12 * cdi` after AutoCorrelationSupport + InitObjRandom); "
               f"ours then continues, after a guided restart (GUIDE: every start halfway to the selected one, after "
               f"alignment), with `{second_generation}` (its default recipe). "
-              "The per-start columns (converged, floor) are our first generation's: independent starts, PyNX's schedule"
+              "The per-start columns (converged, floor) are our first generation's: independent starts, PyNX's schedule "
+              "(with OSS)"
               + ({"auto": f"; with `positivity = \"auto\"` (ours: {auto_family_sizes(quality['our_starts'])[1]} of the "
                           f"{quality['our_starts']} starts phase a real, non-negative density, the others a complex "
                           "object; where one run leads decisively at the GUIDE its kind takes every start for the "
