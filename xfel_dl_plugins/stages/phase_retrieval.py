@@ -2,7 +2,8 @@
 
 Reads the ``pattern`` / ``pattern_valid`` fields of the ``reciprocal_grid`` stage (FFT-centred
 after ifftshift: beam centre at [size//2, size//2] before the shift is undone here), runs a recipe
-of ER/HIO/RAAR/DM and shrink-wrap from ``n_starts`` random starts per pattern (drawn from the seed
+of ER/HIO/RAAR/DM, shrink-wrap and oversampling smoothness (OSS, the default's first HIO stage) from
+``n_starts`` random starts per pattern (drawn from the seed
 and the frame's trainId and pulseId; with ``positivity = "auto"``, the default, half of them phase a
 real, non-negative density and half a complex object, and per frame the data choose), picks the
 start with the lowest Bayesian information criterion among those that fit the held-out pixels (or
@@ -49,7 +50,7 @@ HIDDEN_MODES_MAX_PIXELS = 2048
 
 
 class PhaseRetriever(Stage):
-    description = ("Iterative phase retrieval (ER/HIO/RAAR/DM, shrink-wrap) from many random starts, "
+    description = ("Iterative phase retrieval (ER/HIO/RAAR/DM, shrink-wrap, OSS) from many random starts, "
                    "best starts aligned and averaged; PRTF resolution")
     kind = "phase_retriever"
     devices = ("cpu", "cuda")
