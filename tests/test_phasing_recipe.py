@@ -1,10 +1,10 @@
 """Recipe strings and the operator algebra of xfel_dl_plugins.phasing."""
 
+import math
+
 import pytest
 
 from xfel_dl_plugins.errors import StageError
-import math
-
 from xfel_dl_plugins.phasing import ER, GUIDE, HIO, OSS, RAAR, SW, RecipeError, parse_recipe
 
 

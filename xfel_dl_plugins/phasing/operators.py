@@ -236,8 +236,8 @@ class SW(Operator):
 class OSS(Operator):
     """Oversampling smoothness (Rodriguez et al., J. Appl. Cryst. 46, 312, 2013): outside the support
     the iterate becomes its low-pass, exp(-k^2 / (2 alpha^2)) in Fourier space (k in frequency pixels
-    of the array's largest side), so HIO's feedback cannot build up the fine-grained density outside
-    the support that the unmeasured pixels (a beam stop, gaps) leave unchecked. ``alpha`` decays
+    of the array's largest side): HIO's feedback then builds up no fine-grained density outside the
+    support, which the unmeasured pixels (a beam stop, gaps) would leave unchecked. ``alpha`` decays
     geometrically from ``alpha`` (None or ``auto``: the array's largest side, nearly no smoothing) to
     ``alpha_end`` over the first ``decay`` iterations of the generation. Put it after each HIO
     iteration, ``(SW*(HIO*OSS)**50)**12``; it costs an FFT pair."""
