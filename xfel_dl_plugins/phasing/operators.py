@@ -88,6 +88,14 @@ class Repeat(Operator):
         return f"({inner})**{self.n}" if isinstance(self.op, Sequence) else f"{inner}**{self.n}"
 
 
+def geometric_decay(start: float, end: float, iteration: int, decay: int) -> float:
+    """A width going geometrically from ``start`` to ``end`` over ``decay`` iterations, then ``end``
+    (SW's smoothing width, OSS's alpha); a zero at either end switches at ``decay`` instead."""
+    if start == 0 or end == 0:
+        return start if iteration < decay else end
+    return start * (end / start) ** min(iteration / decay, 1.0)
+
+
 def _check_beta(name: str, beta: float) -> float:
     if not 0.0 < beta <= 1.0:
         raise StageError(f"{name}: beta must be in (0, 1], got {beta}")
@@ -213,11 +221,7 @@ class SW(Operator):
                 float(self.sigma_end) if self.sigma_end is not None else AUTO_SIGMA[1] * side)
 
     def current_sigma(self, iteration: int, shape: tuple[int, ...]) -> float:
-        start, end = self.widths(shape)
-        if start == 0 or end == 0:
-            return start if iteration < self.decay else end
-        frac = min(iteration / self.decay, 1.0)
-        return start * (end / start) ** frac
+        return geometric_decay(*self.widths(shape), iteration, self.decay)
 
     def apply(self, state) -> None:
         sigma = self.current_sigma(state.iteration - state.generation_start, state.spatial)
@@ -258,7 +262,7 @@ class OSS(Operator):
 
     def current_alpha(self, iteration: int, shape: tuple[int, ...]) -> float:
         start = float(self.alpha) if self.alpha is not None else float(max(shape))
-        return start * (self.alpha_end / start) ** min(iteration / self.decay, 1.0)
+        return geometric_decay(start, self.alpha_end, iteration, self.decay)
 
     def apply(self, state) -> None:
         alpha = self.current_alpha(state.iteration - state.generation_start, state.spatial)
