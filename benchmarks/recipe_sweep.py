@@ -1,0 +1,93 @@
+"""Recipe variants against PyNX's best start, many draws per pattern in one batch (a GPU's sweep).
+
+Each set's patterns are repeated ``--replicas`` times in one ``phase()`` call, so every copy gets its
+own random starts: R independent draws of the selected result per pattern for the price of one
+large batch. PyNX's best start per pattern comes from ``selection_trials.py pynx-best`` (sets' stop)
+or ``gap_quality.py --layout none --beam-stop 4`` (its cache), read from ``--pynx``:
+
+  PYTHONPATH=$PWD python3 benchmarks/recipe_sweep.py --pynx DIR --replicas 6 --device cuda \
+      --variants base nooss --json sweep.json
+
+An exploration tool: it adopts nothing. The figures of 2026-11-28: docs/benchmarks.md, "GPU".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gap_quality  # noqa: E402
+from bench_phasing import without_oss  # noqa: E402
+
+from xfel_dl_plugins.phasing import metrics, phase  # noqa: E402
+from xfel_dl_plugins.phasing.defaults import DEFAULT_RECIPE  # noqa: E402
+
+
+def _last_replaced(recipe: str, old: str, new: str) -> str:
+    head, found, tail = recipe.rpartition(old)
+    if not found:
+        raise SystemExit(f"recipe_sweep: {old!r} not in the default recipe {recipe!r}")
+    return head + new + tail
+
+
+#: name -> (recipe, n_keep); each changes one thing of the default recipe.
+VARIANTS = {
+    "base": (DEFAULT_RECIPE, 4),
+    "oss2": (_last_replaced(DEFAULT_RECIPE, "GUIDE * (SW*HIO**50)", "GUIDE * (SW*(HIO*OSS)**50)"), 4),
+    "nooss": (without_oss(DEFAULT_RECIPE), 4),
+    "er300": (_last_replaced(DEFAULT_RECIPE, "ER**100", "ER**300"), 4),
+    "tight2": (_last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4", "(SW*RAAR**50)**4"), 4),
+}
+#: (size, object offset, beam-stop radius or None for the sets' own); PyNX caches named as their scripts name them.
+SETS = {"128:0": (128, 0, None), "128:1000": (128, 1000, None), "128:2000": (128, 2000, None),
+        "256:0": (256, 0, None), "256:1000": (256, 1000, None), "128:0:4": (128, 0, 4.0),
+        "128:1000:4": (128, 1000, 4.0), "128:2000:4": (128, 2000, 4.0)}
+
+
+def pynx_best(folder: Path, size: int, offset: int, stop: float | None) -> np.ndarray:
+    name = f"pynx_best_{size}_o{offset}" + (f"_none_stop{stop:g}" if stop else "") + ".npy"
+    path = folder / name
+    if not path.exists():
+        raise SystemExit(f"recipe_sweep: {path} not found (make it with selection_trials.py pynx-best or gap_quality.py)")
+    return np.load(path)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pynx", type=Path, required=True, help="folder of PyNX's best-start errors (.npy)")
+    ap.add_argument("--replicas", type=int, default=6, help="draws per pattern, batched (default 6)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--seed", type=int, default=700)
+    ap.add_argument("--json", type=Path, required=True, help="written after every set")
+    args = ap.parse_args(argv)
+    res = {"device": args.device, "replicas": args.replicas, "recipes": {v: VARIANTS[v][0] for v in args.variants}}
+    for name in args.variants:
+        recipe, n_keep = VARIANTS[name]
+        for key in args.sets:
+            size, offset, stop = SETS[key]
+            iobs, valid, truths = gap_quality.gapped_patterns(size, offset, "none", 3, 0.0, stop)
+            best = pynx_best(args.pynx, size, offset, stop)
+            t0 = time.perf_counter()
+            out = phase(np.tile(iobs, (args.replicas, 1, 1)), np.tile(valid, (args.replicas, 1, 1)), recipe=recipe,
+                        n_starts=10, n_keep=n_keep, seed=args.seed + offset + size, device=args.device,
+                        positivity="auto")
+            seconds = time.perf_counter() - t0
+            err = np.array([metrics.ambiguity_error(truths[i % len(truths)], x)
+                            for i, x in enumerate(out.reconstruction)]).reshape(args.replicas, len(truths))
+            ok = err <= best[None] + 1e-9
+            res[f"{name}|{key}"] = dict(err=err.tolist(), best=best.tolist(), seconds=seconds)
+            print(f"{name:7s} {key:11s} {seconds:6.1f} s  draws with every pattern at or below PyNX's best "
+                  f"{int(ok.all(1).sum())}/{args.replicas}, pattern-draws {int(ok.sum())}/{ok.size}, "
+                  f"mean error {err.mean():.3f}", flush=True)
+            args.json.write_text(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
