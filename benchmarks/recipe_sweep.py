@@ -64,10 +64,11 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    ap.add_argument("--starts", type=int, default=10, help="random starts per pattern (PyNX's best is of 10)")
     ap.add_argument("--seed", type=int, default=700)
     ap.add_argument("--json", type=Path, required=True, help="written after every set")
     args = ap.parse_args(argv)
-    res = {"device": args.device, "replicas": args.replicas, "recipes": {v: VARIANTS[v][0] for v in args.variants}}
+    res = {"device": args.device, "replicas": args.replicas, "starts": args.starts, "recipes": {v: VARIANTS[v][0] for v in args.variants}}
     for name in args.variants:
         recipe, n_keep = VARIANTS[name]
         for key in args.sets:
@@ -76,7 +77,7 @@ def main(argv=None) -> None:
             best = pynx_best(args.pynx, size, offset, stop)
             t0 = time.perf_counter()
             out = phase(np.tile(iobs, (args.replicas, 1, 1)), np.tile(valid, (args.replicas, 1, 1)), recipe=recipe,
-                        n_starts=10, n_keep=n_keep, seed=args.seed + offset + size, device=args.device,
+                        n_starts=args.starts, n_keep=n_keep, seed=args.seed + offset + size, device=args.device,
                         positivity="auto")
             seconds = time.perf_counter() - t0
             err = np.array([metrics.ambiguity_error(truths[i % len(truths)], x)
