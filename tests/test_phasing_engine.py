@@ -114,7 +114,8 @@ def test_oss_smooths_the_iterate_outside_the_support_only():
     support = np.zeros(shape, bool)
     support[:, 10:25, 12:30] = True
     state = PhasingState(rng.poisson(5.0, shape).astype(np.float32), n_starts=3, seed=1, initial_support=support)
-    state.x[...] = state.backend.asarray(_random_complex(rng, state.batch_shape))  # something to smooth outside the support too
+    # something to smooth outside the support too, on the state's device (a CuPy array with a GPU)
+    state.x[...] = state.backend.asarray(_random_complex(rng, state.batch_shape))
     before = state.objects().copy()
     OSS(alpha=5.0, decay=10).apply(state)
     after = state.objects()
