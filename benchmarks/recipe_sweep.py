@@ -35,13 +35,13 @@ def _last_replaced(recipe: str, old: str, new: str) -> str:
     return head + new + tail
 
 
-#: name -> (recipe, n_keep); each changes one thing of the default recipe.
+#: name -> recipe; each changes one thing of the default recipe.
 VARIANTS = {
-    "base": (DEFAULT_RECIPE, 4),
-    "oss2": (_last_replaced(DEFAULT_RECIPE, "GUIDE * (SW*HIO**50)", "GUIDE * (SW*(HIO*OSS)**50)"), 4),
-    "nooss": (without_oss(DEFAULT_RECIPE), 4),
-    "er300": (_last_replaced(DEFAULT_RECIPE, "ER**100", "ER**300"), 4),
-    "tight2": (_last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4", "(SW*RAAR**50)**4"), 4),
+    "base": DEFAULT_RECIPE,
+    "oss2": _last_replaced(DEFAULT_RECIPE, "GUIDE * (SW*HIO**50)", "GUIDE * (SW*(HIO*OSS)**50)"),
+    "nooss": without_oss(DEFAULT_RECIPE),
+    "er300": _last_replaced(DEFAULT_RECIPE, "ER**100", "ER**300"),
+    "tight2": _last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4", "(SW*RAAR**50)**4"),
 }
 #: (size, object offset, beam-stop radius or None for the sets' own); PyNX caches named as their scripts name them.
 SETS = {"128:0": (128, 0, None), "128:1000": (128, 1000, None), "128:2000": (128, 2000, None),
@@ -68,17 +68,17 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=700)
     ap.add_argument("--json", type=Path, required=True, help="written after every set")
     args = ap.parse_args(argv)
-    res = {"device": args.device, "replicas": args.replicas, "starts": args.starts, "recipes": {v: VARIANTS[v][0] for v in args.variants}}
+    res = {"device": args.device, "replicas": args.replicas, "starts": args.starts,
+           "recipes": {v: VARIANTS[v] for v in args.variants}}
     for name in args.variants:
-        recipe, n_keep = VARIANTS[name]
         for key in args.sets:
             size, offset, stop = SETS[key]
             iobs, valid, truths = gap_quality.gapped_patterns(size, offset, "none", 3, 0.0, stop)
             best = pynx_best(args.pynx, size, offset, stop)
             t0 = time.perf_counter()
-            out = phase(np.tile(iobs, (args.replicas, 1, 1)), np.tile(valid, (args.replicas, 1, 1)), recipe=recipe,
-                        n_starts=args.starts, n_keep=n_keep, seed=args.seed + offset + size, device=args.device,
-                        positivity="auto")
+            out = phase(np.tile(iobs, (args.replicas, 1, 1)), np.tile(valid, (args.replicas, 1, 1)),
+                        recipe=VARIANTS[name], n_starts=args.starts, n_keep=4, seed=args.seed + offset + size,
+                        device=args.device, positivity="auto")
             seconds = time.perf_counter() - t0
             err = np.array([metrics.ambiguity_error(truths[i % len(truths)], x)
                             for i, x in enumerate(out.reconstruction)]).reshape(args.replicas, len(truths))
