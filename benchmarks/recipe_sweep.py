@@ -53,7 +53,7 @@ def pynx_best(folder: Path, size: int, offset: int, stop: float | None) -> np.nd
     name = f"pynx_best_{size}_o{offset}" + (f"_none_stop{stop:g}" if stop else "") + ".npy"
     path = folder / name
     if not path.exists():
-        raise SystemExit(f"recipe_sweep: {path} not found (make it with selection_trials.py pynx-best or gap_quality.py)")
+        raise SystemExit(f"recipe_sweep: {path} not found (selection_trials.py pynx-best or gap_quality.py make it)")
     return np.load(path)
 
 
