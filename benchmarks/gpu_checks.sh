@@ -6,7 +6,8 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl extra-data extra-geom dask ...
 #   pip wheel --no-deps -w .whl .          # this package, for its entry points
 # and the classifier's agreement frames in .gpudata/realistic512.npz (benchmarks/bench_gpu.py
-# --make-classifier-frames). Writes logs and bench_gpu.json under OUT_DIR (docs/benchmarks.md, "GPU").
+# --make-classifier-frames); PyNX's best-start files in .gpudata/pynx/ add a recipe sweep (last step).
+# Writes logs and bench_gpu.json under OUT_DIR (docs/benchmarks.md, "GPU").
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 out=${1:-${OUT:-gpu-out}}
@@ -43,4 +44,10 @@ with h5py.File(sys.argv[1], "r") as f:
     print("stage devices:", [s for s in ("\"device\": \"cuda\"", "\"device\": \"cpu\"") if any(s in str(v) for v in runs)])
 PY
 step phasing_chain 100 bash -c "python3 -m xfel_dl_plugins.cli simulate xfel_dl_plugins/simulation/configs/pr772.toml --output /tmp/p.cxi --n 32 --quiet --overwrite && python3 -m xfel_dl_plugins.cli run manifests/cdi-phasing.toml --input /tmp/p.cxi --output /tmp/phased.h5 --quiet --overwrite && python3 /tmp/show_results.py /tmp/phased.h5"
+# Recipe variants against PyNX's best start, 6 draws per pattern, where PyNX's best-start files are at
+# hand (.gpudata/pynx: selection_trials.py pynx-best / gap_quality.py caches); SWEEP_VARIANTS: which.
+if ls .gpudata/pynx/pynx_best_*.npy >/dev/null 2>&1; then
+    step sweep 240 python3 benchmarks/recipe_sweep.py --pynx .gpudata/pynx --replicas 6 --device cuda \
+        --variants ${SWEEP_VARIANTS:-base} --json "$out/sweep.json"
+fi
 cat "$out/summary.txt"
