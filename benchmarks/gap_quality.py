@@ -71,6 +71,15 @@ def gapped_patterns(size: int, offset: int, layout: str, width: int, readout_noi
     return np.where(valid, iobs, 0).astype(np.float32), valid, truths
 
 
+def run_name(size: int, offset: int, layout: str, width: int, readout_noise: float = 0.0,
+             stop: float | None = None) -> str:
+    """A set's name under the detector effects, e.g. "128_o0_gap3_noise0.6"; PyNX's best errors are
+    cached as ``pynx_best_<name>.npy``."""
+    return (f"{size}_o{offset}_{layout}{width if layout != 'none' else ''}"
+            + (f"_stop{stop:g}" if stop is not None else "")
+            + (f"_noise{readout_noise:g}" if readout_noise else ""))
+
+
 def describe(args) -> str:
     """The detector effects of a run in words, e.g. "gap of 3 px, readout noise 0.6 photons"."""
     layout = "beam stop only" if args.layout == "none" else f"{args.layout} of {args.width} px"
@@ -124,9 +133,7 @@ def main(argv=None) -> None:
         size, offset = (int(v) for v in item.split(":"))
         iobs, valid, truths = gapped_patterns(size, offset, args.layout, args.width, args.readout_noise,
                                               args.beam_stop)
-        name = f"{size}_o{offset}_{args.layout}{args.width if args.layout != 'none' else ''}" + \
-            (f"_stop{args.beam_stop:g}" if args.beam_stop is not None else "") + \
-            (f"_noise{args.readout_noise:g}" if args.readout_noise else "")
+        name = run_name(size, offset, args.layout, args.width, args.readout_noise, args.beam_stop)
         cached = args.out / f"pynx_best_{name}.npy"
         if not cached.exists():
             t0 = time.perf_counter()

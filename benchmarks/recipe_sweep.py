@@ -50,8 +50,9 @@ SETS = {"128:0": (128, 0, None), "128:1000": (128, 1000, None), "128:2000": (128
 
 
 def pynx_best(folder: Path, size: int, offset: int, stop: float | None) -> np.ndarray:
-    name = f"pynx_best_{size}_o{offset}" + (f"_none_stop{stop:g}" if stop else "") + ".npy"
-    path = folder / name
+    """PyNX's best-start errors of a set: selection_trials' file for the sets' stop, gap_quality's cache else."""
+    name = f"{size}_o{offset}" if stop is None else gap_quality.run_name(size, offset, "none", 0, stop=stop)
+    path = folder / f"pynx_best_{name}.npy"
     if not path.exists():
         raise SystemExit(f"recipe_sweep: {path} not found (selection_trials.py pynx-best or gap_quality.py make it)")
     return np.load(path)
@@ -66,18 +67,18 @@ def main(argv=None) -> None:
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--starts", type=int, default=10, help="random starts per pattern (PyNX's best is of 10)")
     ap.add_argument("--seed", type=int, default=700)
-    ap.add_argument("--json", type=Path, required=True, help="written after every set")
+    ap.add_argument("--json", type=Path, required=True, help="written after every run")
     args = ap.parse_args(argv)
     res = {"device": args.device, "replicas": args.replicas, "starts": args.starts,
            "recipes": {v: VARIANTS[v] for v in args.variants}}
-    for name in args.variants:
-        for key in args.sets:
-            size, offset, stop = SETS[key]
-            iobs, valid, truths = gap_quality.gapped_patterns(size, offset, "none", 3, 0.0, stop)
-            best = pynx_best(args.pynx, size, offset, stop)
+    for key in args.sets:  # each set's patterns made and PyNX's errors read once, for every variant
+        size, offset, stop = SETS[key]
+        iobs, valid, truths = gap_quality.gapped_patterns(size, offset, "none", 3, 0.0, stop)
+        best = pynx_best(args.pynx, size, offset, stop)
+        copies = np.tile(iobs, (args.replicas, 1, 1)), np.tile(valid, (args.replicas, 1, 1))
+        for name in args.variants:
             t0 = time.perf_counter()
-            out = phase(np.tile(iobs, (args.replicas, 1, 1)), np.tile(valid, (args.replicas, 1, 1)),
-                        recipe=VARIANTS[name], n_starts=args.starts, n_keep=4, seed=args.seed + offset + size,
+            out = phase(*copies, recipe=VARIANTS[name], n_starts=args.starts, n_keep=4, seed=args.seed + offset + size,
                         device=args.device, positivity="auto")
             seconds = time.perf_counter() - t0
             err = np.array([metrics.ambiguity_error(truths[i % len(truths)], x)
