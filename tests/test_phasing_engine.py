@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from xfel_dl_plugins.errors import InputDataError, StageError
-from xfel_dl_plugins.phasing import (DM, ER, GUIDE, HIO, OSS, RAAR, SW, PhasingState, combine_starts, get_backend, kernels,
-                                     metrics, parse_recipe, phase)
+from xfel_dl_plugins.phasing import (DM, ER, GUIDE, HIO, OSS, RAAR, SW, Choice, PhasingState, combine_starts,
+                                     get_backend, kernels, metrics, parse_recipe, phase)
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
 from xfel_dl_plugins.phasing.multistart import StartFits, guide_starts, rank_starts
 from xfel_dl_plugins.phasing.support import autocorrelation_amplitude, autocorrelation_support, free_pixel_mask, support_size_cap
@@ -599,6 +599,25 @@ def test_bic_selection_leaves_out_starts_bright_in_a_detector_gap(monkeypatch):
     assert fits.lowest_bic(np.arange(3)) == 0  # the screen switched off
 
 
+def test_a_choice_keeps_per_pattern_the_branch_whose_lead_has_the_lower_bic():
+    """``(A | B)`` gives each pattern exactly what the better branch alone would have (its lead's BIC)."""
+    rng = np.random.default_rng(5)
+    made = [diffraction(make_object((48, 48), kind, rng=rng), 1e7, beam_stop_mask((48, 48), 1.0), rng)
+            for kind in ("polygon", "blobs", "cell", "complex_blobs")]
+    iobs, valid = np.stack([m[0] for m in made]), np.stack([m[1] for m in made])
+    head = "(SW*HIO**20)**3 * "
+    branches = ("(SW(scale=0.67)*RAAR**20)**2 * ER**10", "(SW(scale=0.67,smooth=0.5)*RAAR**20)**2 * ER**10")
+    alone = [phase(iobs, valid, recipe=head + b, n_starts=3, seed=2, device="cpu") for b in branches]
+    chosen = phase(iobs, valid, recipe=head + f"({branches[0]} | {branches[1]})", n_starts=3, seed=2, device="cpu")
+    picks = [int(alone[1].bic[i] < alone[0].bic[i]) for i in range(4)]
+    assert 0 < sum(picks) < 4  # both branches win somewhere, or the test shows nothing
+    for i, pick in enumerate(picks):
+        np.testing.assert_array_equal(chosen.reconstruction[i], alone[pick].reconstruction[i])
+        np.testing.assert_array_equal(chosen.start_llk[i], alone[pick].start_llk[i])
+        assert chosen.bic[i] == alone[pick].bic[i]
+    assert chosen.iterations == alone[0].iterations == 110
+
+
 def test_guided_restart_pulls_every_start_halfway_to_the_lead():
     """GUIDE: the lead (lowest BIC) stays, every other start moves halfway to it after alignment, and a
     new generation begins (whole-array support, the shrink-wrap clock reset, LLKs to be measured)."""
@@ -793,8 +812,8 @@ def test_gpu_backend_logic_matches_cpu_with_numpy_standin(numpy_as_cupy):
 
     obj = make_object((32, 32), "polygon", rng=np.random.default_rng(9))
     iobs, valid, _ = diffraction(obj, 1e8, beam_stop_mask((32, 32), 1.0), np.random.default_rng(5))
-    schedule = (SW() * (HIO() * OSS(decay=7)) ** 7 * RAAR(beta=0.5) ** 3 * GUIDE() * SW() * DM() ** 2 * SW(method="rms")
-                * ER() ** 5)
+    schedule = (SW() * (HIO() * OSS(decay=7)) ** 7 * RAAR(beta=0.5) ** 3 * GUIDE() * SW() * DM() ** 2
+                * Choice([SW(method="rms") * ER() ** 5, SW(smooth=0.5) * ER() ** 5]))
     for positivity in (False, True):
         states = [PhasingState(np.stack([iobs, iobs]), np.stack([valid, valid]), n_starts=3, backend=backend, seed=2,
                                calc_llk=4, positivity=positivity) for backend in (NumpyBackend(2), CupyBackend(2))]

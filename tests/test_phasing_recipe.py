@@ -106,6 +106,37 @@ def test_sw_scale_loosens_both_thresholds_and_survives_repr():
         parse_recipe("SW(sigma=wide) * ER")
 
 
+def test_sw_smooth_scales_both_widths_and_survives_repr():
+    fine = parse_recipe("SW(smooth=0.5) * ER").ops[0]
+    assert fine.widths((128, 128)) == (1.0, 0.5) and SW(sigma=3, smooth=0.5).widths((64, 64)) == (1.5, 0.25)
+    assert "smooth=0.5" in repr(fine) and parse_recipe(repr(fine) + " * ER").ops[0].smooth == 0.5
+    assert "smooth" not in repr(SW())
+    with pytest.raises(RecipeError, match="smooth"):
+        parse_recipe("SW(smooth=0) * ER")
+
+
+def test_a_choice_runs_every_branch_and_survives_repr(monkeypatch):
+    """``(A | B)`` hands its branches to multistart.choose_branches; it costs the iterations of both."""
+    import xfel_dl_plugins.phasing.multistart as multistart
+
+    def run_all(state, branches):
+        for branch in branches:
+            state.calls.append(("branch",))
+            branch.apply(state)
+
+    monkeypatch.setattr(multistart, "choose_branches", run_all)
+    op = parse_recipe("HIO**2 * (RAAR**3 * ER | SW(smooth=0.5) * ER**2)")
+    choice = op.ops[1]
+    assert op.n_iterations == 8 and len(choice.branches) == 2
+    state = RecordingState()
+    op.apply(state)
+    assert [c[0] for c in state.calls] == ["hio", "hio", "branch", "raar", "raar", "raar", "er", "branch", "sw", "er",
+                                           "er"]
+    again = parse_recipe(repr(op))
+    assert repr(again) == repr(op) and again.ops[1].branches[1].ops[0].smooth == 0.5
+    assert repr(parse_recipe("(HIO**2 | ER)**2")) == "(HIO(beta=0.9)**2 | ER)**2"
+
+
 def test_guide_restarts_the_shrink_wrap_decay_and_survives_repr(monkeypatch):
     """GUIDE hands the state to the guided restart; the SW widths after it decay as in a new run."""
     import xfel_dl_plugins.phasing.multistart as multistart
@@ -154,6 +185,9 @@ def test_python_operator_algebra_matches_recipe():
     ("HIO**5 * GUIDE(mix=1) * SW * ER", "mix (the lead's weight) must be in (0, 1)"),
     ("(HIO*OSS(alpha=0))**5", "OSS: alpha must be > 0"),
     ("(HIO*OSS(decay=0))**5", "OSS: decay must be >= 1"),
+    ("HIO**5 * (ER**5 | SW * GUIDE * SW * ER)", "may not hold a GUIDE"),
+    ("HIO**5 * (ER**5 | )", "token ')' at column 19"),
+    ("HIO**5 | ER**5", "token '|' at column 8"),
     ("", "recipe is empty"),
 ])
 def test_bad_recipes_give_one_line_errors(recipe, fragment):

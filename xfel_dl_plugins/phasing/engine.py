@@ -202,6 +202,32 @@ class PhasingState:
         self.llk[:] = np.nan
         self.llk_free[:] = np.nan
 
+    def snapshot(self) -> dict:
+        """A copy of what a schedule changes: iterates, supports, figures of merit, iteration count
+        (:class:`~.operators.Choice` runs its branches from one and keeps parts of theirs)."""
+        return dict(x=self.x.copy(), support=self.support_mask.copy(), llk=self.llk.copy(),
+                    llk_free=self.llk_free.copy(), iteration=self.iteration)
+
+    def restore(self, snapshot: dict) -> None:
+        """Go back to a :meth:`snapshot` (which stays as it is)."""
+        self.x = snapshot["x"].copy()
+        self.set_support(snapshot["support"].copy())
+        self.llk, self.llk_free = snapshot["llk"].copy(), snapshot["llk_free"].copy()
+        self.iteration = snapshot["iteration"]
+
+    def restore_per_pattern(self, snapshots: list[dict], choice: np.ndarray) -> None:
+        """Pattern i's starts from ``snapshots[choice[i]]``; the iteration count the highest of them."""
+        xp, rows = self.xp, np.arange(self.n_patterns)
+        pick = xp.asarray(np.asarray(choice).reshape((-1, 1) + (1,) * len(self.spatial)))
+        x, support = snapshots[0]["x"], snapshots[0]["support"]
+        for k, snap in enumerate(snapshots[1:], 1):
+            x, support = xp.where(pick == k, snap["x"], x), xp.where(pick == k, snap["support"], support)
+        self.x = xp.ascontiguousarray(x)
+        self.set_support(xp.ascontiguousarray(support))
+        self.llk = np.stack([snap["llk"] for snap in snapshots])[choice, rows]
+        self.llk_free = np.stack([snap["llk_free"] for snap in snapshots])[choice, rows]
+        self.iteration = max(snap["iteration"] for snap in snapshots)
+
     def _flat(self, a):
         return a.reshape((-1,) + self.spatial)
 

@@ -367,6 +367,35 @@ def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
     state.restart_from(np.stack([out for out, _ in pulled]))
 
 
+def choose_branches(state: PhasingState, branches: list) -> None:
+    """:class:`~.operators.Choice`: every branch runs from the same iterates; per pattern, the
+    branch whose lead start (the bic rule, as a GUIDE ranks) has the lowest BIC gives all its
+    starts (ties: the first branch)."""
+    start, ends, bics = state.snapshot(), [], []
+    for k, branch in enumerate(branches):
+        if k:
+            state.restore(start)
+        branch.apply(state)
+        ends.append(state.snapshot())
+        objects, supports, ranking = _starts_of(state)
+        bics.append(_map_patterns(lambda i: _criterion(_lead_bic(state, objects[i], supports[i], ranking[i], i)),
+                                  state.n_patterns))
+    state.restore_per_pattern(ends, np.argmin(np.array(bics), axis=0))
+
+
+def _lead_bic(state: PhasingState, objects, supports, ranking, i: int) -> float:
+    """The BIC of the start pattern ``i``'s selection leads with (:func:`rank_starts`' bic rule; the
+    others need no alignment for it); NaN if no start is finite."""
+    finite = np.flatnonzero(np.isfinite(ranking))
+    if not len(finite):
+        return float("nan")
+    fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects[finite]])
+    fits = StartFits.measure(fts, supports[finite], state.iobs_host[i], state.constrained_host[i],
+                             state.free_host[i], 1 if state.reality else 2)
+    candidates = np.argsort(ranking[finite], kind="stable")
+    return float(fits.bic[fits.lowest_bic(candidates) if len(candidates) > 1 else candidates[0]])
+
+
 @dataclass
 class _Lead:
     """One pattern's starts in one state as a GUIDE ranks them: the lead is ``order[0]``."""

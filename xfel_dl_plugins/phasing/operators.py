@@ -68,6 +68,35 @@ class Sequence(Operator):
         return " * ".join(repr(op) for op in self.ops)
 
 
+class Choice(Operator):
+    """Alternative schedules run one after the other from the same iterates; per pattern the one
+    whose lead start (the selection's, lowest BIC) has the lower BIC is kept, all its starts with it
+    (:func:`~.multistart.choose_branches`). A recipe writes it ``(A | B)``. It costs the iterations of
+    every branch; a branch may not hold a GUIDE."""
+
+    def __init__(self, branches: list[Operator]):
+        if len(branches) < 2:
+            raise StageError("a choice needs at least two branches")
+        if any(isinstance(step, GUIDE) for branch in branches for step in branch.steps()):
+            raise StageError("a choice's branches may not hold a GUIDE (it begins a new generation)")
+        self.branches = list(branches)
+
+    def apply(self, state) -> None:
+        from .multistart import choose_branches  # multistart builds on the operators: import at use
+
+        choose_branches(state, self.branches)
+
+    @property
+    def n_iterations(self) -> int:
+        return sum(branch.n_iterations for branch in self.branches)
+
+    def steps(self) -> list[Operator]:
+        return [step for branch in self.branches for step in branch.steps()]
+
+    def __repr__(self) -> str:
+        return "(" + " | ".join(repr(branch) for branch in self.branches) + ")"
+
+
 class Repeat(Operator):
     def __init__(self, op: Operator, n: int):
         self.op, self.n = op, n
@@ -184,7 +213,9 @@ class SW(Operator):
     ``method='both'`` (default) gives every other start the rms rule: compact uniform particles
     favour the max rule, textured ones with weak parts the rms rule, and the (free) LLK selects
     among the starts. ``scale`` multiplies both thresholds: below 1 the support takes in weaker
-    parts (the default recipe's RAAR stage uses 0.67). ``force_shrink`` only removes pixels.
+    parts (the default recipe's RAAR stage uses 0.67). ``smooth`` multiplies both smoothing widths:
+    below 1 the support follows sharp edges more closely (faceted particles). ``force_shrink`` only
+    removes pixels.
     """
 
     threshold: float = 0.15
@@ -195,6 +226,7 @@ class SW(Operator):
     method: str = "both"
     force_shrink: bool = False
     scale: float = 1.0
+    smooth: float = 1.0
 
     def __post_init__(self):
         if self.method not in ("rms", "max", "both"):
@@ -205,6 +237,8 @@ class SW(Operator):
             raise StageError(f"SW: threshold_rms must be in (0, 10), got {self.threshold_rms}")
         if isinstance(self.scale, (str, bool)) or not 0.0 < self.scale * self.threshold < 1.0:
             raise StageError(f"SW: scale must be > 0 and keep threshold x scale below 1, got {self.scale!r}")
+        if isinstance(self.smooth, (str, bool)) or not self.smooth > 0:
+            raise StageError(f"SW: smooth (a factor on the smoothing widths) must be > 0, got {self.smooth!r}")
         self.sigma, self.sigma_end = (None if value == "auto" else value for value in (self.sigma, self.sigma_end))
         for value in (self.sigma, self.sigma_end):
             if value is not None and (isinstance(value, (str, bool)) or value < 0):
@@ -217,8 +251,8 @@ class SW(Operator):
     def widths(self, shape: tuple[int, ...]) -> tuple[float, float]:
         """Smoothing width at the start and after the decay (pixels) for arrays of ``shape``."""
         side = max(shape)
-        return (float(self.sigma) if self.sigma is not None else AUTO_SIGMA[0] * side,
-                float(self.sigma_end) if self.sigma_end is not None else AUTO_SIGMA[1] * side)
+        return (self.smooth * (float(self.sigma) if self.sigma is not None else AUTO_SIGMA[0] * side),
+                self.smooth * (float(self.sigma_end) if self.sigma_end is not None else AUTO_SIGMA[1] * side))
 
     def current_sigma(self, iteration: int, shape: tuple[int, ...]) -> float:
         return geometric_decay(*self.widths(shape), iteration, self.decay)
@@ -233,6 +267,7 @@ class SW(Operator):
         return (f"SW(threshold={self.threshold:g}, threshold_rms={self.threshold_rms:g}, sigma={sigma}, "
                 f"sigma_end={sigma_end}, decay={self.decay}, method={self.method}"
                 + (f", scale={self.scale:g}" if self.scale != 1 else "")
+                + (f", smooth={self.smooth:g}" if self.smooth != 1 else "")
                 + (", force_shrink=true" if self.force_shrink else "") + ")")
 
 

@@ -4,10 +4,11 @@ Grammar (names case-insensitive, whitespace ignored)::
 
     schedule := step (('*' | ',') step)*          steps run left to right
     step     := atom ('**' INTEGER)?              repetition
-    atom     := NAME ('(' [key '=' value (',' key '=' value)*] ')')? | '(' schedule ')'
+    atom     := NAME ('(' [key '=' value (',' key '=' value)*] ')')? | '(' schedule ('|' schedule)* ')'
 
 Names: ER, HIO, RAAR, DM, SW (alias SUP), OSS (oversampling smoothness, after HIO), GUIDE (a guided
-restart, followed by SW). Example::
+restart, followed by SW). ``(A | B)`` runs both schedules from the same iterates and keeps, per
+pattern, the one whose lead start has the lower BIC (:class:`~.operators.Choice`). Example::
 
     (SW*HIO**50)**10 * RAAR(beta=0.8)**500 * ER**100
 
@@ -19,13 +20,13 @@ from __future__ import annotations
 import re
 
 from ..errors import StageError
-from .operators import DM, ER, GUIDE, HIO, OSS, RAAR, SW, Operator, Repeat, Sequence
+from .operators import DM, ER, GUIDE, HIO, OSS, RAAR, SW, Choice, Operator, Repeat, Sequence
 
 OPERATORS: dict[str, type[Operator]] = {"ER": ER, "HIO": HIO, "RAAR": RAAR, "DM": DM, "SW": SW, "SUP": SW,
                                         "OSS": OSS, "GUIDE": GUIDE}
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_]\w*)|"
-                    r"(?P<op>\*\*|[*(),=]))")
+                    r"(?P<op>\*\*|[*(),=|]))")
 
 
 class RecipeError(StageError):
@@ -90,9 +91,17 @@ class _Parser:
         kind, value, col = self.peek()
         if value == "(" and kind == "op":
             self.i += 1
-            op = self.schedule()
-            self.take(")", "')' or '*'")
-            return op
+            branches = [self.schedule()]
+            while self.peek()[1] == "|":
+                self.i += 1
+                branches.append(self.schedule())
+            self.take(")", "')', '|' or '*'")
+            if len(branches) == 1:
+                return branches[0]
+            try:
+                return Choice(branches)
+            except StageError as exc:
+                raise RecipeError(f"recipe {self.text!r}: at column {col + 1}: {exc}") from None
         if kind != "name":
             self.fail(f"an operator name ({', '.join(OPERATORS)}) or '('")
         cls = OPERATORS.get(value.upper())
