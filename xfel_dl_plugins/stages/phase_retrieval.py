@@ -59,7 +59,8 @@ class PhaseRetriever(Stage):
         "recipe": Param(_DEFAULT_RECIPE, str, "schedule, run left to right: ER, HIO, RAAR, DM, SW, OSS (smoothing "
                         "outside the support, after HIO), GUIDE (every start halfway to the selected one, then a new "
                         "generation; SW must follow); '*' then, "
-                        "'**n' repeat, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
+                        "'**n' repeat, '(A | B)' both from the same iterates and per pattern the one with the "
+                        "lower BIC, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
         "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
         "n_keep": Param(4, int, "starts aligned and averaged (the selected one and those nearest to it)",
                         min=1, max=1024),
