@@ -47,7 +47,7 @@ step phasing_chain 100 bash -c "python3 -m xfel_dl_plugins.cli simulate xfel_dl_
 # Recipe variants against PyNX's best start, 6 draws per pattern, where PyNX's best-start files are at
 # hand (.gpudata/pynx: selection_trials.py pynx-best / gap_quality.py caches); SWEEP_VARIANTS: which.
 if ls .gpudata/pynx/pynx_best_*.npy >/dev/null 2>&1; then
-    step sweep 240 python3 benchmarks/recipe_sweep.py --pynx .gpudata/pynx --replicas 6 --device cuda \
-        --variants ${SWEEP_VARIANTS:-base} --json "$out/sweep.json"
+    step sweep 300 python3 benchmarks/recipe_sweep.py --pynx .gpudata/pynx --replicas 6 --device cuda \
+        --variants ${SWEEP_VARIANTS:-base finechoice} --json "$out/sweep.json"
 fi
 cat "$out/summary.txt"

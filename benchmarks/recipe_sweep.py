@@ -42,6 +42,10 @@ VARIANTS = {
     "nooss": without_oss(DEFAULT_RECIPE),
     "er300": _last_replaced(DEFAULT_RECIPE, "ER**100", "ER**300"),
     "tight2": _last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4", "(SW*RAAR**50)**4"),
+    # the second generation's RAAR + ER also with half the smoothing width; per pattern the lower BIC
+    "finechoice": _last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4 * ER**100",
+                                 "((SW(scale=0.67)*RAAR**50)**4 * ER**100"
+                                 " | (SW(scale=0.67,smooth=0.5,decay=1)*RAAR**50)**4 * ER**100)"),
 }
 #: (size, object offset, beam-stop radius or None for the sets' own); PyNX caches named as their scripts name them.
 SETS = {"128:0": (128, 0, None), "128:1000": (128, 1000, None), "128:2000": (128, 2000, None),
