@@ -202,11 +202,13 @@ class PhasingState:
         self.llk[:] = np.nan
         self.llk_free[:] = np.nan
 
-    def snapshot(self) -> dict:
-        """A copy of what a schedule changes: iterates, supports, figures of merit, iteration count
-        (:class:`~.operators.Choice` runs its branches from one and keeps parts of theirs)."""
-        return dict(x=self.x.copy(), support=self.support_mask.copy(), llk=self.llk.copy(),
-                    llk_free=self.llk_free.copy(), iteration=self.iteration)
+    def snapshot(self, copy: bool = True) -> dict:
+        """What a schedule changes: iterates, supports, figures of merit, iteration count
+        (:class:`~.operators.Choice` runs its branches from one and keeps parts of theirs); without
+        ``copy`` the state's own arrays, for a state that will not iterate again before they are read."""
+        keep = (lambda a: a.copy()) if copy else (lambda a: a)
+        return dict(x=keep(self.x), support=keep(self.support_mask), llk=keep(self.llk),
+                    llk_free=keep(self.llk_free), iteration=self.iteration)
 
     def restore(self, snapshot: dict) -> None:
         """Go back to a :meth:`snapshot` (which stays as it is)."""

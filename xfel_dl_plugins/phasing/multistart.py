@@ -259,9 +259,7 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
     the lead that the bic rule computed (start -> :class:`~.metrics.Alignment`), for reuse.
     """
     _check_selection(selection)
-    llk = np.where(np.isfinite(start_llk), start_llk, np.inf)
-    by_llk = np.argsort(llk, kind="stable")
-    candidates = by_llk[np.isfinite(llk[by_llk])]
+    by_llk, candidates = _by_llk(start_llk)
     if selection == "llk" or len(candidates) < (2 if selection == "bic" else 3):
         return by_llk
     if selection == "bic":
@@ -283,6 +281,13 @@ def rank_starts(fts: np.ndarray, start_llk: np.ndarray, max_difference: float,
         difference = dist[lead, rest]
     rest = rest[np.argsort(difference, kind="stable")]
     return np.concatenate([[lead], rest, by_llk[len(candidates):]])
+
+
+def _by_llk(start_llk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every start by ``start_llk``, non-finite ones last, and the finite ones in that order."""
+    llk = np.where(np.isfinite(start_llk), start_llk, np.inf)
+    by_llk = np.argsort(llk, kind="stable")
+    return by_llk, by_llk[np.isfinite(llk[by_llk])]
 
 
 def align_on_lead(fts: np.ndarray, order: np.ndarray, n_keep: int, max_difference: float,
@@ -341,11 +346,16 @@ def _ranked_starts(objects, supports, start_llk, iobs, constrained, free, max_di
     """One pattern's starts: their Fourier transforms, :func:`rank_starts`' order, the alignments
     onto the lead that the ranking made (the bic rule; the consensus rule keeps only its pairwise
     errors: holding n^2/2 aligned transforms would cost more than redoing n_keep - 1), and their fits."""
-    fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
-    fits = StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel)
+    fts, fits = _start_fits(objects, supports, iobs, constrained, free, params_per_pixel)
     aligned = {}
     order = rank_starts(fts, start_llk, max_difference, selection, fits, aligned)
     return fts, order, aligned, fits
+
+
+def _start_fits(objects, supports, iobs, constrained, free, params_per_pixel) -> tuple[np.ndarray, StartFits]:
+    """One pattern's starts: their Fourier transforms and :class:`StartFits`."""
+    fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects])
+    return fts, StartFits.measure(fts, supports, iobs, constrained, free, params_per_pixel)
 
 
 def guide_starts(state: PhasingState, mix: float = 0.5) -> None:
@@ -376,7 +386,7 @@ def choose_branches(state: PhasingState, branches: list) -> None:
         if k:
             state.restore(start)
         branch.apply(state)
-        ends.append(state.snapshot())
+        ends.append(state.snapshot(copy=k < len(branches) - 1))  # the last branch's state is not run on
         objects, supports, ranking = _starts_of(state)
         bics.append(_map_patterns(lambda i: _criterion(_lead_bic(state, objects[i], supports[i], ranking[i], i)),
                                   state.n_patterns))
@@ -384,15 +394,13 @@ def choose_branches(state: PhasingState, branches: list) -> None:
 
 
 def _lead_bic(state: PhasingState, objects, supports, ranking, i: int) -> float:
-    """The BIC of the start pattern ``i``'s selection leads with (:func:`rank_starts`' bic rule; the
-    others need no alignment for it); NaN if no start is finite."""
-    finite = np.flatnonzero(np.isfinite(ranking))
-    if not len(finite):
+    """The BIC of the start pattern ``i``'s selection leads with (:func:`rank_starts`' bic rule, which
+    needs no alignment of the others to pick it); NaN if no start is finite."""
+    _, candidates = _by_llk(ranking)
+    if not len(candidates):
         return float("nan")
-    fts = np.stack([sfft.fftn(o.astype(np.complex128)) for o in objects[finite]])
-    fits = StartFits.measure(fts, supports[finite], state.iobs_host[i], state.constrained_host[i],
-                             state.free_host[i], 1 if state.reality else 2)
-    candidates = np.argsort(ranking[finite], kind="stable")
+    _, fits = _start_fits(objects, supports, state.iobs_host[i], state.constrained_host[i], state.free_host[i],
+                          1 if state.reality else 2)
     return float(fits.bic[fits.lowest_bic(candidates) if len(candidates) > 1 else candidates[0]])
 
 
