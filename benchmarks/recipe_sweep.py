@@ -46,6 +46,10 @@ VARIANTS = {
     "finechoice": _last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4 * ER**100",
                                  "((SW(scale=0.67)*RAAR**50)**4 * ER**100"
                                  " | (SW(scale=0.67,smooth=0.5,decay=1)*RAAR**50)**4 * ER**100)"),
+    # the same choice, the fine branch also at the full threshold (no 0.67): the tighter edge of the two
+    "finetightchoice": _last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4 * ER**100",
+                                      "((SW(scale=0.67)*RAAR**50)**4 * ER**100"
+                                      " | (SW(smooth=0.5,decay=1)*RAAR**50)**4 * ER**100)"),
 }
 #: (size, object offset, beam-stop radius or None for the sets' own); PyNX caches named as their scripts name them.
 SETS = {"128:0": (128, 0, None), "128:1000": (128, 1000, None), "128:2000": (128, 2000, None),
