@@ -6,7 +6,7 @@ large batch. PyNX's best start per pattern comes from ``selection_trials.py pynx
 or ``gap_quality.py --layout none --beam-stop 4`` (its cache), read from ``--pynx``:
 
   PYTHONPATH=$PWD python3 benchmarks/recipe_sweep.py --pynx DIR --replicas 6 --device cuda \
-      --variants base nooss --json sweep.json
+      --variants nochoice base --json sweep.json
 
 An exploration tool: it adopts nothing. The figures of 2026-11-28: docs/benchmarks.md, "GPU".
 """
@@ -25,7 +25,7 @@ import gap_quality  # noqa: E402
 from bench_phasing import without_oss  # noqa: E402
 
 from xfel_dl_plugins.phasing import metrics, phase  # noqa: E402
-from xfel_dl_plugins.phasing.defaults import DEFAULT_RECIPE  # noqa: E402
+from xfel_dl_plugins.phasing.defaults import DEFAULT_RECIPE, SHARP_FINAL_STAGE, SINGLE_FINAL_RECIPE  # noqa: E402
 
 
 def _last_replaced(recipe: str, old: str, new: str) -> str:
@@ -35,21 +35,26 @@ def _last_replaced(recipe: str, old: str, new: str) -> str:
     return head + new + tail
 
 
-#: name -> recipe; each changes one thing of the default recipe.
+def _second_generation_edited(recipe: str, old: str, new: str) -> str:
+    """``recipe`` with every ``old`` after its GUIDE replaced by ``new`` (both branches of a choice)."""
+    head, guide, tail = recipe.partition("GUIDE")
+    if old not in tail:
+        raise SystemExit(f"recipe_sweep: {old!r} not after the GUIDE of {recipe!r}")
+    return head + guide + tail.replace(old, new)
+
+
+#: name -> recipe; each changes one thing of the default recipe (``tight2``: of ``nochoice``).
 VARIANTS = {
     "base": DEFAULT_RECIPE,
+    # the default until 2026-11-28: one final stage, no choice of the sharper edge
+    "nochoice": SINGLE_FINAL_RECIPE,
     "oss2": _last_replaced(DEFAULT_RECIPE, "GUIDE * (SW*HIO**50)", "GUIDE * (SW*(HIO*OSS)**50)"),
     "nooss": without_oss(DEFAULT_RECIPE),
-    "er300": _last_replaced(DEFAULT_RECIPE, "ER**100", "ER**300"),
-    "tight2": _last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4", "(SW*RAAR**50)**4"),
-    # the second generation's RAAR + ER also with half the smoothing width; per pattern the lower BIC
-    "finechoice": _last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4 * ER**100",
-                                 "((SW(scale=0.67)*RAAR**50)**4 * ER**100"
-                                 " | (SW(scale=0.67,smooth=0.5,decay=1)*RAAR**50)**4 * ER**100)"),
-    # the same choice, the fine branch also at the full threshold (no 0.67): the tighter edge of the two
-    "finetightchoice": _last_replaced(DEFAULT_RECIPE, "(SW(scale=0.67)*RAAR**50)**4 * ER**100",
-                                      "((SW(scale=0.67)*RAAR**50)**4 * ER**100"
-                                      " | (SW(smooth=0.5,decay=1)*RAAR**50)**4 * ER**100)"),
+    "er300": _second_generation_edited(DEFAULT_RECIPE, "ER**100", "ER**300"),
+    "tight2": _last_replaced(SINGLE_FINAL_RECIPE, "(SW(scale=0.67)*RAAR**50)**4", "(SW*RAAR**50)**4"),
+    # the choice's sharp branch at the RAAR stage's 0.67 x threshold (judged twice on the CPU, not adopted)
+    "finechoice": _last_replaced(DEFAULT_RECIPE, SHARP_FINAL_STAGE,
+                                 "(SW(scale=0.67,smooth=0.5,decay=1)*RAAR**50)**4 * ER**100"),
 }
 #: (size, object offset, beam-stop radius or None for the sets' own); PyNX caches named as their scripts name them.
 SETS = {"128:0": (128, 0, None), "128:1000": (128, 1000, None), "128:2000": (128, 2000, None),

@@ -12,6 +12,7 @@ import pytest
 from conftest import frame_keys
 from xfel_dl_plugins.errors import StageError
 from xfel_dl_plugins.phasing import metrics
+from xfel_dl_plugins.phasing.defaults import DEFAULT_RECIPE, SINGLE_FINAL_RECIPE
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 from xfel_dl_plugins.stages.base import FrameBatch, StageContext
 from xfel_dl_plugins.stages.phase_retrieval import PhaseRetriever
@@ -158,7 +159,16 @@ def test_manifest_runs_grid_then_phasing():
     grid_size = manifest["stages"][0]["params"]["size"]
     params = manifest["stages"][1]["params"]
     assert params["size"] == grid_size
+    assert params["recipe"] == DEFAULT_RECIPE  # the manifest writes the package's default out
     PhaseRetriever(**params).setup()  # every parameter is valid
+
+
+def test_spi_manifest_keeps_the_recipe_without_the_final_choice():
+    """Sphere hits lost with the default's choice of a sharper final support (docs/benchmarks.md)."""
+    manifest = tomllib.loads((ROOT / "manifests" / "spi-phasing.toml").read_text())
+    params = next(s["params"] for s in manifest["stages"] if s["use"] == "phase_retriever")
+    assert params["recipe"] == SINGLE_FINAL_RECIPE != DEFAULT_RECIPE
+    PhaseRetriever(**params).setup()
 
 
 def test_results_do_not_depend_on_how_frames_are_batched():
