@@ -249,6 +249,13 @@ class PhasingState:
         y = self.backend.fourier_project_(y, self.constraints[k], scale)
         return self.backend.ifft_(y)
 
+    def _store_chunk(self, x, new) -> None:
+        """Make ``new`` the iterate of the chunk whose current view is ``x`` (one chunk: the whole batch)."""
+        if len(self.chunks) == 1:
+            self.x = new.reshape(self.batch_shape)
+        elif new is not x:
+            x[...] = new
+
     def iterate(self, rule: str, beta: float) -> None:
         """One iteration of ER ('er'), HIO ('hio') or RAAR ('raar'), chunk by chunk."""
         record = self._llk_due()
@@ -267,10 +274,7 @@ class PhasingState:
                 new = self.backend.er_(x, y, support)
             else:
                 new = getattr(self.backend, rule + "_")(x, y, support, beta, y_scale=scale)
-            if len(self.chunks) == 1:
-                self.x = new.reshape(self.batch_shape)
-            elif new is not x:
-                x[...] = new
+            self._store_chunk(x, new)
 
         self.backend.map_chunks(chunk_iteration, len(self.chunks))
         self.iteration += 1
@@ -290,10 +294,7 @@ class PhasingState:
             ps_fm, f_s = self.backend.dm_split_(x, p_m, scratch, support, beta, self.reality)
             pm_fs = self._project_chunk(k, f_s, 1.0, False)  # the LLK of f_S(x) means nothing
             new = self.backend.dm_combine_(x, ps_fm, pm_fs, beta)
-            if len(self.chunks) == 1:
-                self.x = new.reshape(self.batch_shape)
-            elif new is not x:
-                x[...] = new
+            self._store_chunk(x, new)
 
         self.backend.map_chunks(chunk_iteration, len(self.chunks))
         self.iteration += 1
