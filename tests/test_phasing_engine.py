@@ -618,6 +618,20 @@ def test_a_choice_keeps_per_pattern_the_branch_whose_lead_has_the_lower_bic():
     assert chosen.iterations == alone[0].iterations == 110
 
 
+def test_a_choice_leaves_the_llks_of_the_iterates_it_kept():
+    """After a choice, the state's LLKs are those of its iterates (each branch's, measured at its end)."""
+    rng = np.random.default_rng(7)
+    made = [diffraction(make_object((32, 32), kind, rng=rng), 1e7, beam_stop_mask((32, 32), 1.0), rng)
+            for kind in ("polygon", "blobs")]
+    state = PhasingState(np.stack([m[0] for m in made]), np.stack([m[1] for m in made]), n_starts=3, seed=1,
+                         backend="cpu", calc_llk=7)  # the branches end between two LLK measurements
+    parse_recipe("(SW*HIO**20)**2 * ((SW*RAAR**10)**2 * ER**5 | (SW(smooth=0.5)*RAAR**10)**2 * ER**5)").apply(state)
+    kept = state.llk.copy(), state.llk_free.copy()
+    state.update_llk()
+    np.testing.assert_allclose(kept[0], state.llk, rtol=1e-6)
+    np.testing.assert_allclose(kept[1], state.llk_free, rtol=1e-6)
+
+
 def test_guided_restart_pulls_every_start_halfway_to_the_lead():
     """GUIDE: the lead (lowest BIC) stays, every other start moves halfway to it after alignment, and a
     new generation begins (whole-array support, the shrink-wrap clock reset, LLKs to be measured)."""

@@ -386,8 +386,8 @@ def choose_branches(state: PhasingState, branches: list) -> None:
         if k:
             state.restore(start)
         branch.apply(state)
+        objects, supports, ranking = _starts_of(state)  # the LLKs of these iterates, then kept with them
         ends.append(state.snapshot(copy=k < len(branches) - 1))  # the last branch's state is not run on
-        objects, supports, ranking = _starts_of(state)
         bics.append(_map_patterns(lambda i: _criterion(_lead_bic(state, objects[i], supports[i], ranking[i], i)),
                                   state.n_patterns))
     state.restore_per_pattern(ends, np.argmin(np.array(bics), axis=0))
@@ -401,7 +401,7 @@ def _lead_bic(state: PhasingState, objects, supports, ranking, i: int) -> float:
         return float("nan")
     _, fits = _start_fits(objects, supports, state.iobs_host[i], state.constrained_host[i], state.free_host[i],
                           1 if state.reality else 2)
-    return float(fits.bic[fits.lowest_bic(candidates) if len(candidates) > 1 else candidates[0]])
+    return float(fits.bic[fits.lowest_bic(candidates)])
 
 
 @dataclass
