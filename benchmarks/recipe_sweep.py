@@ -43,7 +43,7 @@ def _second_generation_edited(recipe: str, old: str, new: str) -> str:
     return head + guide + tail.replace(old, new)
 
 
-#: name -> recipe; each changes one thing of the default recipe (``tight2``: of ``nochoice``).
+#: name -> recipe; each changes one thing of the default (``tight2``: of ``nochoice``; ``runs2``: phase's options).
 VARIANTS = {
     "base": DEFAULT_RECIPE,
     # the default until 2026-11-28: one final stage, no choice of the sharper edge
@@ -55,7 +55,11 @@ VARIANTS = {
     # the choice's sharp branch at the RAAR stage's 0.67 x threshold (judged twice on the CPU, not adopted)
     "finechoice": _last_replaced(DEFAULT_RECIPE, SHARP_FINAL_STAGE,
                                  "(SW(scale=0.67,smooth=0.5,decay=1)*RAAR**50)**4 * ER**100"),
+    # the default recipe run twice from independent starts, per pattern the lower BIC (phase(n_runs=2))
+    "runs2": DEFAULT_RECIPE,
 }
+#: name -> other phase() options of a variant
+PHASE_OPTIONS = {"runs2": dict(n_runs=2)}
 #: (size, object offset, beam-stop radius or None for the sets' own); PyNX caches named as their scripts name them.
 SETS = {"128:0": (128, 0, None), "128:1000": (128, 1000, None), "128:2000": (128, 2000, None),
         "256:0": (256, 0, None), "256:1000": (256, 1000, None), "128:0:4": (128, 0, 4.0),
@@ -92,7 +96,7 @@ def main(argv=None) -> None:
         for name in args.variants:
             t0 = time.perf_counter()
             out = phase(*copies, recipe=VARIANTS[name], n_starts=args.starts, n_keep=4, seed=args.seed + offset + size,
-                        device=args.device, positivity="auto")
+                        device=args.device, positivity="auto", **PHASE_OPTIONS.get(name, {}))
             seconds = time.perf_counter() - t0
             err = np.array([metrics.ambiguity_error(truths[i % len(truths)], x)
                             for i, x in enumerate(out.reconstruction)]).reshape(args.replicas, len(truths))

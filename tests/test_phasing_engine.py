@@ -632,6 +632,32 @@ def test_a_choice_leaves_the_llks_of_the_iterates_it_kept():
     np.testing.assert_allclose(kept[1], state.llk_free, rtol=1e-6)
 
 
+def test_independent_runs_keep_per_pattern_the_run_with_the_lowest_bic():
+    """``n_runs``: each run draws its own starts and thresholds from the same free pixels, run 0 is the
+    single run, and each pattern gets exactly what its lowest-BIC run alone gives."""
+    rng = np.random.default_rng(5)
+    made = [diffraction(make_object((48, 48), kind, rng=rng), 1e7, beam_stop_mask((48, 48), 1.0), rng)
+            for kind in ("polygon", "blobs", "cell", "complex_blobs", "blobs", "polygon")]
+    iobs, valid = np.stack([m[0] for m in made]), np.stack([m[1] for m in made])
+    options = dict(recipe="(SW*HIO**20)**2 * ER**10 * GUIDE * (SW*HIO**20) * ER**10", n_starts=4, seed=2,
+                   device="cpu", positivity="auto", keep_starts=True)
+    alone = [phase(iobs, valid, run=k, **options) for k in range(3)]
+    np.testing.assert_array_equal(alone[0].free_pixels, alone[2].free_pixels)
+    assert not np.array_equal(alone[0].start_llk_free, alone[2].start_llk_free, equal_nan=True)  # other starts
+    single = phase(iobs, valid, **options)
+    np.testing.assert_array_equal(single.reconstruction, alone[0].reconstruction)
+    chosen = phase(iobs, valid, n_runs=3, **options)
+    picks = np.argmin([r.bic for r in alone], axis=0)
+    assert len(set(picks.tolist())) > 1  # several runs win somewhere, or the test shows nothing
+    for i, pick in enumerate(picks):
+        np.testing.assert_array_equal(chosen.reconstruction[i], alone[pick].reconstruction[i])
+        ran = np.isfinite(chosen.start_llk[i])  # runs' results are padded to the most starts of each kind
+        np.testing.assert_array_equal(chosen.start_llk[i][ran], alone[pick].start_llk[i][np.isfinite(alone[pick].start_llk[i])])
+        assert chosen.bic[i] == alone[pick].bic[i] and chosen.positivity[i] == alone[pick].positivity[i]
+    with pytest.raises(InputDataError, match="n_runs"):
+        phase(iobs, valid, n_runs=0, **options)
+
+
 def test_guided_restart_pulls_every_start_halfway_to_the_lead():
     """GUIDE: the lead (lowest BIC) stays, every other start moves halfway to it after alignment, and a
     new generation begins (whole-array support, the shrink-wrap clock reset, LLKs to be measured)."""

@@ -183,6 +183,31 @@ def test_results_do_not_depend_on_how_frames_are_batched():
         np.testing.assert_allclose(stage.process(one)["amplitude"][0], together[i], atol=1e-5 * together[i].max())
 
 
+def test_runs_keep_per_frame_the_run_its_bic_chose(monkeypatch):
+    """``runs = 2``: the stage's frames are those of the run each frame's BIC chose (phase's n_runs)."""
+    from xfel_dl_plugins import phasing
+
+    batch, _ = _batch(3, stop=2.0)
+    options = dict(size=SIZE, n_starts=2, n_keep=1, recipe="(SW*HIO**15)**2*ER**10")
+    seen = []
+    phase = phasing.phase
+    monkeypatch.setattr(phasing, "phase", lambda *a, **k: seen.append(k["n_runs"]) or phase(*a, **k))
+    out = {}
+    for runs in (1, 2):
+        stage = PhaseRetriever(StageContext(device="cpu", seed=2), runs=runs, **options)
+        stage.setup()
+        out[runs] = stage.process(batch)
+    assert seen == [1, 2]
+    run1 = [phase(np.fft.ifftshift(batch["pattern"][i:i + 1], axes=(-2, -1)),
+                  np.fft.ifftshift(batch["pattern_valid"][i:i + 1], axes=(-2, -1)), recipe=options["recipe"],
+                  n_starts=2, n_keep=1, seed=2, pattern_keys=[(i, 0)], positivity="auto", device="cpu", run=1)
+            for i in range(3)]
+    for i in range(3):  # each frame: run 0 (runs = 1) or run 1, whichever the result's BIC preferred
+        assert any(np.allclose(out[2]["llk"][i], candidate) for candidate in (out[1]["llk"][i], run1[i].llk[0]))
+    with pytest.raises(StageError, match="runs"):
+        PhaseRetriever(size=SIZE, runs=0)
+
+
 def test_spi_phasing_manifest_phases_the_single_hits_the_classifier_kept(tmp_path):
     """Hit finder -> classifier (filter) -> grid -> phase_retriever on a mock calibrated AGIPD-1M run of
     sphere hits: exactly the frames kept as single hits are phased; with the central hole filled from

@@ -48,6 +48,9 @@ class PhasingState:
         stream, ``SeedSequence(seed, spawn_key=key)``; ``pattern_keys`` gives one key (a tuple of
         non-negative ints, e.g. (train_id, pulse_id)) per pattern, default (index,). A pattern's
         result then depends on the seed and its key, not on the other patterns of the batch.
+    run : which independent run of the patterns this is (:func:`~.multistart.phase`'s ``n_runs``): the
+        free pixels are the same in every run; run 0 draws its thresholds and random starts from the
+        pattern's stream after them, run k > 0 from ``SeedSequence([seed, k], spawn_key=key)``.
     """
 
     def __init__(self, iobs: np.ndarray, valid: np.ndarray | None = None, *, n_starts: int = 8,
@@ -56,7 +59,7 @@ class PhasingState:
                  support_threshold: float | tuple = (0.08, 0.2), support_sigma: float = 0.0,
                  support_jitter: float = 0.2, support_cap: float | None = SUPPORT_CAP, seed: int = 0, pattern_keys=None,
                  initial_support: np.ndarray | None = None, initial_object: np.ndarray | None = None,
-                 modelled: np.ndarray | None = None):
+                 modelled: np.ndarray | None = None, run: int = 0):
         iobs = np.asarray(iobs, np.float32)
         ndim = ndim or (iobs.ndim - 1 if iobs.ndim in (3, 4) else iobs.ndim)
         if iobs.ndim == ndim:
@@ -96,6 +99,8 @@ class PhasingState:
             raise InputDataError(f"modelled mask of shape {np.shape(modelled)} does not match patterns {iobs.shape}")
         measured = valid if modelled is None else valid & ~np.broadcast_to(np.asarray(modelled, bool), iobs.shape)
         self.free_host = np.stack([free_pixel_mask(m, free_fraction, rng=rng) for m, rng in zip(measured, self.rngs)])
+        if run:  # another draw of thresholds and starts, the same free pixels
+            self.rngs = self._pattern_generators([seed, run], pattern_keys)
         self.constrained_host = valid & ~self.free_host
         xp = self.xp
         self.iobs = xp.asarray(self.iobs_host)
@@ -139,13 +144,14 @@ class PhasingState:
         self.llk_free = np.full((self.n_patterns, self.n_starts), np.nan)
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _pattern_generators(self, seed: int, keys) -> list[np.random.Generator]:
-        """One random generator per pattern, from the seed and the pattern's key."""
+    def _pattern_generators(self, seed: int | list, keys) -> list[np.random.Generator]:
+        """One random generator per pattern, from the seed (an int, or ints) and the pattern's key."""
         keys = [(i,) for i in range(self.n_patterns)] if keys is None else [tuple(np.atleast_1d(k)) for k in keys]
         if len(keys) != self.n_patterns:
             raise InputDataError(f"{len(keys)} pattern keys for {self.n_patterns} patterns")
         try:
-            return [np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=tuple(int(v) for v in k)))
+            entropy = [int(v) for v in seed] if isinstance(seed, list) else int(seed)
+            return [np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=tuple(int(v) for v in k)))
                     for k in keys]
         except (TypeError, ValueError) as exc:
             raise InputDataError(f"seed and pattern keys must be non-negative integers: {exc}") from None

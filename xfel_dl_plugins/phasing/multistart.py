@@ -117,6 +117,16 @@ class PhasingResult:
     def prtf_frequency(self) -> np.ndarray:
         return self.patterns[0].prtf.frequency
 
+    def subset(self, rows: np.ndarray) -> "PhasingResult":
+        """The results of the patterns ``rows`` only."""
+        def take(array):
+            return None if array is None else array[rows]
+
+        return PhasingResult([self.patterns[i] for i in rows], self.start_llk[rows], self.start_llk_free[rows],
+                             self.iterations, self.recipe, self.device, take(self.start_objects),
+                             take(self.start_supports), take(self.free_pixels),
+                             None if self.guided is None else [g.subset(rows) for g in self.guided], self.families)
+
 
 @dataclass
 class GuidedStarts:
@@ -466,7 +476,7 @@ def _undetermined_prtf(shape) -> ResolutionCurve:
 def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str | Operator = DEFAULT_RECIPE,
           n_starts: int = 8, n_keep: int = 4, max_difference: float = 0.15, selection: str = "bic",
           device: str = "auto", keep_starts: bool = False, positivity: bool | str = False,
-          positivity_choice: str = "guide", **state_options) -> PhasingResult:
+          positivity_choice: str = "guide", n_runs: int = 1, **state_options) -> PhasingResult:
     """Phase a stack of FFT-centred diffraction patterns (photons), ``n_starts`` random starts each.
 
     ``patterns`` (n, ny, nx) or (n, nz, ny, nx); ``valid`` True where measured (masked pixels,
@@ -484,6 +494,9 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     ``positivity_choice="guide"`` (the default; :func:`_phase_auto_at_guide`) gives a run that leads
     decisively at the recipe's first GUIDE the other run's starts too for the second generation,
     ``"end"`` keeps each run's own (as does a recipe without a GUIDE).
+    ``n_runs``: the whole recipe runs this many times, each run from its own random starts and thresholds
+    (the same free pixels), and per pattern the run whose result has the lowest BIC gives it
+    (:func:`_choose_run`).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, reality, calc_llk, support_threshold, support_sigma,
     support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
@@ -495,7 +508,19 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     check_positivity(positivity, n_starts, bool(state_options.get("reality")))
     if positivity_choice not in POSITIVITY_CHOICES:
         raise InputDataError(f"positivity_choice must be one of {POSITIVITY_CHOICES}, got {positivity_choice!r}")
+    if n_runs < 1:
+        raise InputDataError(f"n_runs must be >= 1, got {n_runs}")
     state_options.setdefault("backend", device)
+    run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
+               keep_starts=keep_starts, n_starts=n_starts, positivity=positivity, positivity_choice=positivity_choice)
+    if n_runs == 1:
+        return _phase_run(patterns, valid, **run, **state_options)
+    return _choose_run([_phase_run(patterns, valid, **run, run=k, **state_options) for k in range(n_runs)])
+
+
+def _phase_run(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,
+               selection: str, keep_starts: bool, positivity, positivity_choice: str, **state_options) -> PhasingResult:
+    """One run of :func:`phase`: every start of every pattern through the schedule, then the selection."""
     run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
                keep_starts=keep_starts)
     if positivity != "auto":
@@ -716,9 +741,10 @@ def _padded(result: PhasingResult, widths: tuple[int, int]) -> PhasingResult:
     def pad(array, fill):
         return _pad_starts(array, have, widths, fill)
 
-    guided = None if result.guided is None else [
+    # The first GUIDE's record holds the first generation's starts, auto_family_sizes(n_starts) in every result
+    guided = None if result.guided is None else result.guided[:1] + [
         GuidedStarts(g.ranked_fts, g.differences, pad(g.objects, 0), pad(g.supports, False), pad(g.ranking, np.nan))
-        for g in result.guided]
+        for g in result.guided[1:]]
     return PhasingResult(result.patterns, pad(result.start_llk, np.nan), pad(result.start_llk_free, np.nan),
                          result.iterations, result.recipe, result.device, pad(result.start_objects, 0),
                          pad(result.start_supports, False), result.free_pixels, guided, tuple(widths))
@@ -765,6 +791,17 @@ def _choose_family(complex_run: PhasingResult, positive_run: PhasingResult) -> P
                          joined(complex_run.start_objects, positive_run.start_objects),
                          joined(complex_run.start_supports, positive_run.start_supports), complex_run.free_pixels, guided,
                          (offset, positive_run.start_llk.shape[1]))
+
+
+def _choose_run(runs: list[PhasingResult]) -> PhasingResult:
+    """Per pattern, the result of the run (``phase(n_runs=...)``) with the lowest BIC (ties: the earlier
+    run). The runs constrained the same pixels, so their selected starts' BICs compare: across
+    independent runs a wrong solution that one run's starts agreed on fits worse than another run's
+    right one (docs/benchmarks.md, "Independent runs")."""
+    bics = np.array([[_criterion(p.bic) for p in result.patterns] for result in runs])
+    chosen = np.argmin(bics, axis=0)
+    return _merge_patterns([(rows, runs[k].subset(rows)) for k in range(len(runs))
+                            if len(rows := np.flatnonzero(chosen == k))])
 
 
 def _map_patterns(func, n_patterns: int) -> list:

@@ -62,6 +62,9 @@ class PhaseRetriever(Stage):
                         "'**n' repeat, '(A | B)' both from the same iterates and per pattern the one with the "
                         "lower BIC, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
         "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
+        "runs": Param(1, int, "independent runs of the recipe per pattern, each from its own random starts (the "
+                      "same free pixels); per frame the run whose result has the lowest BIC is kept (cost x runs)",
+                      min=1, max=16),
         "n_keep": Param(4, int, "starts aligned and averaged (the selected one and those nearest to it)",
                         min=1, max=1024),
         "selection": Param("bic", str, "start to trust: bic (lowest deviance + ln(n) x parameters; a start that "
@@ -173,7 +176,7 @@ class PhaseRetriever(Stage):
             # the batch size, the other frames of its batch, or the Dask partition it ran in
             keys = np.stack([batch["train_id"], batch["pulse_id"]], axis=1)[usable]
             result = phase(patterns[usable], valid[usable], recipe=self.schedule, n_starts=self.p.n_starts,
-                           n_keep=self.p.n_keep, selection=self.p.selection,
+                           n_runs=self.p.runs, n_keep=self.p.n_keep, selection=self.p.selection,
                            max_difference=self.p.max_difference, backend=self.backend,
                            seed=self.context.seed + self.p.seed, pattern_keys=keys,
                            support_threshold=tuple(self.p.support_init), support_cap=self.p.support_cap,
