@@ -12,7 +12,7 @@ import pytest
 from conftest import frame_keys
 from xfel_dl_plugins.errors import StageError
 from xfel_dl_plugins.phasing import metrics
-from xfel_dl_plugins.phasing.defaults import DEFAULT_RECIPE, SINGLE_FINAL_RECIPE
+from xfel_dl_plugins.phasing.defaults import DEFAULT_RECIPE, DEFAULT_RUNS, SINGLE_FINAL_RECIPE
 from xfel_dl_plugins.phasing.testobjects import beam_stop_mask, diffraction, make_object
 from xfel_dl_plugins.stages.base import FrameBatch, StageContext
 from xfel_dl_plugins.stages.phase_retrieval import PhaseRetriever
@@ -159,16 +159,19 @@ def test_manifest_runs_grid_then_phasing():
     grid_size = manifest["stages"][0]["params"]["size"]
     params = manifest["stages"][1]["params"]
     assert params["size"] == grid_size
-    assert params["recipe"] == DEFAULT_RECIPE  # the manifest writes the package's default out
+    assert params["recipe"] == DEFAULT_RECIPE  # the manifest writes the package's defaults out
+    assert params["runs"] == DEFAULT_RUNS == PhaseRetriever.params["runs"].default
     PhaseRetriever(**params).setup()  # every parameter is valid
 
 
-def test_spi_manifest_keeps_the_recipe_without_the_final_choice():
-    """The SPI manifest keeps one final stage: the default's choice of a sharper support cost sphere hits
-    0.017-0.032 of error on the mock run (docs/benchmarks.md, "The tight fine branch")."""
+def test_spi_manifest_keeps_the_recipe_without_the_final_choice_and_one_run():
+    """The SPI manifest keeps one final stage and one run: the default's choice of a sharper support cost
+    sphere hits 0.017-0.032 of error on the mock run (docs/benchmarks.md, "The tight fine branch"), and
+    a second run 0.004 at twice the time ("Two independent runs")."""
     manifest = tomllib.loads((ROOT / "manifests" / "spi-phasing.toml").read_text())
     params = next(s["params"] for s in manifest["stages"] if s["use"] == "phase_retriever")
     assert params["recipe"] == SINGLE_FINAL_RECIPE != DEFAULT_RECIPE
+    assert params["runs"] == 1 != DEFAULT_RUNS
     PhaseRetriever(**params).setup()
 
 

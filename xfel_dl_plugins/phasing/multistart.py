@@ -10,6 +10,8 @@ With ``positivity="auto"`` half the starts phase a real, non-negative density an
 object, and per pattern the run whose selected start has the lower BIC gives the result; at the
 recipe's first GUIDE a run that leads decisively takes the other run's starts too for its second
 generation (``positivity_choice="guide"``, the default; ``"end"``: each run keeps its own starts).
+With ``n_runs`` > 1 the whole recipe runs again from other random starts, and per pattern the run whose
+result has the lowest BIC gives it.
 """
 
 from __future__ import annotations
@@ -511,11 +513,11 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     if n_runs < 1:
         raise InputDataError(f"n_runs must be >= 1, got {n_runs}")
     state_options.setdefault("backend", device)
-    run = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
-               keep_starts=keep_starts, n_starts=n_starts, positivity=positivity, positivity_choice=positivity_choice)
+    options = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
+                   keep_starts=keep_starts, n_starts=n_starts, positivity=positivity, positivity_choice=positivity_choice)
     if n_runs == 1:
-        return _phase_run(patterns, valid, **run, **state_options)
-    return _choose_run([_phase_run(patterns, valid, **run, run=k, **state_options) for k in range(n_runs)])
+        return _phase_run(patterns, valid, **options, **state_options)
+    return _choose_run([_phase_run(patterns, valid, **options, run=k, **state_options) for k in range(n_runs)])
 
 
 def _phase_run(patterns, valid, *, schedule: Operator, n_starts: int, n_keep: int, max_difference: float,

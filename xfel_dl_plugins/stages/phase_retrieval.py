@@ -9,6 +9,7 @@ real, non-negative density and half a complex object, and per frame the data cho
 start with the lowest Bayesian information criterion among those that fit the held-out pixels (or
 another rule: ``selection``), averages it
 with up to ``n_keep - 1`` starts nearest to it after removing translation, twin and global phase,
+does all that ``runs`` times from other random starts (default 2) keeping the run with the lowest BIC,
 and writes the reconstruction (amplitude and phase), its support and figures of merit per frame.
 Valid pixels that read below zero (a calibrated detector's readout noise) count as zero photons.
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..errors import InputDataError, StageError
 from ..io.grid import radial_profiles, ring_index
-from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE, SELECTIONS, SUPPORT_CAP
+from ..phasing.defaults import DEFAULT_RECIPE as _DEFAULT_RECIPE, DEFAULT_RUNS, SELECTIONS, SUPPORT_CAP
 from .base import Field, FrameBatch, Param, Stage
 from .sizing import SphereSizeFit, sphere_form_factor
 
@@ -62,7 +63,7 @@ class PhaseRetriever(Stage):
                         "'**n' repeat, '(A | B)' both from the same iterates and per pattern the one with the "
                         "lower BIC, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
         "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
-        "runs": Param(1, int, "independent runs of the recipe per pattern, each from its own random starts (the "
+        "runs": Param(DEFAULT_RUNS, int, "independent runs of the recipe per pattern, each from its own random starts (the "
                       "same free pixels); per frame the run whose result has the lowest BIC is kept (cost x runs)",
                       min=1, max=16),
         "n_keep": Param(4, int, "starts aligned and averaged (the selected one and those nearest to it)",
