@@ -501,7 +501,7 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     (:func:`_choose_run`).
     Other keywords go to :class:`~.engine.PhasingState`
     (free_fraction, modelled, reality, calc_llk, support_threshold, support_sigma,
-    support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend).
+    support_jitter, support_cap, seed, pattern_keys, initial_support, initial_object, ndim, backend, run).
     """
     schedule = parse_recipe(recipe) if isinstance(recipe, str) else recipe
     if n_keep < 1:
@@ -799,7 +799,7 @@ def _choose_run(runs: list[PhasingResult]) -> PhasingResult:
     """Per pattern, the result of the run (``phase(n_runs=...)``) with the lowest BIC (ties: the earlier
     run). The runs constrained the same pixels, so their selected starts' BICs compare: across
     independent runs a wrong solution that one run's starts agreed on fits worse than another run's
-    right one (docs/benchmarks.md, "Independent runs")."""
+    right one (docs/benchmarks.md, "Two independent runs")."""
     bics = np.array([[_criterion(p.bic) for p in result.patterns] for result in runs])
     chosen = np.argmin(bics, axis=0)
     return _merge_patterns([(rows, runs[k].subset(rows)) for k in range(len(runs))
