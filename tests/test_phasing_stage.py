@@ -186,8 +186,9 @@ def test_results_do_not_depend_on_how_frames_are_batched():
         np.testing.assert_allclose(stage.process(one)["amplitude"][0], together[i], atol=1e-5 * together[i].max())
 
 
-def test_runs_keep_per_frame_the_run_its_bic_chose(monkeypatch):
-    """``runs = 2``: the stage's frames are those of the run each frame's BIC chose (phase's n_runs)."""
+def test_runs_reach_phase_and_every_frame_comes_from_one_of_the_runs(monkeypatch):
+    """``runs`` reaches phase() as n_runs, and with 2 every frame is run 0's or run 1's result (which run a
+    frame keeps, the lower BIC, test_independent_runs_keep_per_pattern_the_run_with_the_lowest_bic checks)."""
     from xfel_dl_plugins import phasing
 
     batch, _ = _batch(3, stop=2.0)
