@@ -654,8 +654,13 @@ def test_independent_runs_keep_per_pattern_the_run_with_the_lowest_bic():
         ran = np.isfinite(chosen.start_llk[i])  # runs' results are padded to the most starts of each kind
         np.testing.assert_array_equal(chosen.start_llk[i][ran], alone[pick].start_llk[i][np.isfinite(alone[pick].start_llk[i])])
         assert chosen.bic[i] == alone[pick].bic[i] and chosen.positivity[i] == alone[pick].positivity[i]
+        # the first GUIDE's record keeps the first generation's starts of the kept run, unpadded
+        np.testing.assert_array_equal(chosen.guided[0].objects[i], alone[pick].guided[0].objects[i])
+        np.testing.assert_array_equal(chosen.guided[0].ranking[i], alone[pick].guided[0].ranking[i])
     with pytest.raises(InputDataError, match="n_runs"):
         phase(iobs, valid, n_runs=0, **options)
+    with pytest.raises(InputDataError, match="n_runs"):
+        phase(iobs, valid, n_runs=2, run=1, **options)
 
 
 def test_guided_restart_pulls_every_start_halfway_to_the_lead():

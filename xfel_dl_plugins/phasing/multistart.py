@@ -510,8 +510,8 @@ def phase(patterns: np.ndarray, valid: np.ndarray | None = None, *, recipe: str 
     check_positivity(positivity, n_starts, bool(state_options.get("reality")))
     if positivity_choice not in POSITIVITY_CHOICES:
         raise InputDataError(f"positivity_choice must be one of {POSITIVITY_CHOICES}, got {positivity_choice!r}")
-    if n_runs < 1:
-        raise InputDataError(f"n_runs must be >= 1, got {n_runs}")
+    if n_runs < 1 or (n_runs > 1 and "run" in state_options):
+        raise InputDataError(f"n_runs must be >= 1 (and, above 1, without a run: it numbers them), got {n_runs}")
     state_options.setdefault("backend", device)
     options = dict(schedule=schedule, n_keep=n_keep, max_difference=max_difference, selection=selection,
                    keep_starts=keep_starts, n_starts=n_starts, positivity=positivity, positivity_choice=positivity_choice)
