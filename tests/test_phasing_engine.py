@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from xfel_dl_plugins.errors import InputDataError, StageError
-from xfel_dl_plugins.phasing import (DM, ER, GUIDE, HIO, OSS, RAAR, SW, Choice, PhasingState, combine_starts,
+from scipy import ndimage
+
+from xfel_dl_plugins.phasing import (DM, ER, GROW, GUIDE, HIO, OSS, RAAR, SW, Choice, PhasingState, combine_starts,
                                      get_backend, kernels, metrics, parse_recipe, phase)
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available
 from xfel_dl_plugins.phasing.multistart import StartFits, guide_starts, rank_starts
@@ -126,6 +128,19 @@ def test_oss_smooths_the_iterate_outside_the_support_only():
     low_pass = np.fft.ifft2(np.fft.fft2(before) * np.exp(-0.5 * k2 / 5.0 ** 2))
     np.testing.assert_allclose(after[~inside], low_pass[~inside], atol=2e-6)
     assert np.abs(after[~inside]).std() < 0.5 * np.abs(before[~inside]).std()  # noise outside is damped
+
+
+def test_grow_dilates_every_support_by_a_ball_across_the_array_edge():
+    rng = np.random.default_rng(4)
+    shape = (2, 40, 48)
+    support = rng.random(shape) < 0.01
+    support[1, 0, 47] = True  # at a corner: the ball wraps round to the other edges
+    state = PhasingState(rng.poisson(5.0, shape).astype(np.float32), n_starts=3, seed=1, initial_support=support)
+    GROW(px=2.5).apply(state)
+    ball = np.hypot(*np.mgrid[-2:3, -2:3]) <= 2.5
+    expected = np.stack([ndimage.binary_dilation(np.pad(s, 2, mode="wrap"), ball)[2:-2, 2:-2] for s in support])
+    np.testing.assert_array_equal(state.backend.to_numpy(state.support_mask), np.broadcast_to(expected[:, None], state.batch_shape))
+    np.testing.assert_array_equal(state.support_size, expected.sum(axis=(1, 2))[:, None].repeat(3, axis=1))
 
 
 def test_cpu_kernels_refuse_arrays_they_cannot_update_in_place():

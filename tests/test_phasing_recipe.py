@@ -115,6 +115,15 @@ def test_sw_smooth_scales_both_widths_and_survives_repr():
         parse_recipe("SW(smooth=0) * ER")
 
 
+def test_grow_dilates_by_its_radius_and_survives_repr():
+    op = parse_recipe("HIO**5 * GROW(px=3) * HIO**5")
+    state = RecordingState()
+    state.grow_support = lambda radius: state.calls.append(("grow", radius))
+    op.apply(state)
+    assert state.calls[5] == ("grow", 3.0) and len(state.calls) == 11 and op.n_iterations == 10
+    assert parse_recipe(repr(op)).ops[1].px == 3 and parse_recipe("GROW * ER").ops[0].px == 2
+
+
 def test_a_choice_runs_every_branch_and_survives_repr(monkeypatch):
     """``(A | B)`` hands its branches to multistart.choose_branches; it costs the iterations of both."""
     import xfel_dl_plugins.phasing.multistart as multistart
@@ -187,6 +196,7 @@ def test_python_operator_algebra_matches_recipe():
     ("(HIO*OSS(decay=0))**5", "OSS: decay must be >= 1"),
     ("HIO**5 * (ER**5 | SW * GUIDE * SW * ER)", "may not hold a GUIDE"),
     ("HIO**5 * (ER**5 | )", "token ')' at column 19"),
+    ("GROW(px=0) * ER", "GROW: px (the dilation radius) must be in (0, 64]"),
     ("HIO**5 | ER**5", "token '|' at column 8"),
     ("", "recipe is empty"),
 ])

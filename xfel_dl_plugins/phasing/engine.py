@@ -15,7 +15,7 @@ from ..errors import InputDataError
 from .backend import ArrayBackend, FourierConstraint, Support, get_backend
 from .defaults import SUPPORT_CAP
 from .metrics import poisson_deviance
-from .support import autocorrelation_amplitude, free_pixel_mask, gaussian_transfer, support_size_cap
+from .support import autocorrelation_amplitude, ball_transfer, free_pixel_mask, gaussian_transfer, support_size_cap
 
 
 class PhasingState:
@@ -325,6 +325,12 @@ class PhasingState:
         self._cap_support(new, smooth)
         empty = ~new.any(axis=self.axes, keepdims=True)  # keep the old support rather than none
         self.set_support(xp.where(empty, self.support_mask, new))
+
+    def grow_support(self, radius: float) -> None:
+        """Every start's support dilated by a ball of ``radius`` px (periodic; :class:`~.operators.GROW`)."""
+        y = self.backend.fft_(self.support_mask.astype(np.complex64))
+        y *= ball_transfer(self.spatial, radius, self.xp)
+        self.set_support(self.backend.ifft_(y).real > 0.5)
 
     def smooth_outside(self, sigma: float) -> None:
         """Outside the support, x becomes its Gaussian smoothing of ``sigma`` px (:class:`~.operators.OSS`)."""

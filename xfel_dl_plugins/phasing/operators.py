@@ -271,6 +271,22 @@ class SW(Operator):
                 + (", force_shrink=true" if self.force_shrink else "") + ")")
 
 
+@dataclass
+class GROW(Operator):
+    """Every start's support dilated by a ball of ``px`` pixels. Shrink-wrap at high photon counts can
+    settle on a support that cuts a textured particle's weak rim, where no fixed-support iteration
+    reaches the noise floor; HIO within the grown support does (docs/benchmarks.md, "Growing the support")."""
+
+    px: float = 2.0
+
+    def __post_init__(self):
+        if isinstance(self.px, (str, bool)) or not 0 < self.px <= 64:
+            raise StageError(f"GROW: px (the dilation radius) must be in (0, 64] pixels, got {self.px!r}")
+
+    def apply(self, state) -> None:
+        state.grow_support(float(self.px))
+
+
 @dataclass(repr=False)
 class OSS(Operator):
     """Oversampling smoothness (Rodriguez et al., J. Appl. Cryst. 46, 312, 2013): outside the support

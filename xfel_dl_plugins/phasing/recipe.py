@@ -6,8 +6,8 @@ Grammar (names case-insensitive, whitespace ignored)::
     step     := atom ('**' INTEGER)?              repetition
     atom     := NAME ('(' [key '=' value (',' key '=' value)*] ')')? | '(' schedule ('|' schedule)* ')'
 
-Names: ER, HIO, RAAR, DM, SW (alias SUP), OSS (oversampling smoothness, after HIO), GUIDE (a guided
-restart, followed by SW). ``(A | B)`` runs both schedules from the same iterates and keeps, per
+Names: ER, HIO, RAAR, DM, SW (alias SUP), OSS (oversampling smoothness, after HIO), GROW (dilate the
+support), GUIDE (a guided restart, followed by SW). ``(A | B)`` runs both schedules from the same iterates and keeps, per
 pattern, the one whose lead start has the lower BIC (:class:`~.operators.Choice`). Example::
 
     (SW*HIO**50)**10 * RAAR(beta=0.8)**500 * ER**100
@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 
 from ..errors import StageError
-from .operators import DM, ER, GUIDE, HIO, OSS, RAAR, SW, Choice, Operator, Repeat, Sequence
+from .operators import DM, ER, GROW, GUIDE, HIO, OSS, RAAR, SW, Choice, Operator, Repeat, Sequence
 
 OPERATORS: dict[str, type[Operator]] = {"ER": ER, "HIO": HIO, "RAAR": RAAR, "DM": DM, "SW": SW, "SUP": SW,
-                                        "OSS": OSS, "GUIDE": GUIDE}
+                                        "OSS": OSS, "GUIDE": GUIDE, "GROW": GROW}
 
 _TOKEN = re.compile(r"\s*(?:(?P<num>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_]\w*)|"
                     r"(?P<op>\*\*|[*(),=|]))")

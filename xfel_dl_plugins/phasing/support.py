@@ -22,6 +22,19 @@ def gaussian_transfer(shape: tuple[int, ...], sigma: float, xp=np):
     return xp.exp(np.float32(-2 * np.pi ** 2 * sigma ** 2) * frequency_squared(shape, xp))
 
 
+def ball_transfer(shape: tuple[int, ...], radius: float, xp=np):
+    """Fourier transform (complex64) of the ball of ``radius`` pixels about the origin on the periodic grid
+    of ``shape``: multiplying a mask's transform by it and keeping what exceeds 1/2 dilates the mask."""
+    distance2 = 0
+    for axis, n in enumerate(shape):
+        view = [1] * len(shape)
+        view[axis] = n
+        d = (np.fft.fftfreq(n) * n).reshape(view)
+        distance2 = distance2 + d * d
+    ball = (distance2 <= radius * radius).astype(np.complex64)
+    return xp.asarray(sfft.fftn(ball).astype(np.complex64))
+
+
 def autocorrelation_amplitude(iobs: np.ndarray, valid: np.ndarray, sigma: float = 0.0,
                               ndim: int | None = None) -> np.ndarray:
     """|autocorrelation| of the object (inverse FFT of the intensity, unmeasured pixels as zero),
