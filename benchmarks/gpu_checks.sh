@@ -48,6 +48,6 @@ step phasing_chain 100 bash -c "python3 -m xfel_dl_plugins.cli simulate xfel_dl_
 # hand (.gpudata/pynx: selection_trials.py pynx-best / gap_quality.py caches); SWEEP_VARIANTS: which.
 if ls .gpudata/pynx/pynx_best_*.npy >/dev/null 2>&1; then
     step sweep 300 python3 benchmarks/recipe_sweep.py --pynx .gpudata/pynx --replicas 6 --device cuda \
-        --variants ${SWEEP_VARIANTS:-base runs2} --json "$out/sweep.json"
+        --variants ${SWEEP_VARIANTS:-nogrow base runs2} --json "$out/sweep.json"
 fi
 cat "$out/summary.txt"

@@ -25,7 +25,7 @@ import gap_quality  # noqa: E402
 from bench_phasing import without_oss  # noqa: E402
 
 from xfel_dl_plugins.phasing import metrics, phase  # noqa: E402
-from xfel_dl_plugins.phasing.defaults import DEFAULT_RECIPE, SHARP_FINAL_STAGE, SINGLE_FINAL_RECIPE  # noqa: E402
+from xfel_dl_plugins.phasing.defaults import DEFAULT_RECIPE, POLISH_STAGE, SHARP_FINAL_STAGE, SINGLE_FINAL_RECIPE  # noqa: E402
 
 
 def _last_replaced(recipe: str, old: str, new: str) -> str:
@@ -55,6 +55,8 @@ VARIANTS = {
     # the choice's sharp branch at the RAAR stage's 0.67 x threshold (judged twice on the CPU, not adopted)
     "finechoice": _last_replaced(DEFAULT_RECIPE, SHARP_FINAL_STAGE,
                                  "(SW(scale=0.67,smooth=0.5,decay=1)*RAAR**50)**4 * ER**100"),
+    # the default until 2026-11-28 (session 31): no last choice of a polish within a grown support
+    "nogrow": DEFAULT_RECIPE.removesuffix(f" * {POLISH_STAGE}"),
     # the default recipe run twice from independent starts, per pattern the lower BIC (phase(n_runs=2))
     "runs2": DEFAULT_RECIPE,
 }

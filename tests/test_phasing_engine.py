@@ -505,7 +505,7 @@ def test_phase_from_random_starts_with_autocorrelation_support_and_shrink_wrap()
         truths.append(truth), patterns.append(iobs), masks.append(valid)
     result = phase(np.stack(patterns), np.stack(masks), n_starts=8, n_keep=4, seed=0, device="cpu")
     assert result.reconstruction.shape == (2, 64, 64) and result.reconstruction.dtype == np.complex64
-    assert result.start_llk.shape == (2, 8) and result.iterations == 1600
+    assert result.start_llk.shape == (2, 8) and result.iterations == 2800  # the longest path through the choices
     for truth, rec, pattern in zip(truths, result.patterns, patterns):
         assert metrics.ambiguity_error(truth, rec.reconstruction) < 0.12
         assert rec.support.dtype == bool and 0 < rec.support.sum() < 64 * 64 / 2

@@ -275,7 +275,8 @@ class SW(Operator):
 class GROW(Operator):
     """Every start's support dilated by a ball of ``px`` pixels. Shrink-wrap at high photon counts can
     settle on a support that cuts a textured particle's weak rim, where no fixed-support iteration
-    reaches the noise floor; HIO within the grown support does (docs/benchmarks.md, "Growing the support")."""
+    reaches the noise floor; HIO within the grown support does (the default recipe's last choice,
+    docs/benchmarks.md, "Growing the support before a last HIO")."""
 
     px: float = 2.0
 
