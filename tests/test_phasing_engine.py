@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from xfel_dl_plugins.errors import InputDataError, StageError
 from scipy import ndimage
 
+from xfel_dl_plugins.errors import InputDataError, StageError
 from xfel_dl_plugins.phasing import (DM, ER, GROW, GUIDE, HIO, OSS, RAAR, SW, Choice, PhasingState, combine_starts,
                                      get_backend, kernels, metrics, parse_recipe, phase)
 from xfel_dl_plugins.phasing.backend import FourierConstraint, NumpyBackend, Support, cuda_available

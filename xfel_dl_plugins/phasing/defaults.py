@@ -1,18 +1,17 @@
 """Defaults shared by the engine and the phase_retriever stage (no heavy imports here)."""
 
-#: Run left to right: 12 x (shrink-wrap, 50 x (HIO, oversampling smoothness)), 8 x (looser shrink-wrap,
-#: 50 RAAR), 100 ER; then a guided restart (every start halfway to the selected one, docs/benchmarks.md)
-#: and a shorter second generation, 4 x 50 HIO, 4 x 50 RAAR, 100 ER; then a polish within a grown
-#: support. OSS (Rodriguez et al. 2013) smooths the iterate outside the support after each HIO iteration
-#: of the first generation: with a beam stop of twice the test sets' radius it reconstructed 90 of 96
-#: test patterns at or below PyNX's best start against 82 without (docs/benchmarks.md, "Quality with a
-#: larger beam stop"). The RAAR stage's
-#: thresholds at 0.67 x let the support take in a particle's weak parts once the HIO stage has found its
-#: shape (tighter supports cut them and the fit stalls at high photon counts). The last stage runs twice
-#: from the same iterates, as that and with the full threshold and half the smoothing width (a sharper
-#: edge), and each pattern keeps the run whose lead start has the lower BIC (a choice, ``(A | B)``):
-#: 372 against 365 of 384 pattern-draws at or below PyNX's best start, the
-#: gain flat-topped particles at few photons (docs/benchmarks.md, "The tight fine branch").
+#: Run left to right: 12 x (shrink-wrap, 50 x (HIO, oversampling smoothness)), 8 x (looser shrink-wrap, 50
+#: RAAR), 100 ER; then a guided restart (every start halfway to the selected one, docs/benchmarks.md) and a
+#: shorter second generation, 4 x 50 HIO, 4 x 50 RAAR, 100 ER; then a polish within a grown support. OSS
+#: (Rodriguez et al. 2013) smooths the iterate outside the support after each HIO iteration of the first
+#: generation: with a beam stop of twice the test sets' radius it reconstructed 90 of 96 test patterns at or
+#: below PyNX's best start against 82 without (docs/benchmarks.md, "Quality with a larger beam stop"). The
+#: RAAR stage's thresholds at 0.67 x let the support take in a particle's weak parts once the HIO stage has
+#: found its shape (tighter supports cut them and the fit stalls at high photon counts). The last stage runs
+#: twice from the same iterates, as that and with the full threshold and half the smoothing width (a sharper
+#: edge), and each pattern keeps the run whose lead start has the lower BIC (a choice, ``(A | B)``): 372
+#: against 365 of 384 pattern-draws at or below PyNX's best start, the gain flat-topped particles at few
+#: photons (docs/benchmarks.md, "The tight fine branch").
 FINAL_STAGE = "(SW(scale=0.67)*RAAR**50)**4 * ER**100"
 SHARP_FINAL_STAGE = "(SW(smooth=0.5,decay=1)*RAAR**50)**4 * ER**100"
 RECIPE_BEFORE_FINAL = ("(SW*(HIO*OSS)**50)**12 * (SW(scale=0.67)*RAAR**50)**8 * ER**100 * GUIDE"

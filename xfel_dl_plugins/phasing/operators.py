@@ -273,10 +273,10 @@ class SW(Operator):
 
 @dataclass
 class GROW(Operator):
-    """Every start's support dilated by a ball of ``px`` pixels. Shrink-wrap at high photon counts can
-    settle on a support that cuts a textured particle's weak rim, where no fixed-support iteration
-    reaches the noise floor; HIO within the grown support does (the default recipe's last choice,
-    docs/benchmarks.md, "Growing the support before a last HIO")."""
+    """Every start's support dilated by a ball of ``px`` pixels (not held to the support cap).
+    Shrink-wrap at high photon counts can settle on a support that cuts a textured particle's weak rim,
+    where no fixed-support iteration reaches the noise floor; HIO within the grown support does (the
+    default recipe's last choice, docs/benchmarks.md, "Growing the support before a last HIO")."""
 
     px: float = 2.0
 

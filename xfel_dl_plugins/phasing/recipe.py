@@ -7,8 +7,9 @@ Grammar (names case-insensitive, whitespace ignored)::
     atom     := NAME ('(' [key '=' value (',' key '=' value)*] ')')? | '(' schedule ('|' schedule)* ')'
 
 Names: ER, HIO, RAAR, DM, SW (alias SUP), OSS (oversampling smoothness, after HIO), GROW (dilate the
-support), GUIDE (a guided restart, followed by SW). ``(A | B)`` runs both schedules from the same iterates and keeps, per
-pattern, the one whose lead start has the lower BIC (:class:`~.operators.Choice`). Example::
+support), GUIDE (a guided restart, followed by SW). ``(A | B)`` runs both schedules from the same
+iterates and keeps, per pattern, the one whose lead start has the lower BIC
+(:class:`~.operators.Choice`). Example::
 
     (SW*HIO**50)**10 * RAAR(beta=0.8)**500 * ER**100
 
