@@ -872,7 +872,7 @@ def test_gpu_backend_logic_matches_cpu_with_numpy_standin(numpy_as_cupy):
     obj = make_object((32, 32), "polygon", rng=np.random.default_rng(9))
     iobs, valid, _ = diffraction(obj, 1e8, beam_stop_mask((32, 32), 1.0), np.random.default_rng(5))
     schedule = (SW() * (HIO() * OSS(decay=7)) ** 7 * RAAR(beta=0.5) ** 3 * GUIDE() * SW() * DM() ** 2
-                * Choice([SW(method="rms") * ER() ** 5, SW(smooth=0.5) * ER() ** 5]))
+                * Choice([SW(method="rms") * ER() ** 5, SW(smooth=0.5) * ER() ** 5]) * GROW(px=2) * HIO() ** 3)
     for positivity in (False, True):
         states = [PhasingState(np.stack([iobs, iobs]), np.stack([valid, valid]), n_starts=3, backend=backend, seed=2,
                                calc_llk=4, positivity=positivity) for backend in (NumpyBackend(2), CupyBackend(2))]
