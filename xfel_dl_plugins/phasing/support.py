@@ -6,13 +6,15 @@ import numpy as np
 import scipy.fft as sfft
 
 
-def frequency_squared(shape: tuple[int, ...], xp=np, dtype=np.float32):
-    """|f|^2 (cycles/pixel squared) on the FFT grid of ``shape``."""
+def frequency_squared(shape: tuple[int, ...], xp=np, dtype=np.float32, pixels: bool = False):
+    """|f|^2 (cycles/pixel squared) on the FFT grid of ``shape``; ``pixels``: the squared distance in
+    pixels from the origin on the periodic grid of ``shape`` instead."""
     total = 0
     for axis, n in enumerate(shape):
         view = [1] * len(shape)
         view[axis] = n
-        f = xp.asarray(np.fft.fftfreq(n).astype(dtype)).reshape(view)
+        f = np.fft.fftfreq(n) * (n if pixels else 1)
+        f = xp.asarray(f.astype(dtype)).reshape(view)
         total = total + f * f
     return total
 
@@ -25,13 +27,7 @@ def gaussian_transfer(shape: tuple[int, ...], sigma: float, xp=np):
 def ball_transfer(shape: tuple[int, ...], radius: float, xp=np):
     """Fourier transform (complex64) of the ball of ``radius`` pixels about the origin on the periodic grid
     of ``shape``: multiplying a mask's transform by it and keeping what exceeds 1/2 dilates the mask."""
-    distance2 = 0
-    for axis, n in enumerate(shape):
-        view = [1] * len(shape)
-        view[axis] = n
-        d = (np.fft.fftfreq(n) * n).reshape(view)
-        distance2 = distance2 + d * d
-    ball = (distance2 <= radius * radius).astype(np.complex64)
+    ball = (frequency_squared(shape, dtype=np.float64, pixels=True) <= radius * radius).astype(np.complex64)
     return xp.asarray(sfft.fftn(ball).astype(np.complex64))
 
 

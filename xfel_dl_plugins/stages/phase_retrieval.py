@@ -58,8 +58,8 @@ class PhaseRetriever(Stage):
     params = {
         "size": Param(256, int, "side of the input patterns (must equal the reciprocal_grid size)", "px", min=8),
         "recipe": Param(_DEFAULT_RECIPE, str, "schedule, run left to right: ER, HIO, RAAR, DM, SW, OSS (smoothing "
-                        "outside the support, after HIO), GROW(px=...) (the support dilated), GUIDE (every start halfway to the selected one, then a new "
-                        "generation; SW must follow); '*' then, "
+                        "outside the support, after HIO), GROW(px=...) (the support dilated), GUIDE (every start "
+                        "halfway to the selected one, then a new generation; SW must follow); '*' then, "
                         "'**n' repeat, '(A | B)' both from the same iterates and per pattern the one with the "
                         "lower BIC, e.g. '(SW*HIO**50)**10 * RAAR**500 * ER**100'"),
         "n_starts": Param(8, int, "random starts per pattern", min=1, max=1024),
